@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -24,7 +25,9 @@ MP_TIMEOUT_S = 600
 
 def micropython_command():
     """Path of the ``micropython`` executable, or a loud failure telling how to get one."""
-    exe = os.environ.get("URJA_MICROPYTHON") or shutil.which("micropython")
+    exe = (os.environ.get("URJA_MICROPYTHON")
+           or shutil.which("micropython", path=os.path.dirname(sys.executable))
+           or shutil.which("micropython"))
     if not exe:
         pytest.fail(
             "the 'micropython' command was not found: run the tests through ./dev test, "

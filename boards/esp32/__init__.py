@@ -1,0 +1,1 @@
+"""ESP32 board: the HAL on the real meter (NVS, machine pins)."""

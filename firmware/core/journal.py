@@ -1,0 +1,234 @@
+"""Power-fail-safe two-slot journal: the meter's state survives a cut at any instant.
+
+Each commit writes one whole record into the slot that does *not* hold the
+newest valid record, so a write torn by a power cut can only damage the older
+copy; at boot the newest record whose magic, version, length and CRC check
+wins.  Storage is injected (``boards.hal.SlotStorage``); the journal does no
+I/O of its own and never reads a clock (``now`` is an argument).
+
+Record layout (big-endian)::
+
+    b"UJ" | version u8 | sequence u32 | payload length u32 | payload | CRC-32 u32
+
+The CRC (``binascii.crc32``, the zlib/ZIP polynomial) covers every byte
+before it.  Bytes after the CRC are ignored, so a raw flash sector read back
+whole (with erased 0xFF tail) still parses.
+
+>>> j = Journal(storage)
+>>> j.load()                      # None on a fresh meter
+>>> j.commit(b'{"balance_paise": 50000}', now=1795737600)
+1
+>>> Journal(storage).load()
+b'{"balance_paise": 50000}'
+"""
+import binascii
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
+        return x
+
+MAGIC = b"UJ"
+VERSION = const(1)
+_HEADER_FMT = ">BII"  # version, sequence, payload length (after the magic)
+HEADER_LEN = const(11)  # 2 magic + 1 version + 4 sequence + 4 length
+CRC_LEN = const(4)
+RECORD_OVERHEAD = const(15)  # HEADER_LEN + CRC_LEN
+
+SEQ_MOD = 1 << 32
+_SEQ_HALF = 1 << 31
+DAY_S = const(86400)
+
+DEFAULT_MAX_PAYLOAD = const(4096)
+# ESP32 NVS wear, rough: a 24 KiB partition is 6 pages of 126 32-byte entries
+# (one page kept free for garbage collection, so 5 usable), flash endures about
+# 100,000 erases a page.  A 1 KiB record costs about 33 entries, so over 10
+# years: 5 * 100000 * 126 / 33 / 3650 = 523 records a day.  Budget a bit below.
+DEFAULT_WRITES_PER_DAY_BUDGET = const(480)
+
+# Why a slot's record was rejected (small int codes, names for logs).
+SLOT_VALID = const(0)
+SLOT_EMPTY = const(1)  # never written (None) or erased to nothing
+SLOT_SHORT = const(2)  # shorter than its header or its declared length: a torn write
+SLOT_BAD_MAGIC = const(3)
+SLOT_BAD_VERSION = const(4)
+SLOT_BAD_CRC = const(5)
+SLOT_REASON_NAMES = ("valid", "empty", "short", "bad magic", "bad version", "bad crc")
+
+
+class JournalError(ValueError):
+    """A payload the journal refuses to store (too large, not bytes)."""
+
+
+def seq_newer(a, b):
+    """True when sequence ``a`` is newer than ``b`` in u32 serial-number arithmetic (RFC 1982).
+
+    >>> seq_newer(0, 0xFFFFFFFF)   # 0 follows 2**32 - 1
+    True
+    """
+    d = (a - b) % SEQ_MOD
+    return 0 < d < _SEQ_HALF
+
+
+def encode_record(seq, payload):
+    """The bytes of one record holding ``payload`` with sequence ``seq``."""
+    header = MAGIC + struct.pack(_HEADER_FMT, VERSION, seq % SEQ_MOD, len(payload))
+    crc = binascii.crc32(payload, binascii.crc32(header)) & 0xFFFFFFFF
+    return header + bytes(payload) + struct.pack(">I", crc)
+
+
+def decode_record(data):
+    """(reason, sequence, payload) of the record in ``data``; payload is None unless valid.
+
+    >>> decode_record(encode_record(7, b"hi"))
+    (0, 7, b'hi')
+    """
+    if not data:
+        return SLOT_EMPTY, 0, None
+    if len(data) < RECORD_OVERHEAD:
+        return SLOT_SHORT, 0, None
+    if data[0:2] != MAGIC:
+        return SLOT_BAD_MAGIC, 0, None
+    version, seq, length = struct.unpack_from(_HEADER_FMT, data, 2)
+    if version != VERSION:
+        return SLOT_BAD_VERSION, seq, None
+    end = HEADER_LEN + length
+    if end + CRC_LEN > len(data):
+        return SLOT_SHORT, seq, None
+    view = memoryview(data)
+    want = struct.unpack_from(">I", data, end)[0]
+    if binascii.crc32(view[0:end]) & 0xFFFFFFFF != want:
+        return SLOT_BAD_CRC, seq, None
+    return SLOT_VALID, seq, bytes(view[HEADER_LEN:end])
+
+
+class WearCounter:
+    """Counts flash writes: in total, in the current UTC day and in the day before.
+
+    The counts live in RAM; keep ``to_state()`` inside the journalled payload
+    if they must survive a reset.
+
+    >>> w = WearCounter(budget_per_day=2)
+    >>> for _ in range(3): w.record(now=86400)
+    >>> w.today, w.total, w.over_budget(now=86400)
+    (3, 3, True)
+    """
+
+    def __init__(self, budget_per_day=DEFAULT_WRITES_PER_DAY_BUDGET):
+        self.budget_per_day = budget_per_day
+        self.day = None  # UTC day number (now // 86400) that ``today`` counts
+        self.today = 0
+        self.previous_day = 0
+        self.total = 0
+
+    def roll(self, now):
+        """Move the day window forward to ``now``; a clock that steps back keeps the current day."""
+        day = now // DAY_S
+        if self.day is None:
+            self.day = day
+        elif day == self.day + 1:
+            self.previous_day, self.today, self.day = self.today, 0, day
+        elif day > self.day + 1:
+            self.previous_day, self.today, self.day = 0, 0, day
+
+    def record(self, now):
+        self.roll(now)
+        self.today += 1
+        self.total += 1
+
+    def over_budget(self, now):
+        """True when more writes than the daily budget happened in ``now``'s UTC day."""
+        self.roll(now)
+        return self.today > self.budget_per_day
+
+    def to_state(self):
+        return {"day": self.day, "today": self.today, "previous_day": self.previous_day,
+                "total": self.total, "budget_per_day": self.budget_per_day}
+
+    @classmethod
+    def from_state(cls, data):
+        w = cls(data["budget_per_day"])
+        w.day, w.today = data["day"], data["today"]
+        w.previous_day, w.total = data["previous_day"], data["total"]
+        return w
+
+
+class Journal:
+    """Two-slot journal over a ``SlotStorage``; payloads are opaque bytes.
+
+    After ``load()``: ``slot`` / ``sequence`` name the newest valid record
+    (None / 0 when there is none) and ``slot_reasons`` says why each slot was
+    or was not usable (``SLOT_*`` codes), so a boot can report a torn write.
+
+    >>> j = Journal(storage, max_payload=2048)
+    >>> state = j.load() or b"{}"
+    >>> seq = j.commit(state, now=1795737600)
+    """
+
+    def __init__(self, storage, max_payload=DEFAULT_MAX_PAYLOAD,
+                 writes_per_day_budget=DEFAULT_WRITES_PER_DAY_BUDGET):
+        self.storage = storage
+        self.max_payload = max_payload
+        self.wear = WearCounter(writes_per_day_budget)
+        self.slot = None
+        self.sequence = 0
+        self.slot_reasons = [SLOT_EMPTY, SLOT_EMPTY]
+        self._loaded = False
+
+    def load(self):
+        """Payload of the newest valid record, or None when neither slot holds one."""
+        best = None
+        payload = None
+        for slot in (0, 1):
+            reason, seq, body = decode_record(self.storage.read(slot))
+            self.slot_reasons[slot] = reason
+            if reason == SLOT_VALID and (best is None or seq_newer(seq, self.sequence)):
+                best, self.sequence, payload = slot, seq, body
+        self.slot = best
+        if best is None:
+            self.sequence = 0
+        self._loaded = True
+        return payload
+
+    def commit(self, payload, now):
+        """Write ``payload`` as the new newest record; returns its sequence number.
+
+        The write goes to the slot not holding the newest valid record.  If the
+        storage raises, the journal still points at the previous record.
+        """
+        if not isinstance(payload, (bytes, bytearray)):
+            raise JournalError("journal payload must be bytes, got %s" % type(payload).__name__)
+        if len(payload) > self.max_payload:
+            raise JournalError("journal payload of %d bytes exceeds the %d-byte limit"
+                               % (len(payload), self.max_payload))
+        if not self._loaded:
+            self.load()  # must know which slot is newest before overwriting one
+        target = 0 if self.slot is None else 1 - self.slot
+        seq = (self.sequence + 1) % SEQ_MOD
+        self.storage.write(target, encode_record(seq, payload))
+        self.wear.record(now)
+        self.slot, self.sequence = target, seq
+        self.slot_reasons[target] = SLOT_VALID
+        return seq
+
+    @property
+    def writes_today(self):
+        return self.wear.today
+
+    @property
+    def writes_previous_day(self):
+        return self.wear.previous_day
+
+    @property
+    def writes_total(self):
+        return self.wear.total
+
+    @property
+    def writes_per_day_budget(self):
+        return self.wear.budget_per_day
+
+    def over_budget(self, now):
+        """True when this UTC day's writes exceed the daily wear budget."""
+        return self.wear.over_budget(now)
