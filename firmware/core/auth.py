@@ -1,0 +1,329 @@
+"""Downlink authentication: HMAC-SHA256, canonical messages, replay/expiry guard.
+
+MicroPython has ``hashlib.sha256`` but no ``hmac`` module, so RFC 2104 is
+written out here.  Every downlink command (top-up, relay, tariff, ...) is a
+plain dict::
+
+    {"kind": "topup", "meter_id": "M-0001", "counter": 7, "expires_at": 1795740000,
+     "id": "T-42", "fields": ["T-42", 50000], "mac": "<64 hex chars>"}
+
+and the MAC is ``hmac_sha256(key, canonical(kind, meter_id, counter,
+expires_at, fields))`` in lower-case hex.  The head-end (CPython) builds the
+same bytes with this same module.
+
+Rules the head-end must follow:
+- ``counter`` is per meter, starts at 1 and only grows; ``expires_at`` is UTC
+  seconds and the command is still valid *at* ``expires_at`` (rejected from
+  ``expires_at + 1`` on).
+- The command ``id`` is the first field, so it is covered by the MAC
+  (``cmd["id"] == cmd["fields"][0]``, else MALFORMED).
+
+>>> cmd = make_topup(b"k" * 32, "M-0001", 1, 1795740000, "T-42", 50000)
+>>> DownlinkGuard("M-0001").check(b"k" * 32, cmd, 1795737600) == OK
+True
+"""
+import binascii
+import hashlib
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore
+        return x
+
+BLOCK = const(64)  # SHA-256 block size in bytes (RFC 2104 "B")
+MAC_HEX_LEN = const(64)
+PREFIX = b"URJA1|"  # version tag: a future format cannot collide with this one
+
+# Reason codes returned by DownlinkGuard.check (small ints for journals/uplinks).
+OK = const(0)
+BAD_MAC = const(1)
+REPLAYED = const(2)
+OUT_OF_ORDER = const(3)
+EXPIRED = const(4)
+WRONG_METER = const(5)
+MALFORMED = const(6)
+
+REASON_NAMES = {
+    OK: "OK",
+    BAD_MAC: "BAD_MAC",
+    REPLAYED: "REPLAYED",
+    OUT_OF_ORDER: "OUT_OF_ORDER",
+    EXPIRED: "EXPIRED",
+    WRONG_METER: "WRONG_METER",
+    MALFORMED: "MALFORMED",
+}
+
+TOPUP = "topup"
+COMMAND_KEYS = ("kind", "meter_id", "counter", "expires_at", "id", "fields", "mac")
+
+
+class AuthError(ValueError):
+    """A message that cannot be put into canonical form, or a misuse of the guard."""
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """RFC 2104 HMAC with SHA-256 (32-byte result).
+
+    >>> hmac_sha256(b"Jefe", b"what do ya want for nothing?").hex()[:8]
+    '5bdcc146'
+    """
+    if len(key) > BLOCK:
+        key = hashlib.sha256(key).digest()
+    ipad = bytearray(BLOCK)
+    opad = bytearray(BLOCK)
+    for i in range(len(key)):
+        ipad[i] = key[i]
+        opad[i] = key[i]
+    for i in range(BLOCK):
+        ipad[i] ^= 0x36
+        opad[i] ^= 0x5C
+    inner = hashlib.sha256(ipad)
+    inner.update(msg)
+    outer = hashlib.sha256(opad)
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def macs_equal(a: bytes, b: bytes) -> bool:
+    """Compare two MACs in time independent of where they differ (no early exit)."""
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for i in range(len(a)):
+        diff |= a[i] ^ b[i]
+    return diff == 0
+
+
+def _text(value, what):
+    # Printable ASCII without '|': the separator cannot appear inside a part,
+    # so the byte string splits back into exactly one list of parts.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise AuthError("%s must be str or int, got %r" % (what, value))
+    if isinstance(value, int):
+        return b"%d" % value
+    raw = value.encode()
+    for c in raw:
+        if c < 0x20 or c > 0x7E or c == 0x7C:
+            raise AuthError("%s %r: only printable ASCII without '|'" % (what, value))
+    return raw
+
+
+def _natural(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AuthError("%s must be an int >= 0, got %r" % (what, value))
+    return b"%d" % value
+
+
+def canonical(kind: str, meter_id: str, counter: int, expires_at: int, fields) -> bytes:
+    """The exact bytes that are signed for one downlink command.
+
+    Layout (ASCII): ``URJA1|kind|meter_id|counter|expires_at|f1|f2|...``
+    - ``kind`` and ``meter_id``: non-empty str; ``counter`` and ``expires_at``:
+      int >= 0 in decimal without leading zeros or sign;
+    - each field is a str or an int (decimal, '-' for negatives), in list order;
+      bools, floats, None, bytes are refused;
+    - strings: printable ASCII (0x20..0x7E) without '|'.
+    Raises AuthError otherwise.  Nothing comes from iterating a dict, so
+    CPython and MicroPython produce the same bytes.
+
+    >>> canonical("topup", "M-0001", 7, 1795740000, ["T-42", 50000])
+    b'URJA1|topup|M-0001|7|1795740000|T-42|50000'
+    """
+    if not isinstance(kind, str) or not kind:
+        raise AuthError("kind must be a non-empty str")
+    if not isinstance(meter_id, str) or not meter_id:
+        raise AuthError("meter_id must be a non-empty str")
+    if not isinstance(fields, (list, tuple)):
+        raise AuthError("fields must be a list")
+    parts = [_text(kind, "kind"), _text(meter_id, "meter_id"),
+             _natural(counter, "counter"), _natural(expires_at, "expires_at")]
+    for i in range(len(fields)):
+        parts.append(_text(fields[i], "field %d" % i))
+    return PREFIX + b"|".join(parts)
+
+
+def sign(key: bytes, kind: str, meter_id: str, counter: int, expires_at: int, fields) -> str:
+    """MAC of a command as 64 lower-case hex chars.
+
+    >>> len(sign(b"k", "relay", "M-0001", 1, 0, ["C-1"]))
+    64
+    """
+    mac = hmac_sha256(key, canonical(kind, meter_id, counter, expires_at, fields))
+    return binascii.hexlify(mac).decode()
+
+
+def make_command(key: bytes, kind: str, meter_id: str, counter: int, expires_at: int, fields) -> dict:
+    """A signed command dict; its id is ``fields[0]``.
+
+    >>> make_command(b"k", "relay_close", "M-0001", 3, 1795740000, ["C-9"])["id"]
+    'C-9'
+    """
+    if not fields:
+        raise AuthError("fields[0] must be the command id")
+    fields = list(fields)
+    return {
+        "kind": kind, "meter_id": meter_id, "counter": counter,
+        "expires_at": expires_at, "id": fields[0], "fields": fields,
+        "mac": sign(key, kind, meter_id, counter, expires_at, fields),
+    }
+
+
+def make_topup(key: bytes, meter_id: str, counter: int, expires_at: int,
+               topup_id: str, amount_paise: int) -> dict:
+    """A signed top-up command: kind "topup", fields [topup_id, amount_paise].
+
+    >>> make_topup(b"k", "M-0001", 1, 1795740000, "T-42", 50000)["fields"]
+    ['T-42', 50000]
+    """
+    if not _topup_fields_ok([topup_id, amount_paise]):
+        raise AuthError("top-up needs a str id and an int amount_paise > 0")
+    return make_command(key, TOPUP, meter_id, counter, expires_at, [topup_id, amount_paise])
+
+
+def read_topup(cmd: dict):
+    """(topup_id, amount_paise) of a top-up command (call after check() == OK).
+
+    Raises AuthError if ``cmd`` is not a well-formed top-up.
+    """
+    if not isinstance(cmd, dict) or cmd.get("kind") != TOPUP or not _topup_fields_ok(cmd.get("fields")):
+        raise AuthError("not a top-up command")
+    fields = cmd["fields"]
+    return fields[0], fields[1]
+
+
+def _topup_fields_ok(fields) -> bool:
+    if not isinstance(fields, list) or len(fields) != 2:
+        return False
+    tid, amount = fields[0], fields[1]
+    if not isinstance(tid, str) or not tid:
+        return False
+    return isinstance(amount, int) and not isinstance(amount, bool) and amount > 0
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse(cmd):
+    """(canonical bytes, mac bytes) of a command, or None when malformed."""
+    if not isinstance(cmd, dict):
+        return None
+    for name in COMMAND_KEYS:
+        if name not in cmd:
+            return None
+    counter = cmd["counter"]
+    expires_at = cmd["expires_at"]
+    fields = cmd["fields"]
+    cmd_id = cmd["id"]
+    mac_hex = cmd["mac"]
+    if not _is_int(counter) or counter < 1 or not _is_int(expires_at):
+        return None
+    if not isinstance(fields, list) or not fields:
+        return None
+    if not isinstance(cmd_id, str) or not cmd_id or fields[0] != cmd_id:
+        return None
+    if cmd["kind"] == TOPUP and not _topup_fields_ok(fields):
+        return None
+    if not isinstance(mac_hex, str) or len(mac_hex) != MAC_HEX_LEN:
+        return None
+    try:
+        mac = binascii.unhexlify(mac_hex)
+        msg = canonical(cmd["kind"], cmd["meter_id"], counter, expires_at, fields)
+    except (ValueError, TypeError):  # bad hex digits, or AuthError from canonical
+        return None
+    return msg, mac
+
+
+class DownlinkGuard:
+    """Decides whether a downlink command may be applied, exactly once.
+
+    State: the last accepted counter and the ids of the last ``remember``
+    accepted commands.  ``check`` never changes state; the caller applies the
+    command, then calls ``accept`` and journals ``to_state()`` together with
+    the effect, so a power cut cannot apply a command twice or lose it.
+
+    >>> g = DownlinkGuard("M-0001")
+    >>> cmd = make_topup(b"k", "M-0001", 1, 100, "T-1", 500)
+    >>> g.check(b"k", cmd, 50)
+    0
+    >>> g.accept(cmd); g.check(b"k", cmd, 50) == REPLAYED
+    True
+    """
+
+    def __init__(self, meter_id: str, remember: int = 16):
+        if not isinstance(meter_id, str) or not meter_id:
+            raise AuthError("meter_id must be a non-empty str")
+        if not _is_int(remember) or remember < 1:
+            raise AuthError("remember must be an int >= 1")
+        self.meter_id = meter_id
+        self.remember = remember
+        self.last_counter = 0  # counters start at 1, so 0 means "nothing accepted yet"
+        self._ids = [""] * remember  # ring of accepted ids, preallocated; "" = empty slot
+        self._next = 0  # ring slot the next accepted id goes to
+
+    def check(self, key: bytes, cmd: dict, now: int) -> int:
+        """Reason code for ``cmd`` at UTC second ``now``; OK means apply it.
+
+        Order: MALFORMED, WRONG_METER, BAD_MAC, REPLAYED, OUT_OF_ORDER, EXPIRED.
+        The MAC is checked before anything that depends on guard state.
+        """
+        parsed = _parse(cmd)
+        if parsed is None:
+            return MALFORMED
+        if cmd["meter_id"] != self.meter_id:
+            return WRONG_METER
+        msg, mac = parsed
+        if not macs_equal(hmac_sha256(key, msg), mac):
+            return BAD_MAC
+        counter = cmd["counter"]
+        if counter == self.last_counter or cmd["id"] in self._ids:
+            return REPLAYED
+        if counter < self.last_counter:
+            return OUT_OF_ORDER
+        if now > cmd["expires_at"]:  # valid up to and including expires_at
+            return EXPIRED
+        return OK
+
+    def accept(self, cmd: dict) -> None:
+        """Record an applied command (counter and id).  Only after check() == OK."""
+        counter = cmd.get("counter", 0)
+        cmd_id = cmd.get("id", "")
+        if not _is_int(counter) or counter <= self.last_counter:
+            raise AuthError("accept: counter %r not above %d" % (counter, self.last_counter))
+        if not isinstance(cmd_id, str) or not cmd_id or cmd_id in self._ids:
+            raise AuthError("accept: bad or repeated id %r" % (cmd_id,))
+        self.last_counter = counter
+        self._ids[self._next] = cmd_id
+        self._next = (self._next + 1) % self.remember
+
+    def accepted_ids(self) -> "list[str]":
+        """Remembered ids, oldest first."""
+        out = []  # type: list[str]
+        for i in range(self.remember):
+            cmd_id = self._ids[(self._next + i) % self.remember]
+            if cmd_id:
+                out.append(cmd_id)
+        return out
+
+    def to_state(self) -> dict:
+        return {
+            "meter_id": self.meter_id,
+            "remember": self.remember,
+            "last_counter": self.last_counter,
+            "ids": self.accepted_ids(),
+        }
+
+    @classmethod
+    def from_state(cls, data: dict) -> "DownlinkGuard":
+        guard = cls(data["meter_id"], data["remember"])
+        last = data["last_counter"]
+        if not _is_int(last) or last < 0:
+            raise AuthError("bad last_counter %r" % (last,))
+        ids = data["ids"]
+        # keep the newest `remember` ids if the stored list is longer
+        for cmd_id in ids[max(0, len(ids) - guard.remember):]:
+            guard._ids[guard._next] = cmd_id
+            guard._next = (guard._next + 1) % guard.remember
+        guard.last_counter = last
+        return guard

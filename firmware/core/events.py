@@ -1,0 +1,232 @@
+"""Bounded event ring with sequence numbers and an exact overflow count.
+
+Events are (seq, t, code, value): ``seq`` counts 1, 2, 3, ... for the meter's
+whole life (never reused, kept across restarts through ``to_state``), ``t``
+is UTC seconds, ``code`` one of the constants below, ``value`` a signed
+32-bit int whose meaning depends on the code (paise, Wh, reason code, ...).
+
+The uplink sends ``pending()`` and the head-end acknowledges with
+``ack(upto_seq)``.  When the ring is full the oldest entry is overwritten;
+if it had not been acknowledged it is counted in ``lost`` and ``pending()``
+starts with one synthetic EVENTS_LOST record whose ``seq`` is that of the
+newest lost event and whose ``value`` is how many are missing, so the
+head-end sees a gap-free sequence and nothing disappears silently.
+
+Memory: three preallocated ``array`` columns (no per-event objects; event
+times above 2**30 would be boxed ints in a MicroPython list).
+
+>>> log = EventLog(capacity=4)
+>>> log.append(1795737600, POWER_FAIL)
+1
+>>> log.pending()
+[(1, 1795737600, 1, 0)]
+"""
+from array import array
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore
+        return x
+
+POWER_FAIL = const(1)
+POWER_RESTORE = const(2)
+COVER_OPEN = const(3)
+COVER_CLOSE = const(4)
+MAGNET = const(5)
+REVERSE_CURRENT = const(6)
+NEUTRAL_MISSING = const(7)
+RELAY_OPENED = const(8)
+RELAY_CLOSED = const(9)
+TOPUP_APPLIED = const(10)
+TOPUP_REJECTED = const(11)
+TARIFF_CHANGED = const(12)
+TARIFF_SCHEDULED = const(13)
+LOW_CREDIT_WARNING = const(14)
+CREDIT_EXHAUSTED = const(15)
+EMERGENCY_STARTED = const(16)
+CREDIT_STATE = const(17)
+LOAD_TRIP = const(18)
+LOAD_LOCKOUT = const(19)
+REGISTER_DECREASE = const(20)
+CLOCK_SET = const(21)
+JOURNAL_RESTORED = const(22)
+EVENTS_LOST = const(23)  # synthetic: value = number of events overwritten before delivery
+
+NAMES = {
+    POWER_FAIL: "POWER_FAIL",
+    POWER_RESTORE: "POWER_RESTORE",
+    COVER_OPEN: "COVER_OPEN",
+    COVER_CLOSE: "COVER_CLOSE",
+    MAGNET: "MAGNET",
+    REVERSE_CURRENT: "REVERSE_CURRENT",
+    NEUTRAL_MISSING: "NEUTRAL_MISSING",
+    RELAY_OPENED: "RELAY_OPENED",
+    RELAY_CLOSED: "RELAY_CLOSED",
+    TOPUP_APPLIED: "TOPUP_APPLIED",
+    TOPUP_REJECTED: "TOPUP_REJECTED",
+    TARIFF_CHANGED: "TARIFF_CHANGED",
+    TARIFF_SCHEDULED: "TARIFF_SCHEDULED",
+    LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
+    CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED",
+    EMERGENCY_STARTED: "EMERGENCY_STARTED",
+    CREDIT_STATE: "CREDIT_STATE",
+    LOAD_TRIP: "LOAD_TRIP",
+    LOAD_LOCKOUT: "LOAD_LOCKOUT",
+    REGISTER_DECREASE: "REGISTER_DECREASE",
+    CLOCK_SET: "CLOCK_SET",
+    JOURNAL_RESTORED: "JOURNAL_RESTORED",
+    EVENTS_LOST: "EVENTS_LOST",
+}
+
+T_MAX = 0xFFFFFFFF  # unsigned 32-bit seconds: good until 2106
+VALUE_MIN = -0x80000000
+VALUE_MAX = 0x7FFFFFFF
+
+
+class EventError(ValueError):
+    """An event that does not fit the log (unknown code, out-of-range t/value)."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class EventLog:
+    """Ring of the last ``capacity`` events, with delivery acknowledgement.
+
+    >>> log = EventLog(capacity=2)
+    >>> for t in (10, 20, 30):
+    ...     _ = log.append(t, MAGNET)
+    >>> log.pending()        # event 1 was overwritten before delivery
+    [(1, 10, 23, 1), (2, 20, 5, 0), (3, 30, 5, 0)]
+    >>> log.ack(3), log.pending(), log.lost
+    (3, [], 1)
+    """
+
+    def __init__(self, capacity: int = 64):
+        if not _is_int(capacity) or capacity < 1:
+            raise EventError("capacity must be an int >= 1")
+        self.capacity = capacity
+        self._t = array("I", bytes(4 * capacity))
+        self._code = array("B", bytes(capacity))
+        self._value = array("i", bytes(4 * capacity))
+        self._next = 1  # seq the next event gets
+        self._count = 0  # events held in the ring (the newest ones)
+        self._acked = 0  # every seq <= _acked was delivered
+        self.lost = 0  # life-time count of events overwritten before delivery
+        self._lost_t = 0  # time of the newest such event (for the marker)
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the newest event, 0 if none yet."""
+        return self._next - 1
+
+    @property
+    def acked(self) -> int:
+        return self._acked
+
+    def _oldest(self) -> int:
+        return self._next - self._count
+
+    def missing(self) -> int:
+        """Events lost and not yet acknowledged (the value of the EVENTS_LOST marker)."""
+        return max(0, self._oldest() - 1 - self._acked)
+
+    def append(self, t: int, code: int, value: int = 0) -> int:
+        """Record an event and return its seq."""
+        if not _is_int(t) or t < 0 or t > T_MAX:
+            raise EventError("t must be UTC seconds in 0..2**32-1, got %r" % (t,))
+        if code not in NAMES or code == EVENTS_LOST:
+            raise EventError("unknown event code %r" % (code,))
+        if not _is_int(value) or value < VALUE_MIN or value > VALUE_MAX:
+            raise EventError("value must be a signed 32-bit int, got %r" % (value,))
+        seq = self._next
+        pos = (seq - 1) % self.capacity
+        if self._count == self.capacity:
+            if self._oldest() > self._acked:  # about to overwrite an undelivered event
+                self.lost += 1
+                self._lost_t = self._t[pos]
+        else:
+            self._count += 1
+        self._t[pos] = t
+        self._code[pos] = code
+        self._value[pos] = value
+        self._next = seq + 1
+        return seq
+
+    def pending(self, limit: int = 16) -> "list[tuple]":
+        """Up to ``limit`` oldest undelivered events as (seq, t, code, value).
+
+        If events were lost, the first record is (seq of the newest lost
+        event, its t, EVENTS_LOST, how many); acking that seq clears it.
+        """
+        out = []  # type: list[tuple]
+        if limit <= 0:
+            return out
+        missing = self.missing()
+        if missing:
+            out.append((self._oldest() - 1, self._lost_t, EVENTS_LOST, missing))
+        seq = max(self._acked + 1, self._oldest())
+        while seq < self._next and len(out) < limit:
+            pos = (seq - 1) % self.capacity
+            out.append((seq, self._t[pos], self._code[pos], self._value[pos]))
+            seq += 1
+        return out
+
+    def ack(self, upto_seq: int) -> int:
+        """Mark every event with seq <= ``upto_seq`` delivered; returns the acked seq.
+
+        An ack below the current one changes nothing; one above the newest
+        event is clamped to it (the head-end cannot ack what was never sent).
+        """
+        if not _is_int(upto_seq):
+            raise EventError("ack needs an int seq, got %r" % (upto_seq,))
+        if upto_seq > self._acked:
+            self._acked = min(upto_seq, self._next - 1)
+        return self._acked
+
+    def unacked(self) -> int:
+        """Undelivered events still in the ring (not counting the lost ones)."""
+        return self._next - max(self._acked + 1, self._oldest())
+
+    def to_state(self) -> dict:
+        """Plain data for the journal; delivered events are not kept."""
+        events = []
+        seq = max(self._acked + 1, self._oldest())
+        while seq < self._next:
+            pos = (seq - 1) % self.capacity
+            events.append([self._t[pos], self._code[pos], self._value[pos]])
+            seq += 1
+        return {
+            "capacity": self.capacity,
+            "next_seq": self._next,
+            "acked": self._acked,
+            "lost": self.lost,
+            "lost_t": self._lost_t,
+            "events": events,  # oldest first, ending at next_seq - 1
+        }
+
+    @classmethod
+    def from_state(cls, data: dict) -> "EventLog":
+        log = cls(data["capacity"])
+        nxt = data["next_seq"]
+        acked = data["acked"]
+        events = data["events"]
+        if not _is_int(nxt) or nxt < 1 or not _is_int(acked) or not 0 <= acked < nxt:
+            raise EventError("bad event log state: next_seq %r acked %r" % (nxt, acked))
+        if len(events) > log.capacity or len(events) > nxt - 1:
+            raise EventError("bad event log state: %d events" % len(events))
+        seq = nxt - len(events)
+        for t, code, value in events:
+            pos = (seq - 1) % log.capacity
+            log._t[pos] = t
+            log._code[pos] = code
+            log._value[pos] = value
+            seq += 1
+        log._next = nxt
+        log._count = len(events)
+        log._acked = acked
+        log.lost = data["lost"]
+        log._lost_t = data["lost_t"]
+        return log
