@@ -1,0 +1,624 @@
+"""Metering: pulses and register reads -> integer energy, profiles, demand, snapshots.
+
+Units (integers only): energy Wh (water and gas: litres), voltage mV, current mA,
+power W, power factor thousandths (``pf_milli``), frequency mHz, time UTC seconds.
+Floats appear only in ``round_half_away`` / ``RegisterSnapshot.from_floats``, the
+boundary where a Modbus meter hands us IEEE floats.
+
+Boundary rule used throughout: a reading taken at time t ends the period
+(t_prev, t].  A reading exactly on a boundary (interval start, slot start, local
+midnight) therefore closes the old period; any later reading starts the new one.
+
+>>> reg = PulseRegister.electricity(3200)   # 3200 imp/kWh
+>>> reg.add(16)                             # 16 * 1000 / 3200 = 5 Wh
+5
+"""
+from firmware.core import localtime
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
+
+class MeteringError(ValueError):
+    """A caller fed metering something impossible (negative pulses, time going back)."""
+
+
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise MeteringError("%s must be an int >= %d, got %r" % (name, minimum, value))
+
+
+# --------------------------------------------------------------------- pulses
+
+class PulseRegister:
+    """Pulse count -> whole units with an exact rational constant (no drift).
+
+    ``units_num / units_den`` units per pulse; the fraction is reduced and the
+    remainder kept, so ``total_units == total_pulses * num // den`` always.
+
+    >>> r = PulseRegister.electricity(3200)  # 1000/3200 = 5/16 Wh per pulse
+    >>> r.add(1), r.add(15), r.total_units
+    (0, 5, 5)
+    """
+
+    def __init__(self, units_num, units_den, total_pulses=0):
+        _check_int("units_num", units_num, 1)
+        _check_int("units_den", units_den, 1)
+        _check_int("total_pulses", total_pulses, 0)
+        g = _gcd(units_num, units_den)
+        self.num = units_num // g
+        self.den = units_den // g
+        self.total_pulses = total_pulses
+        # invariant: total_pulses * num == total_units * den + _rem, 0 <= _rem < den
+        self.total_units, self._rem = divmod(total_pulses * self.num, self.den)
+
+    @classmethod
+    def electricity(cls, imp_per_kwh, total_pulses=0):
+        """Wh register for a meter LED/S0 output of ``imp_per_kwh`` (1000 Wh per imp_per_kwh pulses)."""
+        return cls(1000, imp_per_kwh, total_pulses)
+
+    @classmethod
+    def water(cls, litres, per_pulses=1, total_pulses=0):
+        """Litre register: ``litres`` per ``per_pulses`` pulses (1 imp / 10 L -> water(10))."""
+        return cls(litres, per_pulses, total_pulses)
+
+    @classmethod
+    def gas(cls, litres, per_pulses=1, total_pulses=0):
+        """Litre register: 1 imp / 0.01 m3 -> gas(10) (0.01 m3 = 10 L)."""
+        return cls(litres, per_pulses, total_pulses)
+
+    def add(self, pulses):
+        """Count ``pulses`` (>= 0); return the whole units this added."""
+        _check_int("pulses", pulses, 0)
+        self.total_pulses += pulses
+        units, self._rem = divmod(self._rem + pulses * self.num, self.den)
+        self.total_units += units
+        return units
+
+    def to_state(self):
+        return {"num": self.num, "den": self.den, "pulses": self.total_pulses}
+
+    @classmethod
+    def from_state(cls, data):
+        return cls(data["num"], data["den"], data["pulses"])
+
+
+class CounterDelta:
+    """Pulses since the last read of a wrapping hardware counter (ESP32 PCNT: 16 bit).
+
+    Assumption: the counter is read often enough that fewer than 2**bits
+    pulses arrive between reads (at 3200 imp/kWh and 100 kW that is 450 imp/s,
+    so a 16-bit counter must be read at least every ~145 s).  A signed reading
+    (PCNT counts -32768..32767) is taken modulo 2**bits as well.
+
+    >>> c = CounterDelta(16)
+    >>> c.update(65535), c.update(3)
+    (0, 4)
+    """
+
+    def __init__(self, bits=16):
+        _check_int("bits", bits, 1)
+        self.bits = bits
+        self._mask = (1 << bits) - 1
+        self.last = None  # raw reading masked to bits; None before the first read
+
+    def update(self, raw):
+        """Return pulses since the previous reading (0 on the first reading)."""
+        if not isinstance(raw, int):
+            raise MeteringError("counter reading must be an int, got %r" % (raw,))
+        raw &= self._mask
+        last = self.last
+        self.last = raw
+        if last is None:
+            return 0
+        return (raw - last) & self._mask
+
+    def to_state(self):
+        return {"bits": self.bits, "last": self.last}
+
+    @classmethod
+    def from_state(cls, data):
+        c = cls(data["bits"])
+        c.last = data["last"]
+        return c
+
+
+# ---------------------------------------------------------- cumulative registers
+
+REG_OK = const(0)
+REG_ROLLOVER = const(1)   # the meter's register wrapped at its modulus: delta counted
+REG_DECREASE = const(2)   # reading below the last one and not a rollover: ignored
+REG_JUMP = const(3)       # increase above max_step_wh: ignored (protects the balance)
+REG_INVALID = const(4)    # negative, not an int, or >= modulus: ignored
+REGISTER_STATUS_NAMES = ("OK", "ROLLOVER", "REGISTER_DECREASE", "REGISTER_JUMP", "READING_INVALID")
+
+
+class CumulativeRegister:
+    """Monotonic cumulative register fed by an external meter's reading (import Wh).
+
+    ``value`` never decreases.  ``update(reading)`` returns the delta counted
+    (>= 0) and sets ``status`` to one of the REG_* codes.  Rules:
+
+    * reading >= last reading: delta = reading - last.  If ``max_step_wh`` is set
+      and the delta exceeds it, it is REG_JUMP and nothing is counted.
+    * reading < last reading, with a ``modulus`` (e.g. 10**9 Wh): it is a rollover
+      when the wrapped delta ``reading + modulus - last`` is at most the rollover
+      window (``max_step_wh`` if set, else modulus // 100).  Otherwise, or
+      without a modulus, it is REG_DECREASE.
+    * On REG_DECREASE / REG_JUMP / REG_INVALID the register keeps its value *and*
+      its last reading, so a one-read glitch costs nothing.  A real meter swap
+      or reset needs an explicit ``rebase(reading)``.
+
+    ``value`` is the unwrapped total: after a rollover it keeps growing past
+    the modulus.  A register built with ``value`` expects its first reading to
+    be ``value % modulus`` (commission it with the meter's current reading).
+
+    >>> r = CumulativeRegister(1000)
+    >>> r.update(1250), r.update(900), r.status == REG_DECREASE, r.value
+    (250, 0, True, 1250)
+    """
+
+    def __init__(self, value=0, modulus=0, max_step_wh=0):
+        _check_int("value", value, 0)
+        _check_int("modulus", modulus, 0)
+        _check_int("max_step_wh", max_step_wh, 0)
+        self.value = value
+        self.modulus = modulus
+        self.max_step_wh = max_step_wh
+        self.last_reading = value % modulus if modulus else value
+        self.status = REG_OK
+
+    def update(self, reading):
+        """Feed one meter reading; return the delta added to ``value`` (>= 0)."""
+        m = self.modulus
+        if (not isinstance(reading, int) or isinstance(reading, bool) or reading < 0
+                or (m and reading >= m)):
+            self.status = REG_INVALID
+            return 0
+        last = self.last_reading
+        if reading >= last:
+            delta = reading - last
+            if self.max_step_wh and delta > self.max_step_wh:
+                self.status = REG_JUMP
+                return 0
+            self.status = REG_OK
+        else:
+            delta = reading + m - last
+            if not m or delta > (self.max_step_wh or m // 100):
+                self.status = REG_DECREASE
+                return 0
+            self.status = REG_ROLLOVER
+        self.last_reading = reading
+        self.value += delta
+        return delta
+
+    def rebase(self, reading):
+        """Accept ``reading`` as the new baseline without counting anything (meter swap)."""
+        _check_int("reading", reading, 0)
+        self.last_reading = reading
+        self.status = REG_OK
+
+    def to_state(self):
+        return {"value": self.value, "last": self.last_reading,
+                "modulus": self.modulus, "max_step_wh": self.max_step_wh}
+
+    @classmethod
+    def from_state(cls, data):
+        r = cls(data["value"], data["modulus"], data["max_step_wh"])
+        r.last_reading = data["last"]
+        return r
+
+
+# ------------------------------------------------------------------ snapshots
+
+def round_half_away(x):
+    """Round a float to the nearest int, halves away from zero; NaN/inf -> None.
+
+    The one rounding rule for floats entering the meter (Modbus IEEE values).
+    It rounds the float it is given: scale first (kWh * 1000), then round.
+
+    >>> round_half_away(2.5), round_half_away(-2.5), round_half_away(2.4999)
+    (3, -3, 2)
+    """
+    if x != x or x - x != 0:  # NaN, or +-inf (inf - inf is NaN)
+        return None
+    if x >= 0:
+        return int(x + 0.5)
+    return -int(-x + 0.5)
+
+
+def _scaled(x, scale):
+    if x is None:
+        return None
+    return round_half_away(x * scale)
+
+
+class RegisterSnapshot:
+    """One instantaneous read of a meter, in integers; None where the source lacks it.
+
+    Produced by the Modbus (SDM120/630) and DLMS readers.
+
+    >>> s = RegisterSnapshot.from_floats(1795737600, volts=230.1, import_kwh=12.3456)
+    >>> s.voltage_mv, s.import_wh, s.current_ma
+    (230100, 12346, None)
+    """
+
+    FIELDS = ("t", "import_wh", "export_wh", "voltage_mv", "current_ma",
+              "power_w", "pf_milli", "freq_mhz")
+
+    def __init__(self, t, import_wh=None, export_wh=None, voltage_mv=None, current_ma=None,
+                 power_w=None, pf_milli=None, freq_mhz=None):
+        _check_int("t", t, 0)
+        self.t = t
+        self.import_wh = import_wh
+        self.export_wh = export_wh
+        self.voltage_mv = voltage_mv
+        self.current_ma = current_ma
+        self.power_w = power_w
+        self.pf_milli = pf_milli
+        self.freq_mhz = freq_mhz
+
+    @classmethod
+    def from_floats(cls, t, volts=None, amps=None, watts=None, pf=None, hz=None,
+                    import_kwh=None, export_kwh=None):
+        """Build from a Modbus meter's floats (V, A, W, PF, Hz, kWh) with ``round_half_away``.
+
+        Scales: V*1000 -> mV, A*1000 -> mA, W*1 -> W, PF*1000, Hz*1000 -> mHz,
+        kWh*1000 -> Wh.  A NaN or infinite value becomes None (missing).
+        The ESP32 port multiplies in single precision, the unix port and CPython
+        in double, so a product within float32 rounding of a half can differ by
+        1 unit between them; an SDM energy float resolves 1 Wh only up to
+        2**24 Wh = 16 777 kWh anyway, so use the DLMS/integer register for billing.
+        """
+        return cls(t, _scaled(import_kwh, 1000), _scaled(export_kwh, 1000),
+                   _scaled(volts, 1000), _scaled(amps, 1000), _scaled(watts, 1),
+                   _scaled(pf, 1000), _scaled(hz, 1000))
+
+    def to_state(self):
+        """Values in FIELDS order (a list, so the encoding is byte-exact on both runtimes)."""
+        return [self.t, self.import_wh, self.export_wh, self.voltage_mv, self.current_ma,
+                self.power_w, self.pf_milli, self.freq_mhz]
+
+    @classmethod
+    def from_state(cls, data):
+        return cls(*data)
+
+    def __eq__(self, other):
+        return isinstance(other, RegisterSnapshot) and self.to_state() == other.to_state()
+
+    def __repr__(self):
+        return "RegisterSnapshot(%r)" % (self.to_state(),)
+
+
+# ------------------------------------------------------------- load profile
+
+PROFILE_POWER_OFF = const(1)  # no samples: this record covers a gap, energy 0
+PROFILE_AFTER_GAP = const(2)  # energy includes what accrued across the preceding gap
+PROFILE_FLAG_NAMES = ((PROFILE_POWER_OFF, "POWER_OFF"), (PROFILE_AFTER_GAP, "AFTER_GAP"))
+
+NO_RECORDS = ()  # shared empty result: add_sample allocates nothing when no interval closes
+
+
+def _avg(total, n):
+    # nearest integer, halves up (voltages and currents are non-negative)
+    return (2 * total + n) // (2 * n) if n else None
+
+
+class IntervalProfile:
+    """Block load profile: energy and average V/I per aligned interval (IS 15959).
+
+    Intervals are ``[k*interval_s, (k+1)*interval_s)`` in UTC; 900 and 1800 divide
+    IST's 19800 s offset, so they are aligned in local time too.
+
+    Energy of an interval = cumulative at its end - cumulative at its start,
+    where the end reading is the one exactly on the closing boundary if there is
+    one, else the last sample inside the interval (the energy between that and
+    the next sample is booked to the next interval).  The boundary sample itself
+    (its voltage/current, its count) belongs to the new interval.  So the
+    energies of consecutive records always sum to last - first cumulative.
+
+    Gap (power off): when a sample skips whole intervals, ``add_sample`` returns
+    the interval with data, then ONE record covering every skipped interval
+    (start of the first skipped one, interval_s = n * interval_s, energy 0,
+    sample_count 0, flags POWER_OFF), so the head-end sees no hole and a year
+    off costs one record, not 35 040.  Energy accrued across the gap goes to the
+    new interval, flagged AFTER_GAP.
+
+    Records: ``(start_t, interval_s, energy_wh, avg_voltage_mv, avg_current_ma,
+    sample_count, flags)``.  An interval closes only when a later sample arrives.
+
+    >>> p = IntervalProfile(900)
+    >>> p.add_sample(0, 100), p.add_sample(900, 130)
+    ((), [(0, 900, 30, None, None, 1, 0)])
+    """
+
+    def __init__(self, interval_s=1800):
+        _check_int("interval_s", interval_s, 1)
+        self.interval_s = interval_s
+        self.start_t = None   # start of the open interval, None before the first sample
+        self.base_wh = 0      # cumulative at the open interval's start
+        self.last_t = 0
+        self.last_wh = 0
+        self.count = 0
+        self.sum_mv = 0
+        self.n_mv = 0
+        self.sum_ma = 0
+        self.n_ma = 0
+        self.flags = 0
+
+    def _open(self, start_t, base_wh, flags):
+        self.start_t = start_t
+        self.base_wh = base_wh
+        self.count = 0
+        self.sum_mv = self.n_mv = self.sum_ma = self.n_ma = 0
+        self.flags = flags
+
+    def _record(self, end_wh):
+        return (self.start_t, self.interval_s, end_wh - self.base_wh,
+                _avg(self.sum_mv, self.n_mv), _avg(self.sum_ma, self.n_ma),
+                self.count, self.flags)
+
+    def add_sample(self, t, cumulative_wh, voltage_mv=None, current_ma=None):
+        """Feed one sample; return the records of intervals it closed (often ``NO_RECORDS``)."""
+        if self.start_t is not None and t < self.last_t:
+            raise MeteringError("sample time went back: %d < %d" % (t, self.last_t))
+        if self.start_t is not None and cumulative_wh < self.last_wh:
+            raise MeteringError("cumulative went back: %d < %d" % (cumulative_wh, self.last_wh))
+        step = self.interval_s
+        start = t - t % step
+        out = NO_RECORDS  # type: tuple | list
+        if self.start_t is None:
+            self._open(start, cumulative_wh, 0)
+        elif start != self.start_t:
+            next_start = self.start_t + step
+            if start == next_start:
+                # a reading exactly on the boundary is the old interval's end reading
+                end_wh = cumulative_wh if t == start else self.last_wh
+                out = [self._record(end_wh)]
+                self._open(start, end_wh, 0)
+            else:
+                out = [self._record(self.last_wh),
+                       (next_start, start - next_start, 0, None, None, 0, PROFILE_POWER_OFF)]
+                self._open(start, self.last_wh, PROFILE_AFTER_GAP)
+        self.count += 1
+        if voltage_mv is not None:
+            self.sum_mv += voltage_mv
+            self.n_mv += 1
+        if current_ma is not None:
+            self.sum_ma += current_ma
+            self.n_ma += 1
+        self.last_t = t
+        self.last_wh = cumulative_wh
+        return out
+
+    def to_state(self):
+        return {"interval_s": self.interval_s, "start_t": self.start_t, "base_wh": self.base_wh,
+                "last_t": self.last_t, "last_wh": self.last_wh, "count": self.count,
+                "sum_mv": self.sum_mv, "n_mv": self.n_mv, "sum_ma": self.sum_ma,
+                "n_ma": self.n_ma, "flags": self.flags}
+
+    @classmethod
+    def from_state(cls, data):
+        p = cls(data["interval_s"])
+        for key in ("start_t", "base_wh", "last_t", "last_wh", "count",
+                    "sum_mv", "n_mv", "sum_ma", "n_ma", "flags"):
+            setattr(p, key, data[key])
+        return p
+
+
+# ------------------------------------------------------------ maximum demand
+
+class MaxDemand:
+    """Sliding-window maximum demand ("rolling block": window of step-sized slots).
+
+    ``add(t, energy_wh)`` books energy that ended at t into the slot holding
+    second t-1 (so energy reported exactly at a slot boundary closes the old
+    slot).  Each time a slot closes, demand over the last full window is
+    ``window_energy_wh * 3600 // window_s``; the highest is kept in ``max_w``
+    with ``max_t`` = the end of that window (as meters do at the end of each
+    sub-interval).  A slot closes when later energy arrives or on ``advance(t)``.
+    ``reset()`` (monthly billing) clears the maximum, not the window.
+
+    >>> md = MaxDemand(1800, 300)
+    >>> md.add(300, 500); md.advance(1800); md.max_w   # 500 Wh * 3600 // 1800
+    1000
+    """
+
+    def __init__(self, window_s=1800, step_s=300):
+        _check_int("step_s", step_s, 1)
+        _check_int("window_s", window_s, step_s)
+        if window_s % step_s:
+            raise MeteringError("window_s %d is not a multiple of step_s %d" % (window_s, step_s))
+        self.window_s = window_s
+        self.step_s = step_s
+        self.ring = [0] * (window_s // step_s)  # preallocated; updated in place
+        self.slot = None     # absolute index (t // step_s) of the open slot
+        self.window_wh = 0   # sum of ring
+        self.max_w = 0
+        self.max_t = None
+
+    def advance(self, t):
+        """Close every slot that ended at or before t (t - 1 lies in a later slot)."""
+        self._move_to((t - 1) // self.step_s)
+
+    def _move_to(self, slot):
+        cur = self.slot
+        if cur is None:
+            self.slot = slot
+            return
+        if slot < cur:
+            raise MeteringError("demand time went back")
+        if slot == cur:
+            return
+        ring = self.ring
+        n = len(ring)
+        demand = self.window_wh * 3600 // self.window_s
+        if demand > self.max_w:
+            self.max_w = demand
+            self.max_t = (cur + 1) * self.step_s
+        # later closed slots (empty, after a gap) can only lower the window sum
+        steps = slot - cur
+        if steps >= n:
+            for i in range(n):
+                ring[i] = 0
+            self.window_wh = 0
+        else:
+            s = cur + 1
+            while s <= slot:  # a while loop: no range object on the hot path
+                i = s % n
+                self.window_wh -= ring[i]
+                ring[i] = 0
+                s += 1
+        self.slot = slot
+
+    def add(self, t, energy_wh):
+        """Book ``energy_wh`` (>= 0) that was consumed up to time t."""
+        _check_int("energy_wh", energy_wh, 0)
+        slot = (t - 1) // self.step_s
+        self._move_to(slot)
+        self.ring[slot % len(self.ring)] += energy_wh
+        self.window_wh += energy_wh
+
+    def demand_w(self):
+        """Demand over the window ending now (the open slot counts as far as it has got)."""
+        return self.window_wh * 3600 // self.window_s
+
+    def reset(self):
+        self.max_w = 0
+        self.max_t = None
+
+    def to_state(self):
+        return {"window_s": self.window_s, "step_s": self.step_s, "slot": self.slot,
+                "ring": list(self.ring), "max_w": self.max_w, "max_t": self.max_t}
+
+    @classmethod
+    def from_state(cls, data):
+        md = cls(data["window_s"], data["step_s"])
+        if len(data["ring"]) != len(md.ring):
+            raise MeteringError("demand ring has %d slots, want %d" % (len(data["ring"]), len(md.ring)))
+        md.ring = list(data["ring"])
+        md.window_wh = sum(md.ring)
+        md.slot = data["slot"]
+        md.max_w = data["max_w"]
+        md.max_t = data["max_t"]
+        return md
+
+
+# ------------------------------------------------------------ billing snapshots
+
+SNAP_DAILY = const(1)
+SNAP_MONTHLY = const(2)
+SNAP_STALE = const(1)       # flag: values come from a reading older than STALE_S before the boundary
+STALE_S = const(3600)
+MAX_DAILY_BACKFILL = const(31)   # at most this many daily records per observe (newest kept)
+MAX_MONTHLY_BACKFILL = const(12)
+
+
+class BillingSnapshots:
+    """Daily and monthly billing snapshots at local midnights.
+
+    ``observe(t, cumulative_wh, balance_paise, md_w)`` returns snapshot records
+    for every local midnight in (previous observe, t]:
+    ``(kind, key, t_utc, cumulative_wh, balance_paise, md_w, flags)`` (md_w None on
+    daily records) where kind
+    is SNAP_DAILY (key = YYYYMMDD of the day that *ended*) or SNAP_MONTHLY (key =
+    localtime month index of the month that ended; the caller then resets
+    MaxDemand), t_utc is the midnight.  The values are the readings of the
+    observe exactly at the midnight if there is one, else of the previous
+    observe (the last known values before it); SNAP_STALE marks values older
+    than STALE_S.  On a midnight that is also a month start, the daily record
+    comes first.
+
+    Powered off for several days: one daily record per missed midnight (all
+    with the last values before the outage, flagged STALE), so daily series
+    have no holes; at most MAX_DAILY_BACKFILL (newest kept).  Each missed month
+    gets a monthly record; only the first carries md_w (later ones 0: the MD
+    was reset and nothing was measured).  The first observe only sets the baseline.
+
+    >>> b = BillingSnapshots(localtime.IST_OFFSET_S)
+    >>> b.observe(1795804140, 500, 1000, 0)   # 2026-11-27 23:59 IST
+    []
+    >>> b.observe(1795804200, 510, 990, 0)    # 2026-11-28 00:00 IST
+    [(1, 20261127, 1795804200, 510, 990, None, 0)]
+    """
+
+    def __init__(self, utc_offset_s=localtime.IST_OFFSET_S):
+        self.offset_s = utc_offset_s
+        self.last_t = None
+        self.wh = 0
+        self.paise = 0
+        self.md_w = 0
+        self._md_given = False  # within one observe: md_w already went to a monthly record
+
+    def observe(self, t, cumulative_wh, balance_paise, md_w):
+        out = []
+        if self.last_t is not None:
+            if t < self.last_t:
+                raise MeteringError("billing time went back: %d < %d" % (t, self.last_t))
+            out = self._snapshots(t, cumulative_wh, balance_paise, md_w)
+        self.last_t = t
+        self.wh = cumulative_wh
+        self.paise = balance_paise
+        self.md_w = md_w
+        return out
+
+    def _snapshots(self, t, wh, paise, md_w):
+        off = self.offset_s
+        first_day = localtime.local_day(self.last_t, off) + 1
+        last_day = localtime.local_day(t, off)
+        out = []  # type: list
+        if last_day < first_day:
+            return out
+        kept_from = max(first_day, last_day - MAX_DAILY_BACKFILL + 1)
+        first_month = localtime.month_index(self.last_t, off) + 1
+        last_month = localtime.month_index(t, off)
+        self._md_given = False
+        # month starts inside the dropped part of a long outage come first
+        for m in range(max(first_month, last_month - MAX_MONTHLY_BACKFILL + 1), last_month + 1):
+            start = localtime.month_start_utc(m, off)
+            if localtime.local_day(start, off) >= kept_from:
+                break
+            out.append(self._record(SNAP_MONTHLY, m - 1, start, t, wh, paise, md_w))
+        for day in range(kept_from, last_day + 1):
+            midnight = localtime.local_midnight_utc(day, off)
+            y, mo, d = localtime.civil_from_days(day - 1)  # the day that ended
+            out.append(self._record(SNAP_DAILY, y * 10000 + mo * 100 + d, midnight, t,
+                                    wh, paise, md_w))
+            if localtime.civil_from_days(day)[2] == 1:
+                out.append(self._record(SNAP_MONTHLY, y * 12 + mo - 1, midnight, t,
+                                        wh, paise, md_w))
+        return out
+
+    def _record(self, kind, key, midnight, t, wh, paise, md_w):
+        if t == midnight:  # this observe is exactly at the boundary: its values are the end values
+            flags = 0
+        else:
+            wh, paise, md_w = self.wh, self.paise, self.md_w
+            flags = SNAP_STALE if midnight - self.last_t > STALE_S else 0
+        if kind == SNAP_DAILY:
+            return (kind, key, midnight, wh, paise, None, flags)
+        md = 0 if self._md_given else md_w  # later missed months measured nothing
+        self._md_given = True
+        return (kind, key, midnight, wh, paise, md, flags)
+
+    def to_state(self):
+        return {"offset_s": self.offset_s, "last_t": self.last_t, "wh": self.wh,
+                "paise": self.paise, "md_w": self.md_w}
+
+    @classmethod
+    def from_state(cls, data):
+        b = cls(data["offset_s"])
+        b.last_t = data["last_t"]
+        b.wh = data["wh"]
+        b.paise = data["paise"]
+        b.md_w = data["md_w"]
+        return b
