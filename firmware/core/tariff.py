@@ -1,0 +1,346 @@
+"""Tariff engine: telescopic monthly slabs, time-of-day, fixed charge, duty.
+
+ROUNDING (the one rule, implemented by ``ExactCharge`` only)
+-----------------------------------------------------------
+Every charge is an exact rational number of paise::
+
+    energy: qty * rate * (100 + tod_pct) * (10000 + duty_bp) / (unit_size * 100 * 10000)
+    fixed:  fixed_paise_per_day          * (10000 + duty_bp) / 10000
+
+Both are written over the one denominator ``unit_size * 1_000_000`` (a
+tariff switch may not change ``unit_size``, so it never changes).  The
+biller keeps ``exact_total = debited + carry / den`` with
+``0 <= carry < den`` and on every call debits
+``floor(exact_total) - debited``.  So at every moment the sum of all debits
+is ``floor(sum of exact charges)``: under by less than one paisa, never
+over, no drift over years, and duty is applied to the exact amount (no
+rounding between rate, ToD and duty).
+
+Slabs are ``[upto, rate]`` with ``upto`` the *cumulative* upper bound in
+billing units (kWh, kL, SCM), the last ``None``.  Each smallest unit (Wh,
+litre) is priced by the slab its month-to-date position falls in.
+
+>>> t = Tariff.from_dict({"id": "DOM", "version": 1, "service": "electricity",
+...     "unit_size": 1000, "slabs": [[100, 350], [300, 450], [None, 650]]})
+>>> Biller(t).charge_usage(1767225600, 250000)   # 100*350 + 150*450
+102500
+"""
+from firmware.core import localtime
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
+        return x
+
+SERVICES = ("electricity", "water", "gas")
+PCT_DEN = const(100)
+BP_DEN = const(10000)
+MAX_DUTY_BP = const(10000)  # 100 %: a larger "duty" is a data-entry error
+NO_MONTH = const(-1)
+NO_DAY = const(-1)
+
+FIELDS = ("id", "version", "activates_at", "service", "unit_size", "slabs",
+          "fixed_paise_per_day", "tod", "duty_bp", "utc_offset_s")
+
+
+class TariffError(ValueError):
+    """Bad tariff data or an illegal schedule change; the message names the field."""
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _int(d, name, default=None, lo=None, hi=None):
+    x = d.get(name, default)
+    if not _is_int(x):
+        raise TariffError("%s: must be an integer, got %r" % (name, x))
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        raise TariffError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
+    return x
+
+
+def _check_slabs(slabs):
+    if not isinstance(slabs, (list, tuple)) or not slabs:
+        raise TariffError("slabs: must be a non-empty list of [upto, rate]")
+    prev = 0
+    last = len(slabs) - 1
+    out = []
+    for i, s in enumerate(slabs):
+        if not isinstance(s, (list, tuple)) or len(s) != 2:
+            raise TariffError("slabs[%d]: must be [upto, rate]" % i)
+        upto, rate = s
+        if not _is_int(rate) or rate < 0:
+            raise TariffError("slabs[%d]: rate must be an integer >= 0, got %r" % (i, rate))
+        if i == last:
+            if upto is not None:
+                raise TariffError("slabs[%d]: the last slab must have upto null" % i)
+        elif not _is_int(upto) or upto <= prev:
+            raise TariffError("slabs[%d]: upto must be an integer > %d (ascending), got %r"
+                              % (i, prev, upto))
+        else:
+            prev = upto
+        out.append([upto, rate])
+    return out
+
+
+def _check_tod(tod):
+    if not isinstance(tod, (list, tuple)):
+        raise TariffError("tod: must be a list of [start_s, end_s, pct]")
+    out = []
+    pieces = []  # windows cut at midnight into [a, b) pieces, to find overlaps
+    for i, w in enumerate(tod):
+        if not isinstance(w, (list, tuple)) or len(w) != 3 or not (
+                _is_int(w[0]) and _is_int(w[1]) and _is_int(w[2])):
+            raise TariffError("tod[%d]: must be [start_s, end_s, pct] integers" % i)
+        start, end, pct = w
+        if not (0 <= start < localtime.DAY_S and 0 <= end <= localtime.DAY_S) or start == end:
+            raise TariffError("tod[%d]: need 0 <= start < 86400, 0 <= end <= 86400, start != end" % i)
+        if not -100 <= pct <= 100:  # below -100 % a unit would earn money
+            raise TariffError("tod[%d]: pct %d out of range [-100, 100]" % (i, pct))
+        if start < end:
+            pieces.append((start, end, i))
+        else:
+            pieces.append((start, localtime.DAY_S, i))
+            pieces.append((0, end, i))
+        out.append([start, end, pct])
+    pieces.sort()
+    for k in range(1, len(pieces)):
+        if pieces[k][0] < pieces[k - 1][1]:
+            raise TariffError("tod[%d]: overlaps tod[%d]" % (pieces[k][2], pieces[k - 1][2]))
+    return out
+
+
+class Tariff:
+    """Validated, immutable-by-convention tariff data.
+
+    >>> Tariff.from_dict({"id": "W", "version": 1, "service": "water",
+    ...     "unit_size": 1000, "slabs": [[None, 700]]}).service
+    'water'
+    """
+
+    def __init__(self, id, version, activates_at, service, unit_size, slabs,
+                 fixed_paise_per_day, tod, duty_bp, utc_offset_s):
+        self.id = id
+        self.version = version
+        self.activates_at = activates_at
+        self.service = service
+        self.unit_size = unit_size
+        self.slabs = slabs
+        self.fixed_paise_per_day = fixed_paise_per_day
+        self.tod = tod
+        self.duty_bp = duty_bp
+        self.utc_offset_s = utc_offset_s
+        # Slab bounds in smallest units (Wh, litres); None = unbounded.
+        self.bounds = [None if u is None else u * unit_size for u, _ in slabs]
+        self.rates = [r for _, r in slabs]
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise TariffError("tariff: must be a dict")
+        for k in d:
+            if k not in FIELDS:
+                raise TariffError("%s: unknown field" % k)
+        tid = d.get("id")
+        if not isinstance(tid, str) or not tid:
+            raise TariffError("id: must be a non-empty string")
+        service = d.get("service")
+        if service not in SERVICES:
+            raise TariffError("service: must be one of %s, got %r" % ("/".join(SERVICES), service))
+        return cls(
+            tid,
+            _int(d, "version", lo=1),
+            _int(d, "activates_at", 0, lo=0),
+            service,
+            _int(d, "unit_size", lo=1),
+            _check_slabs(d.get("slabs")),
+            _int(d, "fixed_paise_per_day", 0, lo=0),
+            _check_tod(d.get("tod", [])),
+            _int(d, "duty_bp", 0, lo=0, hi=MAX_DUTY_BP),
+            _int(d, "utc_offset_s", localtime.IST_OFFSET_S, lo=-43200, hi=50400),
+        )
+
+    def to_dict(self):
+        return {
+            "id": self.id, "version": self.version, "activates_at": self.activates_at,
+            "service": self.service, "unit_size": self.unit_size,
+            "slabs": [list(s) for s in self.slabs],
+            "fixed_paise_per_day": self.fixed_paise_per_day,
+            "tod": [list(w) for w in self.tod], "duty_bp": self.duty_bp,
+            "utc_offset_s": self.utc_offset_s,
+        }
+
+    def denominator(self):
+        """The one denominator every exact charge of this tariff is written over."""
+        return self.unit_size * PCT_DEN * BP_DEN
+
+    def tod_pct(self, t):
+        """Signed ToD percent for UTC second ``t`` (0 outside every window)."""
+        sod = localtime.second_of_day(t, self.utc_offset_s)
+        for start, end, pct in self.tod:
+            if localtime.in_daily_window(sod, start, end):
+                return pct
+        return 0
+
+    def slab_sum(self, mtd, qty):
+        """Sum of qty_in_slab * rate for positions [mtd, mtd + qty): O(slabs), no per-unit loop."""
+        total = 0
+        lo = 0
+        end = mtd + qty
+        for i in range(len(self.rates)):
+            hi = self.bounds[i]
+            a = mtd if mtd > lo else lo
+            b = end if hi is None or end < hi else hi
+            if b > a:
+                total += (b - a) * self.rates[i]
+            if hi is None or end <= hi:
+                break
+            lo = hi
+        return total
+
+
+class ExactCharge:
+    """The rounding rule: exact total kept as debited + carry/den, debit the floor.
+
+    >>> acc = ExactCharge(100)
+    >>> [acc.add(105) for _ in range(20)][-1], acc.debited   # 20 x 1.05 paise
+    (2, 21)
+    """
+
+    def __init__(self, den, carry=0, debited=0):
+        self.den = den
+        self.carry = carry  # 0 <= carry < den: the not-yet-debited fraction
+        self.debited = debited  # paise debited so far (audit total)
+
+    def add(self, numerator):
+        """Add numerator/den exact paise; return floor(exact total) - debited so far."""
+        if numerator < 0:
+            raise TariffError("charge: negative amount %d" % numerator)
+        n = self.carry + numerator
+        paise = n // self.den
+        self.carry = n - paise * self.den
+        self.debited += paise
+        return paise
+
+
+class Biller:
+    """Turns metered quantity and days into paise under one tariff.
+
+    >>> b = Biller(Tariff.from_dict({"id": "G", "version": 1, "service": "gas",
+    ...     "unit_size": 1000, "slabs": [[None, 5000]]}))
+    >>> b.charge_usage(1767225600, 1234)     # 1.234 SCM * 5000 paise
+    6170
+    """
+
+    def __init__(self, tariff):
+        self.tariff = tariff
+        self.acc = ExactCharge(tariff.denominator())
+        self.month = NO_MONTH  # localtime.month_index of the last charge_usage
+        self.mtd_qty = 0
+        self.fixed_day = NO_DAY  # local day number of the last fixed charge
+
+    def use_tariff(self, tariff):
+        """Switch tariff keeping month-to-date quantity and the rounding carry."""
+        if tariff.service != self.tariff.service:
+            raise TariffError("service: %s cannot replace %s" % (tariff.service, self.tariff.service))
+        if tariff.unit_size != self.tariff.unit_size:
+            # the carry is over unit_size * 10**6; keeping it exact needs the same denominator
+            raise TariffError("unit_size: %d cannot replace %d" % (tariff.unit_size, self.tariff.unit_size))
+        self.tariff = tariff
+
+    def charge_usage(self, t, qty):
+        """Paise to debit for ``qty`` smallest units used in the interval starting at UTC ``t``."""
+        if not _is_int(qty) or qty < 0:
+            raise TariffError("qty: must be an integer >= 0, got %r" % (qty,))
+        tf = self.tariff
+        month = localtime.month_index(t, tf.utc_offset_s)
+        if month != self.month:
+            self.month = month
+            self.mtd_qty = 0
+        base = tf.slab_sum(self.mtd_qty, qty)
+        self.mtd_qty += qty
+        return self.acc.add(base * (PCT_DEN + tf.tod_pct(t)) * (BP_DEN + tf.duty_bp))
+
+    def charge_day(self, t):
+        """Paise of fixed charge (with duty) for the local day containing UTC ``t``.
+
+        Only a day later than the last charged one is charged: the shell may
+        call again after a reboot or journal replay, or the clock may be set
+        back, and a day must never be billed twice.
+        """
+        tf = self.tariff
+        day = localtime.local_day(t, tf.utc_offset_s)
+        if day <= self.fixed_day:
+            return 0
+        self.fixed_day = day
+        return self.acc.add(tf.fixed_paise_per_day * (BP_DEN + tf.duty_bp) * tf.unit_size * PCT_DEN)
+
+    def month_to_date_qty(self, t=None):
+        """Quantity used this local month; 0 if ``t`` falls in a month not yet charged."""
+        if t is not None and localtime.month_index(t, self.tariff.utc_offset_s) != self.month:
+            return 0
+        return self.mtd_qty
+
+    def to_state(self):
+        return {"tariff": self.tariff.to_dict(), "month": self.month, "mtd": self.mtd_qty,
+                "day": self.fixed_day, "carry": self.acc.carry, "debited": self.acc.debited}
+
+    @classmethod
+    def from_state(cls, data):
+        b = cls(Tariff.from_dict(data["tariff"]))
+        b.month = data["month"]
+        b.mtd_qty = data["mtd"]
+        b.fixed_day = data["day"]
+        b.acc = ExactCharge(b.tariff.denominator(), data["carry"], data["debited"])
+        return b
+
+
+class TariffSchedule:
+    """Active tariff plus an optional passive one that takes over at ``activates_at``.
+
+    Like the DLMS activity calendar's passive season.  The caller switches
+    the biller when ``apply_due`` says so::
+
+        if sched.apply_due(now):
+            biller.use_tariff(sched.active)
+    """
+
+    def __init__(self, active, passive=None):
+        self.active = active
+        self.passive = None
+        if passive is not None:
+            self.set_passive(passive)
+
+    @property
+    def version(self):
+        """Version of the tariff in force."""
+        return self.active.version
+
+    def set_passive(self, tariff):
+        """Stage ``tariff``; its version must be above the active one's."""
+        if tariff.version <= self.active.version:
+            raise TariffError("version: %d must be > active version %d"
+                              % (tariff.version, self.active.version))
+        if tariff.service != self.active.service or tariff.unit_size != self.active.unit_size:
+            raise TariffError("service/unit_size: passive must match the active tariff")
+        self.passive = tariff
+
+    def apply_due(self, now):
+        """Make the passive tariff active when ``now >= activates_at``; True if switched."""
+        p = self.passive
+        if p is None or now < p.activates_at:
+            return False
+        self.active = p
+        self.passive = None
+        return True
+
+    def to_state(self):
+        return {"active": self.active.to_dict(),
+                "passive": None if self.passive is None else self.passive.to_dict()}
+
+    @classmethod
+    def from_state(cls, data):
+        p = data["passive"]
+        return cls(Tariff.from_dict(data["active"]), None if p is None else Tariff.from_dict(p))
