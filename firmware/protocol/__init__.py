@@ -1,0 +1,1 @@
+"""Sans-IO protocol codecs: bytes in, values out; no sockets, UARTs or clocks inside."""

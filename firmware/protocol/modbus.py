@@ -1,0 +1,373 @@
+"""Modbus RTU master codec (sans-IO): requests out, responses in, timing as arithmetic.
+
+Function codes 03/04 (read holding/input registers), 06 (write one) and 16
+(write many); frame = slave, PDU, CRC-16/MODBUS low byte first.  The master
+task that owns the UART calls these; nothing here touches I/O or a clock.
+
+>>> read_input_registers(1, 0, 2).adu.hex()
+'01040000000271cb'
+>>> p = ResponseParser(read_input_registers(1, 0, 2))
+>>> p.feed(bytes.fromhex("01040400"))  # partial: None
+>>> p.feed(bytes.fromhex("0008e67dce")).registers
+[0, 2278]
+"""
+from firmware.protocol.crc16 import append_crc, crc_ok
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
+        return x
+
+READ_HOLDING_REGISTERS = const(3)
+READ_INPUT_REGISTERS = const(4)
+WRITE_SINGLE_REGISTER = const(6)
+WRITE_MULTIPLE_REGISTERS = const(16)
+
+# Modbus Application Protocol V1.1b3, sections 6.3, 6.4 and 6.12
+MAX_READ_COUNT = const(125)
+MAX_WRITE_COUNT = const(123)
+BROADCAST = const(0)
+
+# Modbus Application Protocol V1.1b3, section 7 (MODBUS Exception Codes)
+EXCEPTION_NAMES = {
+    1: "ILLEGAL_FUNCTION",
+    2: "ILLEGAL_DATA_ADDRESS",
+    3: "ILLEGAL_DATA_VALUE",
+    4: "SERVER_DEVICE_FAILURE",
+    5: "ACKNOWLEDGE",
+    6: "SERVER_DEVICE_BUSY",
+    8: "MEMORY_PARITY_ERROR",
+    10: "GATEWAY_PATH_UNAVAILABLE",
+    11: "GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND",
+}
+
+
+def exception_name(code):
+    """Name of a Modbus exception code, e.g. 2 -> 'ILLEGAL_DATA_ADDRESS'."""
+    return EXCEPTION_NAMES.get(code, "UNKNOWN_EXCEPTION_%d" % code)
+
+
+class ModbusError(ValueError):
+    """A request that cannot be built, or a parser used for a request with no reply."""
+
+
+def _check_u16(what, value):
+    if not isinstance(value, int) or value < 0 or value > 0xFFFF:
+        raise ModbusError("%s must be 0..65535, got %r" % (what, value))
+
+
+class Request:
+    """One master request and its RTU frame (``adu``); build it with the helpers below.
+
+    >>> r = write_single_register(1, 0x0014, 2)
+    >>> r.adu.hex(), r.response_length
+    ('010600140002480f', 8)
+    """
+
+    def __init__(self, slave, function, address, count, values=None):
+        if not isinstance(slave, int) or slave < 0 or slave > 247:
+            raise ModbusError("slave must be 0 (broadcast) or 1..247, got %r" % (slave,))
+        _check_u16("address", address)
+        if function not in (READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS,
+                            WRITE_SINGLE_REGISTER, WRITE_MULTIPLE_REGISTERS):
+            raise ModbusError("function code %r not supported (3, 4, 6, 16)" % (function,))
+        reads = function == READ_HOLDING_REGISTERS or function == READ_INPUT_REGISTERS
+        if reads and slave == BROADCAST:
+            raise ModbusError("a read cannot be broadcast")
+        limit = MAX_READ_COUNT if reads else MAX_WRITE_COUNT
+        if count < 1 or count > limit:
+            raise ModbusError("count must be 1..%d, got %d" % (limit, count))
+        if address + count > 0x10000:
+            raise ModbusError("registers 0x%04x+%d run past 0xffff" % (address, count))
+        self.slave = slave
+        self.function = function
+        self.address = address
+        self.count = count
+        self.values = values
+        pdu = bytearray((slave, function, address >> 8, address & 0xFF))
+        if function == WRITE_SINGLE_REGISTER:
+            pdu.extend((values[0] >> 8, values[0] & 0xFF))
+        else:
+            pdu.extend((count >> 8, count & 0xFF))
+        if function == WRITE_MULTIPLE_REGISTERS:
+            pdu.append(2 * count)
+            for v in values:
+                pdu.extend((v >> 8, v & 0xFF))
+        self.adu = append_crc(pdu)
+
+    @property
+    def broadcast(self):
+        """True if no slave answers (slave 0)."""
+        return self.slave == BROADCAST
+
+    @property
+    def response_length(self):
+        """Bytes in a normal (non-exception) response frame."""
+        if self.function == READ_HOLDING_REGISTERS or self.function == READ_INPUT_REGISTERS:
+            return 5 + 2 * self.count  # slave, fc, byte count, data, crc(2)
+        return 8  # slave, fc, address(2), value or count(2), crc(2)
+
+    def __repr__(self):
+        return "Request(slave=%d, fc=%d, address=0x%04x, count=%d)" % (
+            self.slave, self.function, self.address, self.count)
+
+
+def read_holding_registers(slave, address, count):
+    """FC 03 request: ``count`` holding registers from ``address``."""
+    return Request(slave, READ_HOLDING_REGISTERS, address, count)
+
+
+def read_input_registers(slave, address, count):
+    """FC 04 request: ``count`` input registers from ``address``.
+
+    >>> read_input_registers(1, 0x48, 2).adu.hex()
+    '010400480002f1dd'
+    """
+    return Request(slave, READ_INPUT_REGISTERS, address, count)
+
+
+def write_single_register(slave, address, value):
+    """FC 06 request: write ``value`` (0..65535) to one holding register."""
+    _check_u16("value", value)
+    return Request(slave, WRITE_SINGLE_REGISTER, address, 1, [value])
+
+
+def write_multiple_registers(slave, address, values):
+    """FC 16 request: write ``values`` to consecutive holding registers."""
+    values = list(values)
+    for v in values:
+        _check_u16("value", v)
+    return Request(slave, WRITE_MULTIPLE_REGISTERS, address, len(values), values)
+
+
+class Response:
+    """A CRC-checked response that matches its request.
+
+    ``exception_code`` is 0 for a normal response, else the slave's Modbus
+    exception code (``exception_name`` says which).  ``registers`` holds the
+    register values of a read, else None.  ``pdu`` is function code + data.
+    """
+
+    def __init__(self, slave, pdu, registers=None):
+        self.slave = slave
+        self.pdu = pdu
+        self.function = pdu[0] & 0x7F
+        self.exception_code = pdu[1] if pdu[0] & 0x80 else 0
+        self.registers = registers
+
+    @property
+    def ok(self):
+        """True unless the slave answered with an exception."""
+        return self.exception_code == 0
+
+    @property
+    def exception_name(self):
+        """Name of the exception code ('' for a normal response)."""
+        return exception_name(self.exception_code) if self.exception_code else ""
+
+    def __repr__(self):
+        if self.exception_code:
+            return "Response(slave=%d, fc=%d, exception=%s)" % (
+                self.slave, self.function, self.exception_name)
+        return "Response(slave=%d, fc=%d, registers=%r)" % (self.slave, self.function, self.registers)
+
+
+class ResponseParser:
+    """Finds the response to one request in bytes fed as they arrive.
+
+    RTU frames have no start marker, so the parser hunts: it drops bytes until
+    one equals the slave address and the next the function code (or the code
+    | 0x80), derives the frame length (FC 03/04 from the byte count, which must
+    be 2 x count), waits for that many bytes and checks the CRC.  A candidate
+    that fails is dropped one byte at a time, so a frame behind garbage or a
+    corrupted frame is still found.  Frames from other slaves are garbage.
+    Counters tell the master why nothing came: ``discarded`` (bytes dropped),
+    ``crc_errors``, ``mismatches`` (CRC-valid write echoes that differ).
+
+    >>> p = ResponseParser(write_single_register(1, 0x14, 2))
+    >>> p.feed(b"\\x00" + write_single_register(1, 0x14, 2).adu).ok
+    True
+    """
+
+    def __init__(self, request):
+        if request.broadcast:
+            raise ModbusError("a broadcast request gets no response")
+        self.request = request
+        self.discarded = 0
+        self.crc_errors = 0
+        self.mismatches = 0
+        self._buf = bytearray()
+
+    def reset(self):
+        """Forget buffered bytes (e.g. before a retry); counters keep counting."""
+        self._buf = bytearray()
+
+    def feed(self, data):
+        """Add received bytes; return the ``Response`` once complete, else None."""
+        self._buf.extend(data)
+        req = self.request
+        slave = req.slave
+        fc = req.function
+        while True:
+            buf = self._buf
+            n = len(buf)
+            i = 0
+            while i < n:
+                if buf[i] == slave:
+                    if i + 1 == n or buf[i + 1] & 0x7F == fc:
+                        break
+                i += 1
+            if i:
+                self._drop(i)
+                buf = self._buf
+                n = len(buf)
+            if n < 3:
+                return None
+            if buf[1] & 0x80:
+                length = 5
+            elif fc == READ_HOLDING_REGISTERS or fc == READ_INPUT_REGISTERS:
+                if buf[2] != 2 * req.count:
+                    self._drop(1)  # implausible byte count: not our frame
+                    continue
+                length = 5 + buf[2]
+            else:
+                length = 8
+            if n < length:
+                return None
+            frame = bytes(buf[:length])
+            if not crc_ok(frame):
+                self.crc_errors += 1
+                self._drop(1)
+                continue
+            reads = fc == READ_HOLDING_REGISTERS or fc == READ_INPUT_REGISTERS
+            if length == 8 and frame[2:6] != req.adu[2:6]:
+                self.mismatches += 1  # a write echo that is not our write
+                self._drop(length)
+                continue
+            self._buf = buf[length:]
+            registers = None
+            if reads and length > 5:
+                registers = [(frame[3 + 2 * k] << 8) | frame[4 + 2 * k] for k in range(req.count)]
+            return Response(slave, frame[1:-2], registers)
+
+    def _drop(self, k):
+        self.discarded += k
+        self._buf = self._buf[k:]
+
+
+# ------------------------------------------------------------------ timing
+# Modbus over Serial Line V1.02, 2.5.1.1: a character is 11 bits (start, 8
+# data, parity or second stop, stop); frames are separated by 3.5 character
+# times (t3.5) and a gap over 1.5 (t1.5) inside a frame breaks it.  Above
+# 19200 baud both are fixed: t1.5 = 750 us, t3.5 = 1750 us.  Pass bits=10 for
+# 8N1 links such as the SDM120's default.
+
+FAST_BAUD = const(19200)
+DEFAULT_TURNAROUND_MS = const(200)  # slave processing allowance; not in the standard, tune per meter
+
+
+def _ceil_div(a, b):
+    return (a + b - 1) // b
+
+
+def char_time_us(baud, bits=11):
+    """Microseconds to send one character, rounded up."""
+    return _ceil_div(bits * 1000000, baud)
+
+
+def frame_time_us(nbytes, baud, bits=11):
+    """Microseconds to send ``nbytes`` back to back, rounded up."""
+    return _ceil_div(nbytes * bits * 1000000, baud)
+
+
+def inter_frame_gap_us(baud, bits=11):
+    """t3.5: the silence that ends a frame and must precede the next request."""
+    if baud > FAST_BAUD:
+        return 1750
+    return _ceil_div(35 * bits * 1000000, 10 * baud)
+
+
+def inter_char_timeout_us(baud, bits=11):
+    """t1.5: a longer gap inside a frame means the frame is broken."""
+    if baud > FAST_BAUD:
+        return 750
+    return _ceil_div(15 * bits * 1000000, 10 * baud)
+
+
+def response_timeout_ms(request, baud, bits=11, turnaround_ms=DEFAULT_TURNAROUND_MS):
+    """Milliseconds from starting to send ``request`` to giving up on its reply.
+
+    Sending the request + t3.5 + the slave's turnaround + receiving the
+    longest normal reply, rounded up to whole ms.
+    """
+    wire_us = frame_time_us(len(request.adu) + request.response_length, baud, bits)
+    return _ceil_div(wire_us + inter_frame_gap_us(baud, bits), 1000) + turnaround_ms
+
+
+class Transaction:
+    """One request with retries and timeouts, driven by the master's ms clock.
+
+    The master task owns the UART and a monotonic ms counter (``now_ms`` must
+    not wrap, e.g. the asyncio loop's time in ms):
+
+        tx = Transaction(read_input_registers(1, 0x0000, 2), baud=2400, bits=10)
+        uart.write(tx.start(now_ms()))
+        while not tx.done:
+            data = uart.read()          # whatever arrived, may be None
+            if data:
+                tx.feed(data)
+            frame = tx.poll(now_ms())   # a retry to send after a timeout
+            if frame:
+                uart.write(frame)
+            await asyncio.sleep_ms(5)
+        tx.response  # a Response (check .ok), or None with tx.error saying why
+
+    An exception response ends the transaction (no retry): the slave answered.
+    A broadcast is done once its timeout has passed, with no response.
+    """
+
+    def __init__(self, request, baud, retries=2, bits=11, turnaround_ms=DEFAULT_TURNAROUND_MS):
+        self.request = request
+        self.retries = retries
+        self.timeout_ms = response_timeout_ms(request, baud, bits, turnaround_ms)
+        self.parser = None if request.broadcast else ResponseParser(request)
+        self.attempts = 0
+        self.deadline_ms = 0
+        self.done = False
+        self.response = None
+        self.error = ""
+
+    def start(self, now_ms):
+        """The frame to send now (first attempt)."""
+        self.attempts = 1
+        self.deadline_ms = now_ms + self.timeout_ms
+        return self.request.adu
+
+    def feed(self, data):
+        """Received bytes; returns the Response when it completes."""
+        if self.done or self.parser is None:
+            return None
+        resp = self.parser.feed(data)
+        if resp is not None:
+            self.done = True
+            self.response = resp
+        return resp
+
+    def poll(self, now_ms):
+        """After a timeout: the frame to resend, or None (waiting, or done)."""
+        if self.done or now_ms < self.deadline_ms:
+            return None
+        if self.parser is None:
+            self.done = True
+            return None
+        if self.attempts > self.retries:
+            self.done = True
+            p = self.parser
+            self.error = "no valid response after %d attempts (%d crc errors, %d bytes discarded)" % (
+                self.attempts, p.crc_errors, p.discarded)
+            return None
+        self.attempts += 1
+        self.parser.reset()
+        self.deadline_ms = now_ms + self.timeout_ms
+        return self.request.adu
