@@ -45,11 +45,12 @@ def test_every_device_file_compiles_with_mpy_cross(tmp_path):
     assert not failures, "\n".join(failures)
 
 
-def test_firmware_and_boards_type_check_against_esp32_stubs():
+def test_firmware_and_boards_type_check_against_esp32_stubs(tmp_path):
     stubs = ROOT / ".venv" / "mpy-stubs"
     if not (stubs / "stdlib").is_dir():
         pytest.fail("MicroPython stubs missing in .venv/mpy-stubs: run ./dev setup", pytrace=False)
     proc = subprocess.run(
-        [tool("mypy"), "--config-file", "firmware/mypy-esp32.ini", *DEVICE_DIRS],
+        [tool("mypy"), "--config-file", "firmware/mypy-esp32.ini",
+         "--cache-dir", str(tmp_path / "mypy-cache"), *DEVICE_DIRS],
         cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

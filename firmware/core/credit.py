@@ -1,0 +1,612 @@
+"""Prepaid credit state machine and load limiter: the only code that decides the relay.
+
+The credit machine is one transition table, ``CREDIT_TABLE``: rows
+``(from_state, guard_name, to_state)``.  After every input (``charge``,
+``topup``, ``tick``, ``power_sample``, ``remote``, ``reset_lockout``) the
+first row leaving the current state whose guard holds fires, and this
+repeats until no row fires (at most ``MAX_STEPS`` times).  Guards are small
+named predicates over the account and ``now`` (``GUARDS``).  The load
+limiter is a second, smaller table, ``LOAD_TABLE``.  The relay rule is the
+only one::
+
+    relay_closed == (state != DISCONNECTED and load_state == NORMAL and not remote_open)
+
+Money
+-----
+``credit_paise`` (prepaid credit), ``emergency_used_paise`` (emergency credit
+consumed, owed) and ``debt_paise`` (arrears) are all >= 0.
+
+* ``available_paise = credit - emergency_used`` decides the state; debt does
+  not block reconnection, it is recovered from top-ups.
+* ``balance_paise = credit - emergency_used - debt`` is what is reported.
+* ``charge``: from credit first; then from emergency credit while the
+  account is in OK/LOW/EMERGENCY, emergency is enabled and not used up;
+  the rest becomes debt (e.g. use during a friendly-hours hold).  Once
+  emergency credit is used up (DISCONNECT_PENDING/DISCONNECTED) it is only
+  re-armed by a top-up that brings ``available`` above zero.
+* ``topup``: repays emergency credit first, then recovers
+  ``min(debt, amount * debt_recovery_pct // 100, rest)``, the rest is credit.
+* Totals make every paisa traceable: always
+  ``balance == opening_balance + total_topups - total_charges`` and
+  ``total_topups == total_credited + total_emergency_repaid + total_debt_recovered``.
+
+Friendly time (no disconnection): the daily window [friendly_start_s,
+friendly_end_s) local time (may wrap midnight), a weekday in
+``friendly_weekdays``, a local date in ``holidays`` (YYYYMMDD), the first
+``grace_days`` after conversion to prepaid, or ``never_disconnect``.
+
+A remote disconnect inside friendly time is refused: ``remote`` returns
+False (a value, not an exception: the head-end gets it as the command's
+result).  Malformed inputs raise ``CreditError``.
+
+>>> t0 = 1795753800                      # Fri 2026-11-27 10:00 IST
+>>> acc = CreditAccount(CreditConfig.from_dict({}), t0, credit_paise=10000)
+>>> acc.charge(6000, t0 + 60)             # 4000 left <= low threshold 5000
+>>> STATE_NAMES[acc.state], acc.relay_closed
+('LOW', True)
+"""
+from firmware.core import localtime
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
+        return x
+
+# --- credit states ---------------------------------------------------------
+OK = const(0)
+LOW = const(1)
+EMERGENCY = const(2)
+DISCONNECT_PENDING = const(3)
+DISCONNECTED = const(4)
+STATE_NAMES = {OK: "OK", LOW: "LOW", EMERGENCY: "EMERGENCY",
+               DISCONNECT_PENDING: "DISCONNECT_PENDING", DISCONNECTED: "DISCONNECTED"}
+
+# --- load limiter states ---------------------------------------------------
+NORMAL = const(0)
+TRIPPED = const(1)
+LOCKED_OUT = const(2)
+LOAD_STATE_NAMES = {NORMAL: "NORMAL", TRIPPED: "TRIPPED", LOCKED_OUT: "LOCKED_OUT"}
+
+# --- event codes: the same numbers as core/events.py, so mapping is identity -
+EV_RELAY_OPENED = const(8)
+EV_RELAY_CLOSED = const(9)
+EV_TOPUP_APPLIED = const(10)  # value: amount paise
+EV_LOW_CREDIT_WARNING = const(14)  # value: pct of the last top-up
+EV_CREDIT_EXHAUSTED = const(15)  # value: available paise (<= 0)
+EV_EMERGENCY_STARTED = const(16)  # value: emergency credit limit paise
+EV_STATE_CHANGED = const(17)  # value: new credit state (events.CREDIT_STATE)
+EV_LOAD_TRIP = const(18)  # value: trips inside the window, this one included
+EV_LOAD_LOCKOUT = const(19)  # value: idem
+EVENT_NAMES = {
+    EV_RELAY_OPENED: "RELAY_OPENED", EV_RELAY_CLOSED: "RELAY_CLOSED",
+    EV_TOPUP_APPLIED: "TOPUP_APPLIED", EV_LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
+    EV_CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED", EV_EMERGENCY_STARTED: "EMERGENCY_STARTED",
+    EV_STATE_CHANGED: "STATE_CHANGED", EV_LOAD_TRIP: "LOAD_TRIP", EV_LOAD_LOCKOUT: "LOAD_LOCKOUT",
+}
+
+NO_TIME = const(-1)  # "not set" for stored times; valid times are >= 0
+MAX_STEPS = const(6)  # longest legal chain is OK -> EMERGENCY -> DISCONNECT_PENDING -> DISCONNECTED
+PCT = const(100)
+
+
+class CreditError(ValueError):
+    """An illegal input (bad amount, bad time, bad flag) or a corrupt saved state."""
+
+
+class CreditConfigError(CreditError):
+    """Bad credit configuration; the message names the field."""
+
+
+# --- configuration ---------------------------------------------------------
+_INT = const(0)
+_BOOL = const(1)
+_INTS = const(2)
+_DATES = const(3)
+
+# (field, kind, default, lo, hi) in a fixed order (to_dict, error messages)
+_SPEC = (
+    ("low_credit_paise", _INT, 5000, 0, None),
+    ("emergency_enabled", _BOOL, True, None, None),
+    ("emergency_credit_paise", _INT, 5000, 0, None),
+    ("disconnect_grace_s", _INT, 0, 0, None),
+    ("friendly_start_s", _INT, 18 * 3600, 0, localtime.DAY_S - 1),
+    ("friendly_end_s", _INT, 8 * 3600, 0, localtime.DAY_S),
+    ("friendly_weekdays", _INTS, (localtime.SUNDAY,), 0, 6),
+    ("holidays", _DATES, (), None, None),
+    ("grace_days", _INT, 0, 0, 3660),
+    ("never_disconnect", _BOOL, False, None, None),
+    ("utc_offset_s", _INT, localtime.IST_OFFSET_S, -43200, 50400),
+    ("debt_recovery_pct", _INT, 25, 0, PCT),
+    ("warn_pct_of_last_topup", _INTS, (30, 10), 1, PCT),
+    ("load_limit_w", _INT, 0, 0, None),  # 0 = limiter off
+    ("overload_s", _INT, 60, 0, None),
+    ("reconnect_delay_s", _INT, 300, 0, None),
+    ("max_trips", _INT, 3, 1, None),
+    ("trip_window_s", _INT, 3600, 1, None),
+)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _in_range(name, x, lo, hi):
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        raise CreditConfigError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
+
+
+def _valid_date_key(k):
+    y, md = divmod(k, 10000)
+    m, d = divmod(md, 100)
+    return 1 <= m <= 12 and 1 <= d <= 31 and localtime.civil_from_days(
+        localtime.days_from_civil(y, m, d)) == (y, m, d)
+
+
+def _check_field(name, kind, x, lo, hi):
+    if kind == _BOOL:
+        if not isinstance(x, bool):
+            raise CreditConfigError("%s: must be true or false, got %r" % (name, x))
+        return x
+    if kind == _INT:
+        if not _is_int(x):
+            raise CreditConfigError("%s: must be an integer, got %r" % (name, x))
+        _in_range(name, x, lo, hi)
+        return x
+    if not isinstance(x, (list, tuple)):
+        raise CreditConfigError("%s: must be a list of integers, got %r" % (name, x))
+    out = []
+    for i, v in enumerate(x):
+        if not _is_int(v):
+            raise CreditConfigError("%s[%d]: must be an integer, got %r" % (name, i, v))
+        if kind == _DATES and not _valid_date_key(v):
+            raise CreditConfigError("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
+        _in_range("%s[%d]" % (name, i), v, lo, hi)
+        if v in out:
+            raise CreditConfigError("%s[%d]: duplicate %r" % (name, i, v))
+        out.append(v)
+    return out
+
+
+class CreditConfig:
+    """Validated thresholds and friendly-time rules (all data, no code).
+
+    >>> cfg = CreditConfig.from_dict({"low_credit_paise": 10000, "holidays": [20261225]})
+    >>> cfg.low_credit_paise, cfg.friendly_weekdays
+    (10000, [6])
+    """
+
+    def __init__(self, v):
+        self.low_credit_paise = v["low_credit_paise"]
+        self.emergency_enabled = v["emergency_enabled"]
+        self.emergency_credit_paise = v["emergency_credit_paise"]
+        self.disconnect_grace_s = v["disconnect_grace_s"]
+        self.friendly_start_s = v["friendly_start_s"]
+        self.friendly_end_s = v["friendly_end_s"]
+        self.friendly_weekdays = v["friendly_weekdays"]
+        self.holidays = v["holidays"]
+        self.grace_days = v["grace_days"]
+        self.never_disconnect = v["never_disconnect"]
+        self.utc_offset_s = v["utc_offset_s"]
+        self.debt_recovery_pct = v["debt_recovery_pct"]
+        # descending, so one big step warns 30 % before 10 %
+        self.warn_pct_of_last_topup = sorted(v["warn_pct_of_last_topup"], reverse=True)
+        self.load_limit_w = v["load_limit_w"]
+        self.overload_s = v["overload_s"]
+        self.reconnect_delay_s = v["reconnect_delay_s"]
+        self.max_trips = v["max_trips"]
+        self.trip_window_s = v["trip_window_s"]
+
+    @classmethod
+    def from_dict(cls, d):
+        """Validate ``d`` (missing fields take defaults); raise CreditConfigError naming the field."""
+        if not isinstance(d, dict):
+            raise CreditConfigError("credit config: must be a dict, got %r" % (d,))
+        names = [s[0] for s in _SPEC]
+        for k in d:
+            if k not in names:
+                raise CreditConfigError("%s: unknown field" % (k,))
+        v: dict = {}
+        for name, kind, default, lo, hi in _SPEC:
+            v[name] = _check_field(name, kind, d.get(name, default), lo, hi)
+        return cls(v)
+
+    def to_dict(self):
+        d = {}
+        for s in _SPEC:
+            x = getattr(self, s[0])
+            d[s[0]] = list(x) if isinstance(x, list) else x
+        return d
+
+
+# --- guards: small named predicates over the account and now ---------------
+
+def _credit_above_low(a, now):
+    return a.available_paise > a.config.low_credit_paise
+
+
+def _credit_low(a, now):
+    return 0 < a.available_paise <= a.config.low_credit_paise
+
+
+def _exhausted_emergency_left(a, now):
+    return a.available_paise <= 0 and a.emergency_left()
+
+
+def _exhausted(a, now):
+    return a.available_paise <= 0
+
+
+def _emergency_spent(a, now):
+    return not a.emergency_left()
+
+
+def _disconnect_due(a, now):
+    return now >= a.pending_since + a.config.disconnect_grace_s and not a.friendly(now)
+
+
+def _overload_lockout(a, now):
+    return _overload(a, now) and a.recent_trips(now) + 1 >= a.config.max_trips
+
+
+def _overload(a, now):
+    return a.over_since != NO_TIME and now - a.over_since >= a.config.overload_s
+
+
+def _reconnect_due(a, now):
+    return now >= a.tripped_at + a.config.reconnect_delay_s
+
+
+GUARDS = {
+    "credit_above_low": _credit_above_low,
+    "credit_low": _credit_low,
+    "exhausted_emergency_left": _exhausted_emergency_left,
+    "exhausted": _exhausted,
+    "emergency_spent": _emergency_spent,
+    "disconnect_due": _disconnect_due,
+    "overload_lockout": _overload_lockout,
+    "overload": _overload,
+    "reconnect_due": _reconnect_due,
+}
+
+# First matching row (in this order) wins.  There is deliberately no row
+# EMERGENCY -> DISCONNECTED: disconnection only ever follows DISCONNECT_PENDING.
+CREDIT_TABLE = (
+    # from               guard                       to
+    (OK,                 "credit_low",               LOW),
+    (OK,                 "exhausted_emergency_left", EMERGENCY),
+    (OK,                 "exhausted",                DISCONNECT_PENDING),
+    (LOW,                "credit_above_low",         OK),
+    (LOW,                "exhausted_emergency_left", EMERGENCY),
+    (LOW,                "exhausted",                DISCONNECT_PENDING),
+    (EMERGENCY,          "credit_above_low",         OK),
+    (EMERGENCY,          "credit_low",               LOW),
+    (EMERGENCY,          "emergency_spent",          DISCONNECT_PENDING),
+    (DISCONNECT_PENDING, "credit_above_low",         OK),
+    (DISCONNECT_PENDING, "credit_low",               LOW),
+    (DISCONNECT_PENDING, "disconnect_due",           DISCONNECTED),
+    (DISCONNECTED,       "credit_above_low",         OK),
+    (DISCONNECTED,       "credit_low",               LOW),
+)
+
+# LOCKED_OUT has no row: only reset_lockout() (a technician) leaves it.
+LOAD_TABLE = (
+    (NORMAL,  "overload_lockout", LOCKED_OUT),
+    (NORMAL,  "overload",         TRIPPED),
+    (TRIPPED, "reconnect_due",    NORMAL),
+)
+
+
+def _next_state(table, state, acc, now):
+    for src, guard, dst in table:
+        if src == state and GUARDS[guard](acc, now):
+            return dst
+    return None
+
+
+def _check_now(now):
+    if not _is_int(now) or now < 0:
+        raise CreditError("now: must be an integer >= 0 (UTC seconds), got %r" % (now,))
+
+
+# Persisted attributes, in a fixed order (to_state / from_state).
+_STATE_FIELDS = (
+    "state", "load_state", "remote_open", "credit_paise", "emergency_used_paise",
+    "debt_paise", "prepaid_since", "pending_since", "last_topup_paise", "warned",
+    "opening_balance", "total_topups", "total_charges", "total_credited",
+    "total_emergency_repaid", "total_debt_recovered", "over_since", "tripped_at",
+    "trip_times", "last_now",
+)
+
+
+class CreditAccount:
+    """One consumer's prepaid account: balances, credit state, load limiter, relay.
+
+    ``credit_paise``/``debt_paise`` are the opening balances (migration day);
+    ``prepaid_since`` (default ``now``) starts the ``grace_days`` grace.
+
+    >>> t0 = 1795753800                  # Fri 2026-11-27 10:00 IST
+    >>> acc = CreditAccount(CreditConfig.from_dict({}), t0, credit_paise=0, debt_paise=5000)
+    >>> STATE_NAMES[acc.state]           # zero credit: emergency credit starts
+    'EMERGENCY'
+    >>> acc.topup(10000, t0 + 60)        # 25 % of 10000 recovers debt
+    (7500, 0, 2500)
+    """
+
+    def __init__(self, config, now, credit_paise=0, debt_paise=0, prepaid_since=None):
+        _check_now(now)
+        for name, x in (("credit_paise", credit_paise), ("debt_paise", debt_paise)):
+            if not _is_int(x) or x < 0:
+                raise CreditError("%s: must be an integer >= 0, got %r" % (name, x))
+        if prepaid_since is None:
+            prepaid_since = now
+        _check_now(prepaid_since)
+        self.config = config
+        self.state = OK
+        self.load_state = NORMAL
+        self.remote_open = False
+        self.credit_paise = credit_paise
+        self.emergency_used_paise = 0
+        self.debt_paise = debt_paise
+        self.prepaid_since = prepaid_since
+        self.pending_since = NO_TIME
+        # The opening credit is the reference for %-warnings until the first top-up.
+        self.last_topup_paise = credit_paise
+        self.warned: list = []  # pcts warned since the last top-up; 0 = CREDIT_EXHAUSTED
+        self.opening_balance = credit_paise - debt_paise
+        self.total_topups = 0
+        self.total_charges = 0
+        self.total_credited = 0
+        self.total_emergency_repaid = 0
+        self.total_debt_recovered = 0
+        self.over_since = NO_TIME  # start of the current overload, NORMAL only
+        self.tripped_at = NO_TIME
+        self.trip_times: list = []  # trips inside trip_window_s, oldest first
+        self.last_now = now
+        self._events: list = []
+        self._relay_was_closed = True  # a new meter's relay ships closed
+        self._settle(now)
+
+    # --- derived values ---------------------------------------------------
+    @property
+    def available_paise(self):
+        return self.credit_paise - self.emergency_used_paise
+
+    @property
+    def balance_paise(self):
+        return self.credit_paise - self.emergency_used_paise - self.debt_paise
+
+    @property
+    def relay_closed(self):
+        return self.state != DISCONNECTED and self.load_state == NORMAL and not self.remote_open
+
+    def emergency_left(self):
+        """True while emergency credit is enabled and not used up."""
+        cfg = self.config
+        return cfg.emergency_enabled and self.emergency_used_paise < cfg.emergency_credit_paise
+
+    def friendly(self, now):
+        """True when disconnection is not allowed at UTC ``now``."""
+        cfg = self.config
+        if cfg.never_disconnect or now < self.prepaid_since + cfg.grace_days * localtime.DAY_S:
+            return True
+        off = cfg.utc_offset_s
+        if localtime.in_daily_window(localtime.second_of_day(now, off),
+                                     cfg.friendly_start_s, cfg.friendly_end_s):
+            return True
+        if localtime.weekday_of_day(localtime.local_day(now, off)) in cfg.friendly_weekdays:
+            return True
+        return localtime.date_key(now, off) in cfg.holidays
+
+    def recent_trips(self, now):
+        """Load trips within trip_window_s before ``now``."""
+        w = self.config.trip_window_s
+        n = 0
+        for t in self.trip_times:
+            if now - t < w:
+                n += 1
+        return n
+
+    # --- inputs -----------------------------------------------------------
+    def charge(self, amount, now):
+        """Debit ``amount`` paise: credit, then emergency credit, then debt."""
+        self._check_amount("charge", amount, 0)
+        self._begin(now)
+        take = amount if amount < self.credit_paise else self.credit_paise
+        self.credit_paise -= take
+        rest = amount - take
+        if rest and self.state in (OK, LOW, EMERGENCY) and self.emergency_left():
+            room = self.config.emergency_credit_paise - self.emergency_used_paise
+            take = rest if rest < room else room
+            self.emergency_used_paise += take
+            rest -= take
+        self.debt_paise += rest
+        self.total_charges += amount
+        self._settle(now)
+
+    def topup(self, amount, now):
+        """Apply an authenticated top-up; return (credited, emergency_repaid, debt_recovered)."""
+        self._check_amount("topup", amount, 1)
+        self._begin(now)
+        repaid = amount if amount < self.emergency_used_paise else self.emergency_used_paise
+        left = amount - repaid
+        recovered = min(self.debt_paise, amount * self.config.debt_recovery_pct // PCT, left)
+        credited = left - recovered
+        self.emergency_used_paise -= repaid
+        self.debt_paise -= recovered
+        self.credit_paise += credited
+        self.total_topups += amount
+        self.total_credited += credited
+        self.total_emergency_repaid += repaid
+        self.total_debt_recovered += recovered
+        self.last_topup_paise = amount
+        self.warned = []
+        self._emit(now, EV_TOPUP_APPLIED, amount)
+        self._settle(now)
+        return credited, repaid, recovered
+
+    def tick(self, now):
+        """Re-evaluate the time guards (grace, friendly time, reconnect delay)."""
+        self._begin(now)
+        self._settle(now)
+
+    def power_sample(self, watts, now):
+        """Feed the load limiter one instantaneous power reading (W)."""
+        if not _is_int(watts):
+            raise CreditError("watts: must be an integer, got %r" % (watts,))
+        self._begin(now)
+        limit = self.config.load_limit_w
+        if self.load_state == NORMAL and limit and watts > limit:
+            if self.over_since == NO_TIME:
+                self.over_since = now
+        else:
+            self.over_since = NO_TIME
+        self._settle(now)
+
+    def remote(self, connect, now):
+        """Operator connect (True) / disconnect (False); True if done, False if refused.
+
+        The one refusal: a disconnect inside friendly time (it changes
+        nothing; the head-end reports the command as refused).  A connect
+        clears ``remote_open`` only: it cannot close a relay opened for lack
+        of credit or by the load limiter.
+        """
+        if not isinstance(connect, bool):
+            raise CreditError("connect: must be true or false, got %r" % (connect,))
+        self._begin(now)
+        done = True
+        if connect:
+            self.remote_open = False
+        elif self.friendly(now):
+            done = False
+        else:
+            self.remote_open = True
+        self._settle(now)
+        return done
+
+    def reset_lockout(self, now):
+        """Technician reset after a load lock-out; True if it was locked out.
+
+        Idempotent (False, nothing changes) otherwise, so a retried reset
+        command is harmless.
+        """
+        self._begin(now)
+        if self.load_state != LOCKED_OUT:
+            self._settle(now)
+            return False
+        self.load_state = NORMAL
+        self.trip_times = []
+        self.tripped_at = NO_TIME
+        self.over_since = NO_TIME
+        self._settle(now)
+        return True
+
+    def pop_events(self):
+        """Events since the last call, as a list of (t, code, value); clears them."""
+        ev = self._events
+        self._events = []
+        return ev
+
+    # --- machinery --------------------------------------------------------
+    def _check_amount(self, what, amount, lo):
+        if not _is_int(amount) or amount < lo:
+            raise CreditError("%s: amount must be an integer >= %d paise, got %r" % (what, lo, amount))
+
+    def _begin(self, now):
+        _check_now(now)
+        if now < self.last_now:
+            # Clock set back: pull stored times back to now so waits do not grow by
+            # the jump (a reconnect delay must not become a day).  Balances untouched.
+            if self.pending_since > now:
+                self.pending_since = now
+            if self.tripped_at > now:
+                self.tripped_at = now
+            if self.over_since > now:
+                self.over_since = now
+            self.trip_times = [t if t <= now else now for t in self.trip_times]
+        self.last_now = now
+
+    def _emit(self, now, code, value):
+        self._events.append((now, code, value))
+
+    def _settle(self, now):
+        for _ in range(MAX_STEPS):
+            dst = _next_state(CREDIT_TABLE, self.state, self, now)
+            if dst is None:
+                break
+            self._enter(dst, now)
+        else:
+            raise CreditError("credit table did not settle in %d steps" % MAX_STEPS)
+        for _ in range(MAX_STEPS):
+            dst = _next_state(LOAD_TABLE, self.load_state, self, now)
+            if dst is None:
+                break
+            self._enter_load(dst, now)
+        else:
+            raise CreditError("load table did not settle in %d steps" % MAX_STEPS)
+        self._warn(now)
+        closed = self.relay_closed
+        if closed != self._relay_was_closed:
+            self._relay_was_closed = closed
+            self._emit(now, EV_RELAY_CLOSED if closed else EV_RELAY_OPENED, 0)
+
+    def _enter(self, dst, now):
+        self.state = dst
+        self.pending_since = now if dst == DISCONNECT_PENDING else NO_TIME
+        self._emit(now, EV_STATE_CHANGED, dst)
+        if dst == EMERGENCY:
+            self._emit(now, EV_EMERGENCY_STARTED, self.config.emergency_credit_paise)
+
+    def _enter_load(self, dst, now):
+        self.over_since = NO_TIME
+        if dst == NORMAL:
+            self.tripped_at = NO_TIME
+            self.load_state = dst
+            return
+        w = self.config.trip_window_s
+        self.trip_times = [t for t in self.trip_times if now - t < w] + [now]
+        self.tripped_at = now
+        self.load_state = dst
+        n = len(self.trip_times)
+        self._emit(now, EV_LOAD_TRIP, n)
+        if dst == LOCKED_OUT:
+            self._emit(now, EV_LOAD_LOCKOUT, n)
+
+    def _warn(self, now):
+        avail = self.available_paise
+        ref = self.last_topup_paise
+        for pct in self.config.warn_pct_of_last_topup:
+            # avail <= pct % of ref, exactly in integers
+            if ref > 0 and avail * PCT <= pct * ref and pct not in self.warned:
+                self.warned.append(pct)
+                self._emit(now, EV_LOW_CREDIT_WARNING, pct)
+        if avail <= 0 and 0 not in self.warned:
+            self.warned.append(0)
+            self._emit(now, EV_CREDIT_EXHAUSTED, avail)
+
+    # --- journal ----------------------------------------------------------
+    def to_state(self):
+        """Plain data for the journal (config is stored separately); pending events are not included."""
+        d = {}
+        for name in _STATE_FIELDS:
+            x = getattr(self, name)
+            d[name] = list(x) if isinstance(x, list) else x
+        return d
+
+    @classmethod
+    def from_state(cls, config, data):
+        """Rebuild an account that behaves exactly like the one that produced ``data``."""
+        for name in _STATE_FIELDS:
+            if name not in data:
+                raise CreditError("credit state: missing %s" % name)
+        if data["state"] not in STATE_NAMES or data["load_state"] not in LOAD_STATE_NAMES:
+            raise CreditError("credit state: unknown state %r/%r"
+                              % (data["state"], data["load_state"]))
+        acc = object.__new__(cls)
+        acc.config = config
+        for name in _STATE_FIELDS:
+            x = data[name]
+            setattr(acc, name, list(x) if isinstance(x, (list, tuple)) else x)
+        acc._events = []
+        acc._relay_was_closed = acc.relay_closed
+        return acc

@@ -1,0 +1,362 @@
+"""One prepaid meter: the functional core composed and driven by ``now``.
+
+``Meter`` wires metering -> tariff -> credit, authenticates downlinks,
+keeps the event log, and persists everything through the two-slot journal.
+It does no I/O and reads no clock: the app shell (or the simulator, or a
+test) calls it with pulses, readings, power samples, downlink commands and
+the current UTC time, and drives the relay from ``relay_closed``.
+
+Charging rule (why the head-end can recompute every paisa): each ``step``
+charges the energy since the previous step, attributed to the metering
+interval that holds the step's last second (``(now - 1) // interval_s``).
+The block load profile assigns energy to intervals the same way, and the
+tariff's exact-rational charge is additive, so the sum of the meter's debits
+equals the tariff applied to its interval records.
+
+Journal policy: a commit at every closed interval, billing snapshot, credit
+state change, applied downlink and power-fail notice; between commits at most
+one interval's pulses can be lost to a power cut (an ESP32 board with a
+power-fail input calls ``power_fail`` to commit at once).
+
+>>> m = Meter(MeterConfig.from_dict(EXAMPLE_CONFIG), now=1795737600, opening_credit_paise=20000)
+>>> m.add_pulses(3200, now=1795737660)      # 1 kWh at 3200 imp/kWh
+>>> out = m.step(now=1795737660)
+>>> m.status()["energy_wh"]
+1000
+"""
+import json
+
+from firmware.core import auth, credit, events, localtime, metering, tariff
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
+STATE_FORMAT = const(1)
+
+# Results of apply_command beyond the authentication reasons (auth.OK .. auth.MALFORMED).
+REFUSED = const(7)  # authentic but not allowed now (e.g. remote disconnect in friendly hours)
+UNKNOWN_KIND = const(8)
+BAD_VALUE = const(9)  # authentic but its content is invalid (bad tariff, bad amount)
+RESULT_NAMES = dict(auth.REASON_NAMES)
+RESULT_NAMES[REFUSED] = "REFUSED"
+RESULT_NAMES[UNKNOWN_KIND] = "UNKNOWN_KIND"
+RESULT_NAMES[BAD_VALUE] = "BAD_VALUE"
+
+# Credit-machine events -> event-log codes (the log is what the head-end sees).
+_CREDIT_TO_EVENT = {
+    credit.EV_RELAY_OPENED: events.RELAY_OPENED,
+    credit.EV_RELAY_CLOSED: events.RELAY_CLOSED,
+    credit.EV_LOW_CREDIT_WARNING: events.LOW_CREDIT_WARNING,
+    credit.EV_CREDIT_EXHAUSTED: events.CREDIT_EXHAUSTED,
+    credit.EV_EMERGENCY_STARTED: events.EMERGENCY_STARTED,
+    credit.EV_STATE_CHANGED: events.CREDIT_STATE,
+    credit.EV_LOAD_TRIP: events.LOAD_TRIP,
+    credit.EV_LOAD_LOCKOUT: events.LOAD_LOCKOUT,
+    credit.EV_TOPUP_APPLIED: events.TOPUP_APPLIED,
+}
+
+EXAMPLE_CONFIG = {
+    "meter_id": "UJ-DEMO-0001",
+    "service": "electricity",
+    "pulses_per_unit": 3200,  # imp/kWh (water/gas: pulses per litres_per_pulses litres)
+    "interval_s": 900,
+    "key_hex": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    "tariff": {"id": "DOM-LT1", "version": 1, "service": "electricity", "unit_size": 1000,
+               "slabs": [[100, 350], [300, 450], [None, 650]], "fixed_paise_per_day": 500,
+               "tod": [[64800, 79200, 20], [32400, 57600, -20]], "duty_bp": 500},
+    "credit": {},
+}
+
+
+class MeterConfigError(ValueError):
+    """Bad meter configuration; the message names the field."""
+
+
+def _need_int(d, name, default, lo, hi):
+    v = d.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
+        raise MeterConfigError("%s: must be an integer in [%d, %d], got %r" % (name, lo, hi, v))
+    return v
+
+
+class MeterConfig:
+    """Commissioning data of one meter, validated (``MeterConfig.from_dict``).
+
+    Fields: meter_id, service, pulses_per_unit + litres_per_pulses (pulse
+    constant: electricity imp/kWh; water/gas ``pulses_per_unit`` pulses per
+    ``litres_per_pulses`` litres), interval_s (900 or 1800), md_window_s,
+    md_step_s, utc_offset_s, key_hex (downlink HMAC key, >= 16 bytes),
+    tariff (``tariff.Tariff`` dict), credit (``credit.CreditConfig`` dict),
+    events_capacity.
+    """
+
+    def __init__(self, d):
+        self.meter_id = d.get("meter_id")
+        if not isinstance(self.meter_id, str) or not 1 <= len(self.meter_id) <= 32:
+            raise MeterConfigError("meter_id: must be a string of 1..32 characters")
+        try:
+            auth.canonical("check", self.meter_id, 1, 0, [])
+        except auth.AuthError:
+            raise MeterConfigError("meter_id: printable ASCII without '|' only")
+        self.service = d.get("service", "electricity")
+        if self.service not in tariff.SERVICES:
+            raise MeterConfigError("service: one of %s" % (", ".join(tariff.SERVICES),))
+        self.pulses_per_unit = _need_int(d, "pulses_per_unit", 3200, 1, 1000000)
+        self.litres_per_pulses = _need_int(d, "litres_per_pulses", 10, 1, 1000000)
+        self.interval_s = _need_int(d, "interval_s", 900, 60, 3600)
+        if self.interval_s not in (900, 1800):
+            raise MeterConfigError("interval_s: 900 or 1800 (IS 15959 block load profile)")
+        self.md_window_s = _need_int(d, "md_window_s", 1800, 60, 3600)
+        self.md_step_s = _need_int(d, "md_step_s", 300, 60, 3600)
+        self.utc_offset_s = _need_int(d, "utc_offset_s", localtime.IST_OFFSET_S, -50400, 50400)
+        self.events_capacity = _need_int(d, "events_capacity", 64, 1, 1024)
+        key_hex = d.get("key_hex")
+        try:
+            self.key = bytes.fromhex(key_hex)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise MeterConfigError("key_hex: must be hex digits")
+        if len(self.key) < 16:
+            raise MeterConfigError("key_hex: the downlink key must be at least 16 bytes")
+        try:
+            self.tariff = tariff.Tariff.from_dict(d.get("tariff") or {})
+        except tariff.TariffError as err:
+            raise MeterConfigError("tariff." + str(err))
+        if self.tariff.service != self.service:
+            raise MeterConfigError("tariff.service: %s tariff on a %s meter" % (self.tariff.service, self.service))
+        try:
+            self.credit = credit.CreditConfig.from_dict(d.get("credit") or {})
+        except credit.CreditConfigError as err:
+            raise MeterConfigError("credit." + str(err))
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise MeterConfigError("config: must be a mapping")
+        return cls(d)
+
+    def pulse_register(self):
+        if self.service == "electricity":
+            return metering.PulseRegister.electricity(self.pulses_per_unit)
+        return metering.PulseRegister(self.litres_per_pulses, self.pulses_per_unit)
+
+
+class Meter:
+    """The meter's whole functional state; see the module docstring."""
+
+    def __init__(self, config, now, journal=None, opening_credit_paise=0, opening_debt_paise=0):
+        self.config = config
+        self.journal = journal
+        self.commits = 0
+        saved = journal.load() if journal is not None else None
+        if saved:
+            self._restore(json.loads(saved))
+            self.log.append(now, events.JOURNAL_RESTORED, self.journal.sequence & 0x7FFFFFFF)
+            self.log.append(now, events.POWER_RESTORE, 0)
+        else:
+            self._fresh(now, opening_credit_paise, opening_debt_paise)
+        self._commit(now)
+
+    # -- construction -------------------------------------------------
+    def _fresh(self, now, opening_credit, opening_debt):
+        c = self.config
+        self.pulses = c.pulse_register()
+        self.profile = metering.IntervalProfile(c.interval_s)
+        self.md = metering.MaxDemand(c.md_window_s, c.md_step_s)
+        self.billing = metering.BillingSnapshots(c.utc_offset_s)
+        self.schedule = tariff.TariffSchedule(c.tariff)
+        self.biller = tariff.Biller(c.tariff)
+        self.account = credit.CreditAccount(c.credit, now, credit_paise=opening_credit,
+                                            debt_paise=opening_debt)
+        self.guard = auth.DownlinkGuard(c.meter_id)
+        self.log = events.EventLog(c.events_capacity)
+        self.charged_units = 0  # cumulative units already charged by the tariff
+        self.last_step_t = now
+        self.power_w = 0
+
+    def _restore(self, s):
+        if s.get("format") != STATE_FORMAT:
+            raise ValueError("journal state format %r not understood" % (s.get("format"),))
+        c = self.config
+        self.pulses = metering.PulseRegister.from_state(s["pulses"])
+        self.profile = metering.IntervalProfile.from_state(s["profile"])
+        self.md = metering.MaxDemand.from_state(s["md"])
+        self.billing = metering.BillingSnapshots.from_state(s["billing"])
+        self.schedule = tariff.TariffSchedule.from_state(s["schedule"])
+        self.biller = tariff.Biller.from_state(s["biller"])
+        self.account = credit.CreditAccount.from_state(c.credit, s["credit"])
+        self.guard = auth.DownlinkGuard.from_state(s["guard"])
+        self.log = events.EventLog.from_state(s["events"])
+        self.charged_units = s["charged_units"]
+        self.last_step_t = s["last_step_t"]
+        self.power_w = 0
+
+    def to_state(self):
+        """Everything the meter must remember across a power cut, as JSON-able data."""
+        return {
+            "format": STATE_FORMAT,
+            "pulses": self.pulses.to_state(),
+            "profile": self.profile.to_state(),
+            "md": self.md.to_state(),
+            "billing": self.billing.to_state(),
+            "schedule": self.schedule.to_state(),
+            "biller": self.biller.to_state(),
+            "credit": self.account.to_state(),
+            "guard": self.guard.to_state(),
+            "events": self.log.to_state(),
+            "charged_units": self.charged_units,
+            "last_step_t": self.last_step_t,
+        }
+
+    def _commit(self, now):
+        if self.journal is not None:
+            self.journal.commit(json.dumps(self.to_state()).encode(), now)
+            self.commits += 1
+
+    # -- inputs ---------------------------------------------------------
+    def add_pulses(self, pulses, now):
+        """Count pulses read from the pulse counter (charged at the next ``step``)."""
+        self.pulses.add(pulses)
+
+    def power_sample(self, watts, now):
+        """Instantaneous demand for the load limiter (W)."""
+        self.power_w = watts
+        self.account.power_sample(watts, now)
+        self._after_credit_change(now)
+
+    @property
+    def energy_units(self):
+        """Cumulative import in the smallest unit (Wh, or litres for water/gas)."""
+        return self.pulses.total_units
+
+    def step(self, now, voltage_mv=None, current_ma=None):
+        """Advance to ``now``: charge usage and fixed charges, close intervals and
+        snapshots, run the credit machine's timers, commit the journal when
+        something durable happened.  Returns a list of ``(kind, record)`` with
+        kind ``"interval"``, ``"daily"`` or ``"monthly"``.
+        """
+        out = []
+        durable = False
+        # The interval this step's usage belongs to; a staged tariff takes over
+        # from the first interval that starts at or after its activation time.
+        attributed = ((now - 1) // self.config.interval_s) * self.config.interval_s
+        if self.schedule.apply_due(attributed):
+            self.biller.use_tariff(self.schedule.active)
+            self.log.append(now, events.TARIFF_CHANGED, self.schedule.version)
+            durable = True
+        cum = self.energy_units
+        qty = cum - self.charged_units
+        if qty > 0:
+            paise = self.biller.charge_usage(attributed, qty)
+            self.charged_units = cum
+            self.md.add(now, qty)
+            if paise:
+                self.account.charge(paise, now)
+        else:
+            self.md.advance(now)
+        fixed = self.biller.charge_day(now)
+        if fixed:
+            self.account.charge(fixed, now)
+        for rec in self.profile.add_sample(now, cum, voltage_mv, current_ma):
+            out.append(("interval", rec))
+            durable = True
+        for snap in self.billing.observe(now, cum, self.account.balance_paise, self.md.max_w):
+            out.append((snap[0], snap))
+            if snap[0] == "monthly":
+                self.md.reset()
+            durable = True
+        self.account.tick(now)
+        if self._after_credit_change(now, commit=False):
+            durable = True
+        self.last_step_t = now
+        if durable:
+            self._commit(now)
+        return out
+
+    def apply_command(self, cmd, now):
+        """Authenticate and apply one downlink command exactly once.
+
+        Returns ``(result, detail)``: result ``auth.OK`` when applied, else an
+        ``auth`` reason or ``REFUSED`` / ``UNKNOWN_KIND`` / ``BAD_VALUE``
+        (names in ``RESULT_NAMES``).  A REPLAYED command was applied before:
+        the head-end treats its ack as delivered.  State is untouched on any
+        rejection.
+        """
+        reason = self.guard.check(self.config.key, cmd, now)
+        kind = cmd.get("kind") if isinstance(cmd, dict) else None
+        if reason != auth.OK:
+            if kind == auth.TOPUP:
+                self.log.append(now, events.TOPUP_REJECTED, reason)
+            return reason, RESULT_NAMES[reason]
+        fields = cmd["fields"]
+        if kind == auth.TOPUP:
+            _, amount = auth.read_topup(cmd)
+            self.account.topup(amount, now)
+            detail = "credited %d paise" % amount
+        elif kind == "relay":
+            action = fields[1] if len(fields) > 1 else None
+            if action not in ("connect", "disconnect"):
+                return BAD_VALUE, "relay: connect or disconnect"
+            if not self.account.remote(action == "connect", now):
+                return REFUSED, "disconnect refused in friendly hours"
+            detail = "relay " + action
+        elif kind == "tariff":
+            try:
+                staged = tariff.Tariff.from_dict(json.loads(fields[1]))
+                self.schedule.set_passive(staged)
+            except (tariff.TariffError, ValueError, IndexError) as err:
+                return BAD_VALUE, "tariff: %s" % err
+            self.log.append(now, events.TARIFF_SCHEDULED, staged.version)
+            detail = "tariff %d staged for %d" % (staged.version, staged.activates_at)
+        elif kind == "reset_lockout":
+            self.account.reset_lockout(now)
+            detail = "load limiter reset"
+        else:
+            return UNKNOWN_KIND, "unknown command kind %r" % (kind,)
+        self.guard.accept(cmd)
+        self._after_credit_change(now, commit=False)
+        self._commit(now)
+        return auth.OK, detail
+
+    def power_fail(self, now):
+        """The board saw the supply fail: log it and commit while the capacitor lasts."""
+        self.log.append(now, events.POWER_FAIL, 0)
+        self._commit(now)
+
+    def _after_credit_change(self, now, commit=True):
+        """Move the credit machine's events into the log; True when any arrived."""
+        evs = self.account.pop_events()
+        for t, code, value in evs:
+            mapped = _CREDIT_TO_EVENT.get(code)
+            if mapped is not None:
+                self.log.append(t, mapped, value)
+        if evs and commit:
+            self._commit(now)
+        return bool(evs)
+
+    # -- outputs --------------------------------------------------------
+    @property
+    def relay_closed(self):
+        """What the relay must be: the credit machine is the only authority."""
+        return self.account.relay_closed
+
+    def status(self):
+        """A snapshot for the CLI, the heartbeat and the demo (plain data)."""
+        a = self.account
+        return {
+            "meter_id": self.config.meter_id,
+            "t": self.last_step_t,
+            "energy_wh": self.energy_units,
+            "balance_paise": a.balance_paise,
+            "credit_paise": a.credit_paise,
+            "emergency_used_paise": a.emergency_used_paise,
+            "debt_paise": a.debt_paise,
+            "state": credit.STATE_NAMES[a.state],
+            "load_state": credit.LOAD_STATE_NAMES[a.load_state],
+            "relay": "closed" if a.relay_closed else "open",
+            "tariff_version": self.schedule.version,
+            "md_w": self.md.max_w,
+            "events_pending": self.log.unacked(),
+        }

@@ -1,0 +1,206 @@
+import json
+import random
+
+from firmware.core import auth, events, journal, localtime, tariff
+from firmware.core.meter import BAD_VALUE, EXAMPLE_CONFIG, REFUSED, UNKNOWN_KIND, Meter, MeterConfig, MeterConfigError
+from firmware.tests.check import eq, raises
+
+# 2026-11-27 00:00 IST (Friday)
+T0 = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 27), localtime.IST_OFFSET_S)
+KEY = bytes.fromhex(EXAMPLE_CONFIG["key_hex"])
+MID = EXAMPLE_CONFIG["meter_id"]
+
+FLAT_TARIFF = {"id": "FLAT", "version": 1, "service": "electricity", "unit_size": 1000,
+               "slabs": [[None, 500]]}  # Rs 5.00 per kWh, no fixed charge, no duty
+
+
+class MemSlots:
+    def __init__(self):
+        self.slots = [None, None]
+
+    def read(self, slot):
+        return self.slots[slot]
+
+    def write(self, slot, data):
+        self.slots[slot] = bytes(data)
+
+
+def config(**over):
+    d = dict(EXAMPLE_CONFIG)
+    d["credit"] = {"friendly_start_s": 18 * 3600, "friendly_end_s": 8 * 3600,
+                   "friendly_weekdays": [6], "emergency_credit_paise": 0,
+                   "low_credit_paise": 1000}
+    for k in over:
+        d[k] = over[k]
+    return MeterConfig.from_dict(d)
+
+
+def topup(counter, amount, tid=None, now=T0, key=KEY, meter_id=MID):
+    return auth.make_topup(key, meter_id, counter, now + 3600, tid or "T-%d" % counter, amount)
+
+
+def test_pulses_become_energy_at_the_pulse_constant():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=10000)
+    m.add_pulses(3200 + 16, T0 + 60)  # 1 kWh + 5 Wh at 3200 imp/kWh
+    m.step(T0 + 60)
+    eq(m.status()["energy_wh"], 1005)
+
+
+def test_usage_is_charged_by_the_tariff():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=10000)
+    m.add_pulses(6400, T0 + 60)  # 2 kWh * 500 paise = 1000 paise
+    m.step(T0 + 60)
+    eq(m.status()["balance_paise"], 9000)
+
+
+def test_meter_debits_equal_the_tariff_applied_to_its_interval_records():
+    # The head-end recomputes charges from interval records; both must agree to the paisa.
+    m = Meter(config(), now=T0, opening_credit_paise=10 ** 7)
+    random.seed(7)
+    records = []
+    fixed_days = set()
+    for minute in range(1, 2 * 24 * 60 + 1):
+        now = T0 + minute * 60
+        m.add_pulses(random.randrange(0, 120), now)
+        for kind, rec in m.step(now):
+            if kind == "interval":
+                records.append(rec)
+        fixed_days.add(localtime.local_day(now, localtime.IST_OFFSET_S))
+    shadow = tariff.Biller(tariff.Tariff.from_dict(EXAMPLE_CONFIG["tariff"]))
+    expected = 0
+    for day in sorted(fixed_days):
+        expected += shadow.charge_day(localtime.local_midnight_utc(day, localtime.IST_OFFSET_S))
+    for rec in records:
+        expected += shadow.charge_usage(rec[0], rec[2])
+    charged_wh = sum(rec[2] for rec in records)
+    # the last (still open) interval's energy is charged but not yet a record
+    open_wh = m.energy_units - charged_wh
+    if open_wh:
+        expected += shadow.charge_usage(((T0 + 2 * 86400 - 1) // 900) * 900, open_wh)
+    eq(m.account.total_charges, expected, "meter debits vs shadow tariff")
+    assert len(records) >= 2 * 96 - 1
+
+
+def test_authentic_topup_is_applied_once():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=0)
+    cmd = topup(1, 25000)
+    eq(m.apply_command(cmd, T0 + 10)[0], auth.OK)
+    eq(m.status()["balance_paise"], 25000)
+    eq(m.apply_command(cmd, T0 + 20)[0], auth.REPLAYED)
+    eq(m.status()["balance_paise"], 25000)
+
+
+def test_forged_topup_is_rejected_logged_and_balance_unchanged():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=500)
+    forged = topup(1, 25000, key=b"x" * 32)
+    eq(m.apply_command(forged, T0 + 10)[0], auth.BAD_MAC)
+    eq(m.status()["balance_paise"], 500)
+    codes = [e[2] for e in m.log.pending(64)]
+    assert events.TOPUP_REJECTED in codes
+    assert events.TOPUP_APPLIED not in codes
+
+
+def test_out_of_order_and_expired_topups_are_rejected():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0)
+    eq(m.apply_command(topup(5, 100), T0)[0], auth.OK)
+    eq(m.apply_command(topup(4, 100), T0)[0], auth.OUT_OF_ORDER)
+    eq(m.apply_command(topup(6, 100, now=T0), T0 + 3601)[0], auth.EXPIRED)
+    eq(m.status()["balance_paise"], 100)
+
+
+def test_relay_opens_when_credit_runs_out_outside_friendly_hours():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0 + 9 * 3600, opening_credit_paise=500)
+    assert m.relay_closed
+    m.add_pulses(3200, T0 + 9 * 3600 + 60)  # 1 kWh = 500 paise: exactly exhausted
+    m.step(T0 + 9 * 3600 + 60)
+    m.step(T0 + 9 * 3600 + 120)
+    assert not m.relay_closed
+    eq(m.apply_command(topup(1, 1000, now=T0 + 9 * 3600), T0 + 9 * 3600 + 180)[0], auth.OK)
+    assert m.relay_closed
+
+
+def test_relay_stays_closed_when_credit_runs_out_in_friendly_hours():
+    t = T0 + 20 * 3600  # 20:00 IST
+    m = Meter(config(tariff=FLAT_TARIFF), now=t, opening_credit_paise=500)
+    m.add_pulses(6400, t + 60)
+    m.step(t + 60)
+    m.step(t + 3600)
+    assert m.relay_closed
+    assert m.status()["balance_paise"] < 0
+
+
+def test_state_survives_a_restart_through_the_journal():
+    slots = MemSlots()
+    m = Meter(config(), now=T0, journal=journal.Journal(slots), opening_credit_paise=50000)
+    for minute in range(1, 61):
+        m.add_pulses(50, T0 + minute * 60)
+        m.step(T0 + minute * 60)
+    eq(m.apply_command(topup(1, 12345, now=T0 + 3600), T0 + 3700)[0], auth.OK)
+    before = m.to_state()
+    again = Meter(config(), now=T0 + 3800, journal=journal.Journal(slots))
+    after = again.to_state()
+    for part in ("pulses", "profile", "md", "billing", "schedule", "biller", "credit", "guard"):
+        eq(json.dumps(after[part]), json.dumps(before[part]), part)
+    eq(again.apply_command(topup(1, 12345, now=T0 + 3600), T0 + 3900)[0], auth.REPLAYED)
+    codes = [e[2] for e in again.log.pending(64)]
+    assert events.JOURNAL_RESTORED in codes and events.POWER_RESTORE in codes
+
+
+def test_tariff_downlink_is_staged_then_activated_at_its_time():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=100000)
+    new = dict(FLAT_TARIFF)
+    new["version"] = 2
+    new["slabs"] = [[None, 1000]]
+    new["activates_at"] = T0 + 3600
+    cmd = auth.make_command(KEY, "tariff", MID, 1, T0 + 7200, ["TAR-2", json.dumps(new)])
+    eq(m.apply_command(cmd, T0 + 60)[0], auth.OK)
+    eq(m.status()["tariff_version"], 1)
+    m.add_pulses(3200, T0 + 3600)
+    m.step(T0 + 3600)  # consumed before activation: old rate
+    eq(m.status()["balance_paise"], 100000 - 500)
+    m.add_pulses(3200, T0 + 3660)
+    m.step(T0 + 3660)
+    eq(m.status()["tariff_version"], 2)
+    eq(m.status()["balance_paise"], 100000 - 500 - 1000)
+
+
+def test_bad_tariff_downlink_is_refused_and_nothing_changes():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0)
+    cmd = auth.make_command(KEY, "tariff", MID, 1, T0 + 7200, ["TAR-2", '{"version": 2}'])
+    eq(m.apply_command(cmd, T0)[0], BAD_VALUE)
+    eq(m.status()["tariff_version"], 1)
+    # a refused command does not use up its counter: a corrected one with the same counter works
+    good = dict(FLAT_TARIFF)
+    good["version"] = 2
+    cmd2 = auth.make_command(KEY, "tariff", MID, 1, T0 + 7200, ["TAR-2b", json.dumps(good)])
+    eq(m.apply_command(cmd2, T0)[0], auth.OK)
+
+
+def test_remote_disconnect_is_refused_in_friendly_hours_and_allowed_by_day():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=10000)
+    night = auth.make_command(KEY, "relay", MID, 1, T0 + 86400, ["R-1", "disconnect"])
+    eq(m.apply_command(night, T0 + 3600)[0], REFUSED)
+    assert m.relay_closed
+    day = auth.make_command(KEY, "relay", MID, 2, T0 + 86400, ["R-2", "disconnect"])
+    eq(m.apply_command(day, T0 + 10 * 3600)[0], auth.OK)
+    assert not m.relay_closed
+    back = auth.make_command(KEY, "relay", MID, 3, T0 + 86400, ["R-3", "connect"])
+    eq(m.apply_command(back, T0 + 11 * 3600)[0], auth.OK)
+    assert m.relay_closed
+
+
+def test_unknown_command_kind_is_reported():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0)
+    cmd = auth.make_command(KEY, "selfdestruct", MID, 1, T0 + 60, ["X-1"])
+    eq(m.apply_command(cmd, T0)[0], UNKNOWN_KIND)
+
+
+def test_config_errors_name_the_field():
+    err = raises(MeterConfigError, config, interval_s=600)
+    assert "interval_s" in str(err)
+    err = raises(MeterConfigError, config, key_hex="zz")
+    assert "key_hex" in str(err)
+    err = raises(MeterConfigError, config, tariff={"id": "x"})
+    assert "tariff" in str(err)
+    err = raises(MeterConfigError, config, meter_id="a|b")
+    assert "meter_id" in str(err)
