@@ -1,0 +1,759 @@
+"""MQTT 3.1.1 client codec and session state (sans-IO), on CPython and MicroPython.
+
+Encoders for what a meter sends (CONNECT, PUBLISH QoS 0/1, PUBACK, SUBSCRIBE,
+UNSUBSCRIBE, PINGREQ, DISCONNECT), decoders for what a broker sends it
+(CONNACK, PUBLISH QoS 0/1, PUBACK, SUBACK, UNSUBACK, PINGRESP), an
+incremental ``PacketReader`` and a ``Session`` holding the protocol state
+(packet ids, QoS 1 publishes in flight, keepalive).  No sockets, no clock:
+the asyncio shell (``firmware/app/mqtt_client.py``) does the I/O and passes
+``now`` in integer seconds from a monotonic clock.  QoS 2 is not supported:
+the meter never publishes or subscribes at QoS 2, so a broker never sends it.
+
+Section numbers refer to OASIS "MQTT Version 3.1.1" (29 October 2014).
+
+>>> encode_publish("a/b", b"hi").hex()
+'30070003612f626869'
+>>> PacketReader().feed(bytes.fromhex("20020000"))[0].accepted
+True
+"""
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
+        return x
+
+# 2.2.1 Table 2.1: control packet types
+CONNECT = const(1)
+CONNACK = const(2)
+PUBLISH = const(3)
+PUBACK = const(4)
+PUBREC = const(5)
+PUBREL = const(6)
+PUBCOMP = const(7)
+SUBSCRIBE = const(8)
+SUBACK = const(9)
+UNSUBSCRIBE = const(10)
+UNSUBACK = const(11)
+PINGREQ = const(12)
+PINGRESP = const(13)
+DISCONNECT = const(14)
+
+MAX_REMAINING_LENGTH = const(268435455)  # 2.2.3: four bytes, 0xFF 0xFF 0xFF 0x7F
+MAX_STRING_BYTES = const(65535)  # 1.5.3: two-byte length prefix
+# Largest incoming packet we buffer: an 8 KB CBOR downlink (cbor.MAX_BYTES)
+# plus 1 KB for topic and headers; keeps a hostile length off the ~100 KB heap.
+MAX_PACKET = const(9216)
+MAX_PACKET_ID = const(65535)
+SUBACK_FAILURE = const(0x80)  # 3.9.3
+
+PINGREQ_PACKET = b"\xc0\x00"  # 3.12
+DISCONNECT_PACKET = b"\xe0\x00"  # 3.14
+
+# 3.2.2.3 Table 3.1: CONNACK return codes
+CONNACK_NAMES = {
+    0: "ACCEPTED",
+    1: "UNACCEPTABLE_PROTOCOL_VERSION",
+    2: "IDENTIFIER_REJECTED",
+    3: "SERVER_UNAVAILABLE",
+    4: "BAD_USERNAME_OR_PASSWORD",
+    5: "NOT_AUTHORIZED",
+}
+
+_PACKET_NAMES = ("RESERVED", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
+                 "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
+                 "PINGRESP", "DISCONNECT", "RESERVED")
+
+
+def connack_name(code):
+    """Name of a CONNACK return code, e.g. 5 -> 'NOT_AUTHORIZED'."""
+    return CONNACK_NAMES.get(code, "RESERVED_%d" % code)
+
+
+class MqttError(ValueError):
+    """A packet that cannot be built, or malformed/unexpected input from the broker.
+
+    On malformed input the connection must be closed (2.2.2, 4.8).
+    """
+
+
+# ------------------------------------------------------------------ primitives
+
+def encode_remaining_length(n):
+    """2.2.3 variable-length integer: 7 bits per byte, low group first.
+
+    >>> encode_remaining_length(321).hex()
+    'c102'
+    """
+    if not isinstance(n, int) or n < 0 or n > MAX_REMAINING_LENGTH:
+        raise MqttError("remaining length must be 0..%d, got %r" % (MAX_REMAINING_LENGTH, n))
+    out = bytearray()
+    while True:
+        digit = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(digit | 0x80)
+        else:
+            out.append(digit)
+            return bytes(out)
+
+
+def decode_remaining_length(buf, start=1):
+    """(value, index after it) of the length at ``buf[start:]``, or None if incomplete.
+
+    >>> decode_remaining_length(b"\\x30\\xc1\\x02")
+    (321, 3)
+    """
+    value = 0
+    for i in range(4):
+        if start + i >= len(buf):
+            return None
+        b = buf[start + i]
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return value, start + i + 1
+    raise MqttError("malformed remaining length: continuation bit set in its 4th byte")
+
+
+def _utf8(what, s):
+    if isinstance(s, str):
+        data = s.encode("utf-8")
+    else:
+        raise MqttError("%s must be str, got %s" % (what, type(s).__name__))
+    if len(data) > MAX_STRING_BYTES:
+        raise MqttError("%s is %d bytes, at most 65535" % (what, len(data)))
+    if "\x00" in s:
+        raise MqttError("%s must not contain U+0000 (1.5.3)" % what)
+    return data
+
+
+def _binary(what, b):
+    if isinstance(b, str):
+        b = b.encode("utf-8")
+    elif not isinstance(b, (bytes, bytearray, memoryview)):
+        raise MqttError("%s must be bytes or str, got %s" % (what, type(b).__name__))
+    if len(b) > MAX_STRING_BYTES:
+        raise MqttError("%s is %d bytes, at most 65535" % (what, len(b)))
+    return bytes(b)
+
+
+def _field(out, data):
+    n = len(data)
+    out.append(n >> 8)
+    out.append(n & 0xFF)
+    out.extend(data)
+
+
+def _packet(first_byte, body):
+    out = bytearray()
+    out.append(first_byte)
+    out.extend(encode_remaining_length(len(body)))
+    out.extend(body)
+    return bytes(out)
+
+
+def _check_packet_id(packet_id):
+    if not isinstance(packet_id, int) or packet_id < 1 or packet_id > MAX_PACKET_ID:
+        raise MqttError("packet id must be 1..65535, got %r" % (packet_id,))  # 2.3.1
+
+
+def _check_qos(what, qos, highest):
+    if qos is True or qos is False or not isinstance(qos, int) or qos < 0 or qos > highest:
+        raise MqttError("%s must be 0..%d, got %r" % (what, highest, qos))
+
+
+# ------------------------------------------------------------------ topics (4.7)
+
+def check_topic_name(topic):
+    """Raise MqttError unless ``topic`` is a valid topic to publish to (no wildcards).
+
+    >>> check_topic_name("urja/m/42/readings")
+    """
+    if not isinstance(topic, str) or not topic:
+        raise MqttError("topic name must be a non-empty str (4.7.3)")
+    if "+" in topic or "#" in topic:
+        raise MqttError("topic name %r must not contain wildcards + or # (3.3.2.1)" % topic)
+    _utf8("topic name", topic)
+
+
+def check_topic_filter(topic_filter):
+    """Raise MqttError unless ``topic_filter`` is a valid subscription filter.
+
+    '+' must fill a whole level; '#' must be the last level (4.7.1.2, 4.7.1.3).
+
+    >>> check_topic_filter("urja/m/+/cmd/#")
+    """
+    if not isinstance(topic_filter, str) or not topic_filter:
+        raise MqttError("topic filter must be a non-empty str (4.7.3)")
+    levels = topic_filter.split("/")
+    last = len(levels) - 1
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != last):
+            raise MqttError("topic filter %r: '#' must be a whole, last level" % topic_filter)
+        if "+" in level and level != "+":
+            raise MqttError("topic filter %r: '+' must be a whole level" % topic_filter)
+    _utf8("topic filter", topic_filter)
+
+
+# ------------------------------------------------------------------ encoders
+
+def encode_connect(client_id, keepalive_s=60, clean_session=True, username=None,
+                   password=None, will_topic=None, will_message=b"", will_qos=0,
+                   will_retain=False):
+    """CONNECT (3.1): protocol 'MQTT' level 4, flags, keepalive, then the payload fields.
+
+    >>> encode_connect("m1", keepalive_s=60).hex()
+    '100e00044d5154540402003c00026d31'
+    """
+    cid = _utf8("client id", client_id)
+    if not cid and not clean_session:
+        raise MqttError("an empty client id needs clean_session=True (3.1.3.1)")
+    if not isinstance(keepalive_s, int) or keepalive_s < 0 or keepalive_s > 0xFFFF:
+        raise MqttError("keepalive_s must be 0..65535, got %r" % (keepalive_s,))
+    if password is not None and username is None:
+        raise MqttError("a password needs a username (3.1.2.9)")
+    flags = 0x02 if clean_session else 0
+    if will_topic is not None:
+        check_topic_name(will_topic)
+        _check_qos("will_qos", will_qos, 2)
+        flags |= 0x04 | (will_qos << 3) | (0x20 if will_retain else 0)
+    elif will_qos or will_retain:
+        raise MqttError("will_qos/will_retain need a will_topic (3.1.2.6, 3.1.2.7)")
+    if username is not None:
+        flags |= 0x80
+    if password is not None:
+        flags |= 0x40
+    body = bytearray(b"\x00\x04MQTT\x04")
+    body.append(flags)
+    body.append(keepalive_s >> 8)
+    body.append(keepalive_s & 0xFF)
+    _field(body, cid)
+    if will_topic is not None:
+        _field(body, _utf8("will topic", will_topic))
+        _field(body, _binary("will message", will_message))
+    if username is not None:
+        _field(body, _utf8("username", username))
+    if password is not None:
+        _field(body, _binary("password", password))
+    return _packet(0x10, body)
+
+
+def encode_publish(topic, payload, qos=0, packet_id=0, retain=False, dup=False):
+    """PUBLISH (3.3): flags DUP/QoS/RETAIN, topic, packet id if QoS 1, payload.
+
+    Built in one exact-size bytearray (one copy of the payload: this is the
+    frame that carries kilobytes on a ~100 KB heap).
+
+    >>> bytes(encode_publish("a/b", b"x", qos=1, packet_id=10)).hex()
+    '32080003612f62000a78'
+    """
+    check_topic_name(topic)
+    _check_qos("qos", qos, 1)
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    elif not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise MqttError("payload must be bytes or str, got %s" % type(payload).__name__)
+    if qos == 0 and (dup or packet_id):
+        raise MqttError("a QoS 0 publish has no packet id and DUP 0 (3.3.1.1, 2.3.1)")
+    if qos:
+        _check_packet_id(packet_id)
+    t = topic.encode("utf-8")
+    body_len = 2 + len(t) + (2 if qos else 0) + len(payload)
+    head = encode_remaining_length(body_len)
+    out = bytearray(1 + len(head) + body_len)
+    out[0] = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    pos = 1 + len(head)
+    out[1:pos] = head
+    out[pos] = len(t) >> 8
+    out[pos + 1] = len(t) & 0xFF
+    pos += 2
+    out[pos:pos + len(t)] = t
+    pos += len(t)
+    if qos:
+        out[pos] = packet_id >> 8
+        out[pos + 1] = packet_id & 0xFF
+        pos += 2
+    out[pos:] = payload
+    return out
+
+
+def encode_puback(packet_id):
+    """PUBACK (3.4) for an incoming QoS 1 publish.
+
+    >>> encode_puback(10).hex()
+    '4002000a'
+    """
+    _check_packet_id(packet_id)
+    return bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF))
+
+
+def encode_subscribe(packet_id, subscriptions):
+    """SUBSCRIBE (3.8): fixed-header flags 0010, packet id, (filter, requested QoS) pairs.
+
+    >>> encode_subscribe(1, [("a/#", 1)]).hex()
+    '820800010003612f2301'
+    """
+    _check_packet_id(packet_id)
+    subscriptions = list(subscriptions)
+    if not subscriptions:
+        raise MqttError("SUBSCRIBE needs at least one topic filter (3.8.3)")
+    body = bytearray((packet_id >> 8, packet_id & 0xFF))
+    for topic_filter, qos in subscriptions:
+        check_topic_filter(topic_filter)
+        _check_qos("requested qos", qos, 1)
+        _field(body, topic_filter.encode("utf-8"))
+        body.append(qos)
+    return _packet(0x82, body)
+
+
+def encode_unsubscribe(packet_id, topic_filters):
+    """UNSUBSCRIBE (3.10): fixed-header flags 0010, packet id, filters.
+
+    >>> encode_unsubscribe(2, ["a/#"]).hex()
+    'a20700020003612f23'
+    """
+    _check_packet_id(packet_id)
+    topic_filters = list(topic_filters)
+    if not topic_filters:
+        raise MqttError("UNSUBSCRIBE needs at least one topic filter (3.10.3)")
+    body = bytearray((packet_id >> 8, packet_id & 0xFF))
+    for topic_filter in topic_filters:
+        check_topic_filter(topic_filter)
+        _field(body, topic_filter.encode("utf-8"))
+    return _packet(0xA2, body)
+
+
+# ------------------------------------------------------------------ decoded packets
+
+class Connack:
+    """CONNACK: ``accepted`` when ``return_code`` is 0; ``name`` says why not."""
+
+    def __init__(self, session_present, return_code):
+        self.session_present = session_present
+        self.return_code = return_code
+
+    @property
+    def accepted(self):
+        return self.return_code == 0
+
+    @property
+    def name(self):
+        return connack_name(self.return_code)
+
+    def __repr__(self):
+        return "Connack(session_present=%r, %s)" % (self.session_present, self.name)
+
+
+class Publish:
+    """An incoming application message: topic (str), payload (bytes), qos, packet_id (0 for QoS 0)."""
+
+    def __init__(self, topic, payload, qos=0, packet_id=0, retain=False, dup=False):
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.packet_id = packet_id
+        self.retain = retain
+        self.dup = dup
+
+    def __repr__(self):
+        return "Publish(%r, %r, qos=%d, packet_id=%d, retain=%r, dup=%r)" % (
+            self.topic, self.payload, self.qos, self.packet_id, self.retain, self.dup)
+
+
+class Puback:
+    """PUBACK: the broker has our QoS 1 publish ``packet_id``."""
+
+    def __init__(self, packet_id):
+        self.packet_id = packet_id
+
+    def __repr__(self):
+        return "Puback(%d)" % self.packet_id
+
+
+class Suback:
+    """SUBACK: ``granted`` holds one granted QoS per filter, or SUBACK_FAILURE (0x80)."""
+
+    def __init__(self, packet_id, granted):
+        self.packet_id = packet_id
+        self.granted = granted
+
+    def __repr__(self):
+        return "Suback(%d, %r)" % (self.packet_id, self.granted)
+
+
+class Unsuback:
+    """UNSUBACK for UNSUBSCRIBE ``packet_id``."""
+
+    def __init__(self, packet_id):
+        self.packet_id = packet_id
+
+    def __repr__(self):
+        return "Unsuback(%d)" % self.packet_id
+
+
+class Pingresp:
+    """PINGRESP: the broker is alive."""
+
+    def __repr__(self):
+        return "Pingresp()"
+
+
+def _check_first_byte(first):
+    kind = first >> 4
+    flags = first & 0x0F
+    if kind == 0 or kind == 15:
+        raise MqttError("reserved packet type %d (2.2.1)" % kind)
+    if kind == PUBLISH:
+        if flags & 0x06 == 0x06:
+            raise MqttError("PUBLISH with QoS 3 is malformed (3.3.1.2)")
+        if flags & 0x06 == 0x04:
+            raise MqttError("PUBLISH at QoS 2 is not supported (we never subscribe at QoS 2)")
+        return
+    want = 0x02 if kind in (PUBREL, SUBSCRIBE, UNSUBSCRIBE) else 0
+    if flags != want:
+        raise MqttError("%s with reserved flags 0x%x, must be 0x%x (2.2.2)" % (
+            _PACKET_NAMES[kind], flags, want))
+    if kind in (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT):
+        raise MqttError("%s is a client packet; a broker must not send it" % _PACKET_NAMES[kind])
+    if kind in (PUBREC, PUBREL, PUBCOMP):
+        raise MqttError("%s is QoS 2 flow, which this client does not use" % _PACKET_NAMES[kind])
+
+
+def _packet_id_only(name, body):
+    if len(body) != 2:
+        raise MqttError("%s remaining length must be 2, got %d" % (name, len(body)))
+    pid = (body[0] << 8) | body[1]
+    if pid == 0:
+        raise MqttError("%s with packet id 0 (2.3.1)" % name)
+    return pid
+
+
+def _decode_publish(flags, body):
+    qos = (flags >> 1) & 3
+    if len(body) < 2:
+        raise MqttError("PUBLISH too short for its topic length")
+    n = (body[0] << 8) | body[1]
+    pos = 2 + n
+    if len(body) < pos + (2 if qos else 0):
+        raise MqttError("PUBLISH topic length %d runs past the packet" % n)
+    try:
+        topic = bytes(body[2:pos]).decode("utf-8")
+    except UnicodeError:
+        raise MqttError("PUBLISH topic is not valid UTF-8 (1.5.3)")
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise MqttError("PUBLISH topic %r is not a valid topic name (3.3.2.1)" % topic)
+    pid = 0
+    if qos:
+        pid = _packet_id_only("PUBLISH", body[pos:pos + 2])
+        pos += 2
+    if qos == 0 and flags & 0x08:
+        raise MqttError("QoS 0 PUBLISH with DUP set (3.3.1.1)")
+    return Publish(topic, bytes(body[pos:]), qos, pid, bool(flags & 1), bool(flags & 8))
+
+
+def decode_packet(first, body):
+    """The packet object for fixed-header byte ``first`` and the bytes after the length.
+
+    >>> decode_packet(0x90, bytes.fromhex("00010180"))
+    Suback(1, [1, 128])
+    """
+    _check_first_byte(first)
+    kind = first >> 4
+    if kind == PUBLISH:
+        return _decode_publish(first & 0x0F, body)
+    if kind == CONNACK:
+        if len(body) != 2:
+            raise MqttError("CONNACK remaining length must be 2, got %d" % len(body))
+        if body[0] & 0xFE:
+            raise MqttError("CONNACK acknowledge flags 0x%02x: bits 7-1 are reserved (3.2.2.1)" % body[0])
+        if body[1] > 5:
+            raise MqttError("CONNACK return code %d is reserved (3.2.2.3)" % body[1])
+        if body[1] and body[0]:
+            raise MqttError("refused CONNACK with session present set (3.2.2.2)")
+        return Connack(bool(body[0] & 1), body[1])
+    if kind == PUBACK:
+        return Puback(_packet_id_only("PUBACK", body))
+    if kind == UNSUBACK:
+        return Unsuback(_packet_id_only("UNSUBACK", body))
+    if kind == SUBACK:
+        if len(body) < 3:
+            raise MqttError("SUBACK needs a packet id and at least one return code")
+        granted = list(body[2:])
+        for code in granted:
+            if code not in (0, 1, 2, SUBACK_FAILURE):
+                raise MqttError("SUBACK return code 0x%02x is reserved (3.9.3)" % code)
+        return Suback(_packet_id_only("SUBACK", body[:2]), granted)
+    # PINGRESP: _check_first_byte let nothing else through
+    if len(body):
+        raise MqttError("PINGRESP remaining length must be 0, got %d" % len(body))
+    return Pingresp()
+
+
+class PacketReader:
+    """Turns bytes from the broker, as they arrive, into decoded packets.
+
+    The fixed header is checked as soon as it is complete, so a reserved
+    type, bad flags or a length over ``max_packet`` (whole packet, header
+    included) fail before the body is buffered.  After an MqttError the
+    connection must be closed; packets decoded earlier in the same call are
+    lost with it (a persistent session gets QoS 1 ones again).
+
+    >>> r = PacketReader()
+    >>> r.feed(b"\\xd0")
+    []
+    >>> r.feed(b"\\x00\\x90\\x03\\x00\\x01\\x01")
+    [Pingresp(), Suback(1, [1])]
+    """
+
+    def __init__(self, max_packet=MAX_PACKET):
+        self.max_packet = max_packet
+        self._buf = bytearray()
+
+    @property
+    def buffered(self):
+        """Bytes held back waiting for the rest of a packet."""
+        return len(self._buf)
+
+    def feed(self, data):
+        """Add received bytes; return the list of packets completed by them (may be empty)."""
+        self._buf.extend(data)
+        out = []
+        while self._buf:
+            buf = self._buf
+            _check_first_byte(buf[0])
+            head = decode_remaining_length(buf, 1)
+            if head is None:
+                break
+            length, start = head
+            end = start + length
+            if end > self.max_packet:
+                raise MqttError("incoming %s of %d bytes exceeds max_packet %d" % (
+                    _PACKET_NAMES[buf[0] >> 4], end, self.max_packet))
+            if len(buf) < end:
+                break
+            out.append(decode_packet(buf[0], memoryview(buf)[start:end]))
+            self._buf = buf[end:]
+        return out
+
+
+# ------------------------------------------------------------------ session
+
+class _Outgoing:
+    # one QoS 1 publish waiting for its PUBACK: its encoded frame, resent as is
+    # with only the DUP bit changed (no second copy of the payload)
+    def __init__(self, packet_id, frame, now):
+        self.packet_id = packet_id
+        self.frame = frame
+        self.sent_at = now
+        self.attempts = 1
+
+
+class Session:
+    """Client-side protocol state of one MQTT session; survives reconnects.
+
+    Every frame the caller gets back must be written at once (the session
+    counts it as sent at ``now``).  ``now`` is integer seconds, monotonic.
+
+    * packet ids 1..65535, skipping ids still in flight;
+    * QoS 1 publishes stay in flight until their PUBACK; ``poll`` resends one
+      with DUP=1 after ``retry_s`` (0 = only on reconnect); after a CONNACK
+      every unacked one is sent again in original order: DUP=1 for a
+      persistent session (4.4, [MQTT-4.4.0-1]); a clean session starts empty
+      at the broker, so they go as new publishes (DUP=0) and no reading is
+      lost between sessions;
+    * keepalive (3.1.2.10): PINGREQ when nothing was sent or nothing received
+      for ``keepalive_s``; the broker counts as dead after 1.5 x keepalive_s
+      with no packet from it;
+    * incoming QoS 1 publishes are answered with PUBACK.
+
+    >>> s = Session("m1", keepalive_s=60)
+    >>> frame = s.connect(now=0)            # write it
+    >>> s.received(Connack(False, 0), now=1)
+    []
+    >>> pid, frame = s.publish("urja/m1/r", b"\\x01", qos=1, now=2)
+    >>> s.in_flight_ids()
+    [1]
+    >>> s.received(Puback(1), now=3), s.in_flight_ids()
+    ([], [])
+    """
+
+    def __init__(self, client_id, keepalive_s=60, clean_session=True, username=None,
+                 password=None, will_topic=None, will_message=b"", will_qos=0,
+                 will_retain=False, retry_s=30, max_in_flight=8):
+        self._connect_frame = encode_connect(
+            client_id, keepalive_s, clean_session, username, password,
+            will_topic, will_message, will_qos, will_retain)
+        self.client_id = client_id
+        self.keepalive_s = keepalive_s
+        self.clean_session = clean_session
+        self.retry_s = retry_s
+        self.max_in_flight = max_in_flight
+        self.connected = False
+        self.ping_outstanding = False
+        self.last_sent = 0
+        self.last_received = 0
+        self.resent = 0  # QoS 1 publishes sent again (timeouts and reconnects)
+        self._next_id = 1
+        self._in_flight = []  # _Outgoing, in first-send order (dicts are unordered on MicroPython)
+        self._pending = []  # packet ids of SUBSCRIBE/UNSUBSCRIBE awaiting their ack
+
+    # -------------------------------------------------------------- ids
+    def in_flight_ids(self):
+        """Packet ids of QoS 1 publishes awaiting PUBACK, oldest first."""
+        return [m.packet_id for m in self._in_flight]
+
+    def _in_use(self, pid):
+        if pid in self._pending:
+            return True
+        for m in self._in_flight:
+            if m.packet_id == pid:
+                return True
+        return False
+
+    def next_packet_id(self):
+        """Allocate the next free packet id (1..65535, wrapping, skipping ids in use)."""
+        for _ in range(MAX_PACKET_ID):
+            pid = self._next_id
+            self._next_id = 1 if pid == MAX_PACKET_ID else pid + 1
+            if not self._in_use(pid):
+                return pid
+        raise MqttError("all 65535 packet ids are in use")
+
+    # -------------------------------------------------------------- outgoing
+    def _sent(self, now):
+        self.last_sent = now
+
+    def connect(self, now):
+        """The CONNECT frame for a new network connection; starts the keepalive clocks."""
+        self.connected = False
+        self.ping_outstanding = False
+        self._pending = []
+        self.last_sent = now
+        self.last_received = now  # so a broker that never answers counts as dead
+        return self._connect_frame
+
+    def _require_connected(self):
+        if not self.connected:
+            raise MqttError("not connected: wait for an accepted CONNACK")
+
+    def publish(self, topic, payload, qos=0, retain=False, now=0):
+        """(packet_id, frame) for a publish; packet_id is 0 at QoS 0.
+
+        A QoS 1 frame is kept (not copied) for resending: do not modify it.
+
+        A QoS 1 publish is kept until its PUBACK; MqttError if ``max_in_flight``
+        are already waiting (the caller should wait for acks first).
+        """
+        self._require_connected()
+        if qos == 0:
+            frame = encode_publish(topic, payload, 0, 0, retain)
+            self._sent(now)
+            return 0, frame
+        if len(self._in_flight) >= self.max_in_flight:
+            raise MqttError("%d QoS 1 publishes already await PUBACK" % len(self._in_flight))
+        check_topic_name(topic)  # before taking an id, so a bad topic leaks nothing
+        pid = self.next_packet_id()
+        frame = encode_publish(topic, payload, qos, pid, retain)
+        self._in_flight.append(_Outgoing(pid, frame, now))
+        self._sent(now)
+        return pid, frame
+
+    def subscribe(self, subscriptions, now=0):
+        """(packet_id, frame) for SUBSCRIBE to [(filter, qos), ...]."""
+        self._require_connected()
+        pid = self.next_packet_id()
+        frame = encode_subscribe(pid, subscriptions)
+        self._pending.append(pid)
+        self._sent(now)
+        return pid, frame
+
+    def unsubscribe(self, topic_filters, now=0):
+        """(packet_id, frame) for UNSUBSCRIBE from [filter, ...]."""
+        self._require_connected()
+        pid = self.next_packet_id()
+        frame = encode_unsubscribe(pid, topic_filters)
+        self._pending.append(pid)
+        self._sent(now)
+        return pid, frame
+
+    def ping(self, now):
+        """A PINGREQ frame now (poll sends these by itself when due)."""
+        self.ping_outstanding = True
+        self._sent(now)
+        return PINGREQ_PACKET
+
+    def disconnect(self):
+        """The DISCONNECT frame; the broker then discards the will (3.14)."""
+        self.connected = False
+        return DISCONNECT_PACKET
+
+    def connection_lost(self):
+        """The network connection ended; in-flight publishes wait for the next CONNACK."""
+        self.connected = False
+        self.ping_outstanding = False
+        self._pending = []
+
+    def _resend(self, msg, dup, now):
+        msg.sent_at = now
+        msg.attempts += 1
+        self.resent += 1
+        self._sent(now)
+        frame = msg.frame
+        frame[0] = (frame[0] | 0x08) if dup else (frame[0] & 0xF7)
+        return frame
+
+    # -------------------------------------------------------------- incoming
+    def received(self, packet, now):
+        """Account for a decoded packet from the broker; return frames to send in reply."""
+        self.last_received = now
+        if isinstance(packet, Publish):
+            if packet.qos == 1:
+                self._sent(now)
+                return [encode_puback(packet.packet_id)]
+            return []
+        if isinstance(packet, Puback):
+            for i in range(len(self._in_flight)):
+                if self._in_flight[i].packet_id == packet.packet_id:
+                    self._in_flight.pop(i)
+                    break
+            return []  # an unknown id is a late ack of a resend: nothing to do
+        if isinstance(packet, (Suback, Unsuback)):
+            if packet.packet_id in self._pending:
+                self._pending.remove(packet.packet_id)
+            return []
+        if isinstance(packet, Pingresp):
+            self.ping_outstanding = False
+            return []
+        if isinstance(packet, Connack):
+            if not packet.accepted:
+                self.connected = False
+                return []
+            self.connected = True
+            dup = not self.clean_session
+            return [self._resend(m, dup, now) for m in self._in_flight]
+        raise MqttError("not a packet from a broker: %r" % (packet,))
+
+    # -------------------------------------------------------------- timers
+    def ping_due(self, now):
+        """True when a PINGREQ should go out (connected, keepalive on, none outstanding)."""
+        k = self.keepalive_s
+        if not self.connected or not k or self.ping_outstanding:
+            return False
+        return now - self.last_sent >= k or now - self.last_received >= k
+
+    def broker_dead(self, now):
+        """True once 1.5 x keepalive_s passed with no packet from the broker."""
+        k = self.keepalive_s
+        return bool(k) and 2 * (now - self.last_received) >= 3 * k
+
+    def poll(self, now):
+        """Frames due at ``now``: timed-out QoS 1 publishes (DUP=1), then PINGREQ if due."""
+        if not self.connected:
+            return []
+        out = []
+        if self.retry_s:
+            for m in self._in_flight:
+                if now - m.sent_at >= self.retry_s:
+                    out.append(self._resend(m, True, now))
+        if self.ping_due(now):
+            out.append(self.ping(now))
+        return out
