@@ -32,3 +32,218 @@ class SlotStorage:
 
     def write(self, slot: int, data) -> None:
         raise NotImplementedError
+
+
+class PulseCounter:
+    """A free-running impulse counter on the meter's pulse input.
+
+    - ``value()`` -> the raw count, an int that wraps modulo ``2 ** bits``
+      (never reset by reading); feed it to
+      ``firmware.core.metering.CounterDelta(counter.bits)`` to get pulses per read.
+    - ``bits``: the counter's width.
+
+    >>> delta = CounterDelta(board.pulse_counter.bits)
+    >>> pulses = delta.update(board.pulse_counter.value())
+    """
+
+    bits = 32
+
+    def value(self) -> int:
+        raise NotImplementedError
+
+
+class Relay:
+    """The load switch.  Only ``firmware.core.credit`` decides it; the board just obeys.
+
+    - ``set(closed)``: True closes the contact (supply on), False opens it.
+    - ``closed()`` -> the state last set (a latching relay cannot be read
+      back: after a reset it is unknown until the first ``set``, so the shell
+      sets it once at boot from the credit state).
+
+    >>> board.relay.set(False); board.relay.closed()
+    False
+    """
+
+    def set(self, closed: bool) -> None:
+        raise NotImplementedError
+
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+
+class DigitalInput:
+    """A polled logic input: cover switch, commissioning input, power-fail detect.
+
+    ``value()`` -> True when the input is *active* (cover open, commissioning
+    enabled, supply failing), whatever the pin's electrical level.  Read it
+    from a task; a board never runs firmware code in an interrupt.
+
+    >>> if board.commissioning.value(): allow_key_provisioning()
+    """
+
+    def value(self) -> bool:
+        raise NotImplementedError
+
+
+class Uart:
+    """A byte link to the RS485 bus (Modbus/DLMS meter), never blocking.
+
+    - ``read(n)`` -> up to ``n`` bytes that have already arrived, or ``b""``.
+    - ``write(data)`` -> bytes written; the board drives the RS485 driver-enable
+      (DE) pin around the transmission itself, so the caller only sees bytes.
+    - ``baud``: the configured rate (protocol timing, e.g. the Modbus 3.5-character gap).
+
+    >>> board.rs485.write(frame)
+    >>> reply = board.rs485.read(256)
+    """
+
+    baud = 9600
+
+    def read(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data) -> int:
+        raise NotImplementedError
+
+
+class Watchdog:
+    """A started hardware watchdog: ``feed()`` before ``timeout_ms`` runs out or the board resets.
+
+    Started only by ``Board.start_watchdog()`` (it cannot be stopped once started).
+    """
+
+    timeout_ms = 0
+
+    def feed(self) -> None:
+        raise NotImplementedError
+
+
+class Led:
+    """The status LED: ``set(on)``; ``on()`` -> the state last set."""
+
+    def set(self, on: bool) -> None:
+        raise NotImplementedError
+
+    def on(self) -> bool:
+        raise NotImplementedError
+
+
+class Clock:
+    """Wall-clock time as integer UTC seconds since 1970 (the only clock the shell reads).
+
+    - ``now()`` -> int UTC seconds.
+    - ``set(t)``: set it (time sync downlink, commissioning).
+
+    >>> board.clock.set(1795737600); board.clock.now() >= 1795737600
+    True
+    """
+
+    def now(self) -> int:
+        raise NotImplementedError
+
+    def set(self, t: int) -> None:
+        raise NotImplementedError
+
+
+class Board:
+    """One meter's hardware, built from a validated board file by ``load_board``.
+
+    Attributes (``None`` when the board file has no such part):
+    ``config`` (the board dict), ``name``, ``platform``, ``meter_type``,
+    ``pulse_counter`` (PulseCounter), ``rs485`` (Uart), ``relay`` (Relay),
+    ``led`` (Led), ``cover``, ``commissioning``, ``power_fail`` (DigitalInput),
+    ``clock`` (Clock), ``slots`` (SlotStorage for the journal).
+
+    >>> board = load_board("unix")
+    >>> board.relay.set(True)
+    """
+
+    pulse_counter: "PulseCounter | None" = None
+    rs485: "Uart | None" = None
+    relay: "Relay | None" = None
+    led: "Led | None" = None
+    cover: "DigitalInput | None" = None
+    commissioning: "DigitalInput | None" = None
+    power_fail: "DigitalInput | None" = None
+    clock: "Clock | None" = None
+    slots: "SlotStorage | None" = None
+
+    def __init__(self, config):
+        self.config = config
+        self.name = config["name"]
+        self.platform = config["platform"]
+        self.meter_type = config["meter_type"]
+
+    def pulse_units(self):
+        """(num, den): units (Wh or litres) per impulse, for ``PulseRegister(num, den)``.
+
+        >>> Board(wroom32).pulse_units()   # 3200 imp/kWh = 1000 Wh per 3200 impulses
+        (1000, 3200)
+        """
+        p = self.config.get("pulse_input")
+        if p is None:
+            return None
+        if "imp_per_kwh" in p:
+            return (1000, p["imp_per_kwh"])
+        return (p["litres_per_imp"], 1)
+
+    def start_watchdog(self):
+        """Start the watchdog with the board's ``watchdog_timeout_ms``; returns a Watchdog."""
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Service board housekeeping without blocking (the unix control socket); call often."""
+
+
+# Short names for the shipped board files (relative to this package's folder).
+BOARD_FILES = {"unix": "unix/board.json", "wroom32": "esp32/wroom32.json"}
+
+
+def _boards_dir():
+    here = globals().get("__file__") or "boards/hal.py"
+    cut = here.replace("\\", "/").rfind("/")
+    return here[:cut] if cut >= 0 else "."
+
+
+def board_path(name_or_path):
+    """A board file path: ``"unix"`` / ``"wroom32"`` or any path ending in ``.json``."""
+    if name_or_path.endswith(".json"):
+        return name_or_path
+    rel = BOARD_FILES.get(name_or_path)
+    if rel is None:
+        raise ValueError("unknown board %r: give a .json path or one of %s"
+                         % (name_or_path, ", ".join(sorted(BOARD_FILES))))
+    return _boards_dir() + "/" + rel
+
+
+def load_board(name_or_path, overrides=None):
+    """Read, validate and instantiate a board for the running platform.
+
+    ``overrides`` (optional dict) replaces top-level fields, e.g.
+    ``{"state_dir": "/tmp/m1", "control": "unix:/tmp/m1/ctl.sock"}``; the result
+    is validated again.  Raises ``boards.schema.BoardError`` for a bad file or
+    a board made for another platform.
+
+    >>> board = load_board("unix", {"state_dir": "/tmp/meter-7"})
+    >>> board.pulse_counter.value()
+    0
+    """
+    import sys
+    from boards import schema
+
+    path = board_path(name_or_path)
+    config = schema.load(path)
+    if overrides:
+        config = dict(config)
+        for key in overrides:
+            config[key] = overrides[key]
+        schema.validate(config, path)
+    running = "esp32" if sys.platform == "esp32" else "unix"
+    if config["platform"] != running:
+        raise schema.BoardError(["platform: this board is for %s, running on %s (sys.platform %r)"
+                                 % (config["platform"], running, sys.platform)], path)
+    if running == "esp32":
+        from boards.esp32 import hal as platform_hal
+    else:
+        from boards.unix import hal as platform_hal  # type: ignore[no-redef]
+    return platform_hal.make_board(config)

@@ -1,0 +1,250 @@
+"""The board on an ESP32 (WROOM-32): ``machine`` pins, PCNT, UART2 + DE, WDT, NVS.
+
+Everything here is polled from asyncio tasks; the only interrupt handler
+(the PCNT overflow on the ``esp32.PCNT`` fallback) adds one to a counter.
+
+>>> board = load_board("wroom32")
+>>> wdt = board.start_watchdog()
+>>> board.relay.set(True)
+"""
+import time
+
+import esp32
+import machine
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
+        return x
+
+from boards import hal
+from boards.esp32.nvs_slots import NvsSlots
+from firmware.core import localtime
+
+_PCNT_MAX = const(32767)
+_EPOCH_2000_S = const(946684800)  # 2000-01-01 UTC in Unix seconds: `date -u -d 2000-01-01 +%s`
+_COUNTER_BITS = const(30)  # machine.Counter is unbounded; 30 bits keep reads small ints
+
+
+def _pull(name):
+    if name == "up":
+        return machine.Pin.PULL_UP
+    if name == "down":
+        return machine.Pin.PULL_DOWN
+    return None
+
+
+class CounterPulses(hal.PulseCounter):
+    """``machine.Counter`` (MicroPython >= 1.27 on ESP32): PCNT with overflow handled inside."""
+
+    bits = _COUNTER_BITS
+
+    def __init__(self, unit, pin, edge, filter_ns):
+        C = machine.Counter
+        self.counter = C(unit, machine.Pin(pin, machine.Pin.IN),
+                         edge=C.RISING if edge == "rising" else C.FALLING, filter_ns=filter_ns)
+
+    def value(self):
+        return self.counter.value() & ((1 << _COUNTER_BITS) - 1)
+
+
+class PcntPulses(hal.PulseCounter):
+    """``esp32.PCNT`` fallback: the 16-bit unit resets to 0 on reaching ``max``.
+
+    The IRQ handler only counts those wraps (no allocation, no other work);
+    ``value()`` combines wraps and the hardware count, re-reading if a wrap
+    landed in between.
+    """
+
+    bits = _COUNTER_BITS
+
+    def __init__(self, unit, pin, edge, filter_ns):
+        P = esp32.PCNT
+        ticks = min(1023, filter_ns * 2 // 25)  # 80 MHz APB: 12.5 ns per tick
+        kw = {"rising": P.INCREMENT} if edge == "rising" else {"falling": P.INCREMENT}
+        self.wraps = 0
+        self.pcnt = P(unit, pin=machine.Pin(pin, machine.Pin.IN), filter=ticks, max=_PCNT_MAX,
+                      min=0, **kw)
+        self.pcnt.irq(self._wrapped, P.IRQ_MAX)
+        self.pcnt.start()
+
+    def _wrapped(self, _pcnt):
+        self.wraps += 1
+
+    def value(self):
+        while True:
+            w = self.wraps
+            v = self.pcnt.value()
+            if w == self.wraps:
+                return (w * _PCNT_MAX + v) & ((1 << _COUNTER_BITS) - 1)
+
+
+def _pulse_counter(cfg):
+    if hasattr(machine, "Counter"):
+        return CounterPulses(0, cfg["pin"], cfg["edge"], cfg["filter_ns"])
+    return PcntPulses(0, cfg["pin"], cfg["edge"], cfg["filter_ns"])
+
+
+class PinOutput:
+    """An output pin with an active level; ``drive(True)`` = active."""
+
+    def __init__(self, pin, active):
+        self.active_high = active == "high"
+        self.pin = machine.Pin(pin, machine.Pin.OUT, value=0 if self.active_high else 1)
+
+    def drive(self, on):
+        self.pin.value(1 if bool(on) == self.active_high else 0)
+
+
+class LevelRelay(hal.Relay):
+    """A monostable relay: the coil is held for as long as the contact is closed."""
+
+    def __init__(self, cfg):
+        self.out = PinOutput(cfg["pin"], cfg["active"])
+        self.state = False
+
+    def set(self, closed):
+        self.out.drive(closed)
+        self.state = bool(closed)
+
+    def closed(self):
+        return self.state
+
+
+class LatchingRelay(hal.Relay):
+    """A bistable relay: a ``pulse_ms`` pulse on one coil closes it, on the other opens it.
+
+    ``set`` blocks for ``pulse_ms`` (10-1000 ms, rare: only on a credit change)
+    and always pulses, because the contact's position cannot be read back.
+    """
+
+    def __init__(self, cfg):
+        self.close_coil = PinOutput(cfg["close_pin"], cfg["active"])
+        self.open_coil = PinOutput(cfg["open_pin"], cfg["active"])
+        self.pulse_ms = cfg["pulse_ms"]
+        self.state = False
+
+    def set(self, closed):
+        coil = self.close_coil if closed else self.open_coil
+        coil.drive(True)
+        time.sleep_ms(self.pulse_ms)
+        coil.drive(False)
+        self.state = bool(closed)
+
+    def closed(self):
+        return self.state
+
+
+class PinInput(hal.DigitalInput):
+    def __init__(self, cfg):
+        pull = _pull(cfg.get("pull", "none"))
+        if pull is None:
+            self.pin = machine.Pin(cfg["pin"], machine.Pin.IN)
+        else:
+            self.pin = machine.Pin(cfg["pin"], machine.Pin.IN, pull)
+        self.active_level = 1 if cfg["active"] == "high" else 0
+
+    def value(self):
+        return self.pin.value() == self.active_level
+
+
+class PinLed(hal.Led):
+    def __init__(self, cfg):
+        self.out = PinOutput(cfg["pin"], cfg["active"])
+        self.state = False
+
+    def set(self, on):
+        self.out.drive(on)
+        self.state = bool(on)
+
+    def on(self):
+        return self.state
+
+
+class Rs485Uart(hal.Uart):
+    """A hardware UART with the transceiver's DE pin high only while transmitting.
+
+    ``write`` raises DE, queues the bytes, waits for the last stop bit
+    (``UART.flush``: a 16-byte Modbus frame is ~17 ms at 9600 baud) and drops
+    DE so the slave's answer is not talked over.
+    """
+
+    def __init__(self, cfg):
+        self.baud = cfg["baud"]
+        self.uart = machine.UART(cfg["uart"], baudrate=self.baud, tx=cfg["tx"], rx=cfg["rx"],
+                                 timeout=0, timeout_char=0)
+        self.de = machine.Pin(cfg["de_pin"], machine.Pin.OUT, value=0)
+
+    def read(self, n):
+        if not self.uart.any():
+            return b""
+        return self.uart.read(n) or b""
+
+    def write(self, data):
+        self.de.value(1)
+        try:
+            n = self.uart.write(data) or 0
+            self.uart.flush()
+        finally:
+            self.de.value(0)
+        return n
+
+
+class HardwareWatchdog(hal.Watchdog):
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.wdt = machine.WDT(timeout=timeout_ms)
+
+    def feed(self):
+        self.wdt.feed()
+
+
+class RtcClock(hal.Clock):
+    """The ESP32 RTC as UTC seconds since 1970, whichever epoch the port uses."""
+
+    def __init__(self):
+        # older ESP32 builds count from 2000-01-01 (time.gmtime(0) says which)
+        self.epoch_s = _EPOCH_2000_S if time.gmtime(0)[0] == 2000 else 0
+        self.rtc = machine.RTC()
+
+    def now(self):
+        return int(time.time()) + self.epoch_s
+
+    def set(self, t):
+        days, sec = divmod(int(t), localtime.DAY_S)
+        y, m, d = localtime.civil_from_days(days)
+        wd = localtime.weekday_of_day(days)
+        self.rtc.datetime((y, m, d, wd, sec // 3600, sec // 60 % 60, sec % 60, 0))
+
+
+class Esp32Board(hal.Board):
+    relay: hal.Relay
+    clock: RtcClock
+
+    def __init__(self, config):
+        hal.Board.__init__(self, config)
+        if "pulse_input" in config:
+            self.pulse_counter = _pulse_counter(config["pulse_input"])
+        if "rs485" in config:
+            self.rs485 = Rs485Uart(config["rs485"])
+        relay = config["relay"]
+        self.relay = LatchingRelay(relay) if relay["kind"] == "latching" else LevelRelay(relay)
+        if "led" in config:
+            self.led = PinLed(config["led"])
+        self.cover = PinInput(config["cover_input"])
+        self.commissioning = PinInput(config["commissioning_input"])
+        self.power_fail = PinInput(config["power_fail_input"])
+        self.clock = RtcClock()
+        self.slots = NvsSlots(config.get("nvs_namespace", "urja"))
+        self.watchdog = None
+
+    def start_watchdog(self):
+        if self.watchdog is None:
+            self.watchdog = HardwareWatchdog(self.config["watchdog_timeout_ms"])
+        return self.watchdog
+
+
+def make_board(config):
+    """Instantiate a validated ESP32 board dict (``boards.hal.load_board`` calls this)."""
+    return Esp32Board(config)
