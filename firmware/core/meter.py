@@ -27,6 +27,7 @@ power-fail input calls ``power_fail`` to commit at once).
 import json
 
 from firmware.core import auth, credit, events, localtime, metering, tariff
+from firmware.sts import acceptor as sts
 
 try:
     from micropython import const
@@ -82,6 +83,44 @@ def _need_int(d, name, default, lo, hi):
     return v
 
 
+def _sts_config(d):
+    """Validated STS block, or None when offline tokens are not configured.
+
+    {"key_hex": 16 hex digits (decoder key), "krn": 1, "key_type": 2, "ken": 255,
+     "ti": 1, "tables": "production"|"sample",
+     "paise_per_unit": price of one kWh (water: kL, gas: SCM) used to turn a
+                       token's energy into money credit; the vending side uses the same price}
+    """
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise MeterConfigError("sts: must be a mapping")
+    key = d.get("key_hex")
+    if not isinstance(key, str) or len(key) != 16:
+        raise MeterConfigError("sts.key_hex: the decoder key is 16 hex digits")
+    try:
+        key_int = int(key, 16)
+    except ValueError:
+        raise MeterConfigError("sts.key_hex: must be hex digits")
+    out = {"key": key_int,
+           "krn": _need_int(d, "krn", 1, 0, 15),
+           "key_type": _need_int(d, "key_type", 2, 0, 3),
+           "ken": _need_int(d, "ken", 255, 0, 255),
+           "ti": _need_int(d, "ti", 1, 0, 99),
+           "paise_per_unit": _need_int(d, "paise_per_unit", 0, 1, 10 ** 7)}
+    tables = d.get("tables", "production")
+    if tables not in ("production", "sample"):
+        raise MeterConfigError("sts.tables: production or sample")
+    out["tables"] = tables
+    return out
+
+
+def sts_credit_paise(quantity, paise_per_unit, unit_size=1000):
+    """Money credit for a token's quantity (Wh or litres): rounded down, one rule
+    shared by the meter and the head-end's ledger."""
+    return quantity * paise_per_unit // unit_size
+
+
 class MeterConfig:
     """Commissioning data of one meter, validated (``MeterConfig.from_dict``).
 
@@ -130,6 +169,7 @@ class MeterConfig:
             self.credit = credit.CreditConfig.from_dict(d.get("credit") or {})
         except credit.CreditConfigError as err:
             raise MeterConfigError("credit." + str(err))
+        self.sts = _sts_config(d.get("sts"))
 
     @classmethod
     def from_dict(cls, d):
@@ -172,6 +212,12 @@ class Meter:
                                             debt_paise=opening_debt)
         self.guard = auth.DownlinkGuard(c.meter_id)
         self.log = events.EventLog(c.events_capacity)
+        self.tokens = None
+        if c.sts is not None:
+            st = c.sts
+            self.tokens = sts.Acceptor(st["key"], st["krn"], st["key_type"], st["ken"], st["ti"])
+            if st["tables"] == "sample":
+                self.tokens = sts.Acceptor.from_state(dict(self.tokens.to_state(), tables="sample"))
         self.charged_units = 0  # cumulative units already charged by the tariff
         self.last_step_t = now
         self.power_w = 0
@@ -189,6 +235,7 @@ class Meter:
         self.account = credit.CreditAccount.from_state(c.credit, s["credit"])
         self.guard = auth.DownlinkGuard.from_state(s["guard"])
         self.log = events.EventLog.from_state(s["events"])
+        self.tokens = sts.Acceptor.from_state(s["tokens"]) if s.get("tokens") else None
         self.charged_units = s["charged_units"]
         self.last_step_t = s["last_step_t"]
         self.power_w = 0
@@ -206,6 +253,7 @@ class Meter:
             "credit": self.account.to_state(),
             "guard": self.guard.to_state(),
             "events": self.log.to_state(),
+            "tokens": self.tokens.to_state() if self.tokens is not None else None,
             "charged_units": self.charged_units,
             "last_step_t": self.last_step_t,
         }
@@ -319,6 +367,39 @@ class Meter:
         self._after_credit_change(now, commit=False)
         self._commit(now)
         return auth.OK, detail
+
+    def apply_sts_token(self, digits, now):
+        """Accept a 20-digit STS token typed on the keypad or the CLI, exactly once.
+
+        Returns ``(reason, detail)`` with reason an ``sts.acceptor`` code
+        (``sts.ACCEPTED`` == 0; names in ``sts.REASON_NAMES``).  Credit tokens
+        become money credit at ``sts.paise_per_unit``; key-change tokens move
+        the meter to the new key.  Other management tokens are UNSUPPORTED for
+        now.  A rejected token changes nothing but the event log
+        (TOPUP_REJECTED, value 100 + reason).
+        """
+        if self.tokens is None:
+            return sts.UNSUPPORTED, "STS tokens are not configured on this meter"
+        result = self.tokens.accept(digits)
+        if result.ok and result.unit in ("Wh", "L"):
+            paise = sts_credit_paise(result.quantity, self.config.sts["paise_per_unit"])
+            if paise <= 0:
+                result = sts.Result(sts.UNSUPPORTED, result.token, result.kind)
+            else:
+                self.account.topup(paise, now)
+                self.tokens.commit(result)
+                self._after_credit_change(now, commit=False)
+                self._commit(now)
+                return sts.ACCEPTED, "%s token: %d %s = %d paise" % (
+                    result.kind, result.quantity, result.unit, paise)
+        elif result.ok and result.kind.startswith("key_change"):
+            self.tokens.commit(result)
+            self._commit(now)
+            return sts.ACCEPTED, result.kind
+        elif result.ok:
+            result = sts.Result(sts.UNSUPPORTED, result.token, result.kind)
+        self.log.append(now, events.TOPUP_REJECTED, 100 + result.reason)
+        return result.reason, sts.REASON_NAMES[result.reason]
 
     def power_fail(self, now):
         """The board saw the supply fail: log it and commit while the capacitor lasts."""

@@ -204,3 +204,53 @@ def test_config_errors_name_the_field():
     assert "tariff" in str(err)
     err = raises(MeterConfigError, config, meter_id="a|b")
     assert "meter_id" in str(err)
+
+
+# STS tokens: NectarAPI tokens-service vectors under this key (see test_sts_acceptor.py)
+STS_KEY_HEX = "0abc12def3456789"
+ELEC_25_6_KWH = "29054347139309851356"
+POWER_LIMIT_10_W = "36190854030032778902"
+
+
+def sts_meter(slots=None, price=650):
+    cfg = config(tariff=FLAT_TARIFF, sts={"key_hex": STS_KEY_HEX, "paise_per_unit": price})
+    return Meter(cfg, now=T0, journal=journal.Journal(slots or MemSlots()))
+
+
+def test_sts_token_credits_its_energy_at_the_configured_price():
+    m = sts_meter()
+    reason, detail = m.apply_sts_token(ELEC_25_6_KWH, T0 + 60)
+    eq(reason, 0, detail)
+    eq(m.status()["balance_paise"], 16640)  # 25.6 kWh * 650 paise/kWh = 16640 paise
+
+
+def test_sts_token_is_accepted_once_even_across_a_restart():
+    slots = MemSlots()
+    m = sts_meter(slots)
+    eq(m.apply_sts_token(ELEC_25_6_KWH, T0 + 60)[0], 0)
+    again = Meter(config(tariff=FLAT_TARIFF, sts={"key_hex": STS_KEY_HEX, "paise_per_unit": 650}),
+                  now=T0 + 120, journal=journal.Journal(slots))
+    reason, name = again.apply_sts_token(ELEC_25_6_KWH, T0 + 180)
+    eq(name, "used")
+    eq(again.status()["balance_paise"], 16640)
+
+
+def test_mistyped_or_wrong_key_token_is_rejected_and_logged():
+    m = sts_meter()
+    typo = ELEC_25_6_KWH[:-1] + ("0" if ELEC_25_6_KWH[-1] != "0" else "1")
+    eq(m.apply_sts_token(typo, T0)[1], "bad_crc")
+    eq(m.apply_sts_token("1234", T0)[1], "format")
+    eq(m.status()["balance_paise"], 0)
+    rejected = [e for e in m.log.pending(64) if e[2] == events.TOPUP_REJECTED]
+    eq([e[3] for e in rejected], [102, 101])
+
+
+def test_management_tokens_the_meter_does_not_act_on_are_unsupported():
+    m = sts_meter()
+    eq(m.apply_sts_token(POWER_LIMIT_10_W, T0)[1], "unsupported")
+
+
+def test_meter_without_sts_config_refuses_tokens_clearly():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0)
+    reason, detail = m.apply_sts_token(ELEC_25_6_KWH, T0)
+    assert "not configured" in detail
