@@ -1,0 +1,290 @@
+"""Batched, idempotent writes of decoded uplinks, and sequence-gap detection.
+
+One ``UplinkStore.write`` call is one transaction: it claims each uplink's
+(meter, s) in ``uplinks_seen`` with INSERT ... ON CONFLICT DO NOTHING
+RETURNING (PostgreSQL; SQLite: the same upsert syntax, which is INSERT OR
+IGNORE), and only the claimed ones reach the kind tables, which collide
+again on their own natural keys ((meter, interval start) for readings,
+(meter, event_seq) for events, ...).  So a batch may be replayed any number
+of times, by any number of workers, and each fact is stored once.
+
+Hot tables on PostgreSQL (uplinks_seen, readings, reading_registers) are
+written with one ``INSERT ... SELECT FROM unnest(<one array per column>)
+ON CONFLICT DO NOTHING`` each: a single statement and round trip per batch
+with binary array parameters, measured ~6x faster than SQLAlchemy's multi-row
+VALUES (whose SQL text psycopg must re-parse: ~100 us per uplink for 5000).
+Everything else, and SQLite, goes through SQLAlchemy's "insertmanyvalues".
+
+Gap detection reads ``uplinks_seen`` (the set of sequence numbers actually
+stored) with a LEAD() window: a run of missing ``s`` between two stored ones
+is a gap.  Gaps are recorded in ``seq_gaps``; one that later fills (a late or
+redelivered message) gets ``closed_at``.
+
+>>> from headend.db import make_engine
+>>> store = UplinkStore(make_engine("sqlite://"))            # doctest: +SKIP
+>>> store.write([body, ...], dead=[("topic", b"..", "reason")], now=1795737600)   # doctest: +SKIP
+WriteResult(uplinks=..., duplicates=..., readings=..., dead=...)
+"""
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from headend import models as M
+
+
+class WriteResult:
+    """What one batch did: uplinks newly stored, duplicates skipped, readings stored, dead letters."""
+    __slots__ = ("uplinks", "duplicates", "readings", "dead", "stored_keys")
+
+    def __init__(self):
+        self.uplinks = 0
+        self.duplicates = 0
+        self.readings = 0
+        self.dead = 0
+        self.stored_keys = []  # (meter, s) newly stored, for gap scans and hooks
+
+    def __repr__(self):
+        return "WriteResult(uplinks=%d, duplicates=%d, readings=%d, dead=%d)" % (
+            self.uplinks, self.duplicates, self.readings, self.dead)
+
+
+def _insert(dialect_name, table):
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    if dialect_name == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError("unsupported database %r (PostgreSQL or SQLite)" % dialect_name)
+
+
+def _reading_rows(body, now):
+    m, s = body["m"], body["s"]
+    for start_t, energy, mv, ma, flags, span in body["r"]:
+        yield {"meter_id": m, "start_t": start_t, "energy": energy, "avg_mv": mv, "avg_ma": ma,
+               "flags": flags or 0, "span_s": span if span is not None else body["iv"],
+               "estimated": False, "seq": s, "received_at": now}
+
+
+def _status_row(body):
+    return {"meter_id": body["m"], "seq": body["s"], "t": body["t"],
+            "balance_paise": body["bal"], "credit_paise": body["cr"],
+            "emergency_paise": body["em"], "debt_paise": body["dt"], "state": body["st"],
+            "relay_closed": body["rl"], "limiter": body["ld"], "tariff_version": body["tv"],
+            "topups_total_paise": body["tt"], "charges_total_paise": body["tc"]}
+
+
+# PostgreSQL array type per column of the hot tables, in column order
+_PG_HOT = {
+    "uplinks_seen": (("meter_id", "text"), ("seq", "bigint"), ("kind", "text"), ("t", "bigint"),
+                     ("received_at", "bigint")),
+    "readings": (("meter_id", "text"), ("start_t", "bigint"), ("energy", "bigint"),
+                 ("avg_mv", "bigint"), ("avg_ma", "bigint"), ("flags", "integer"),
+                 ("span_s", "integer"), ("estimated", "boolean"), ("seq", "bigint"),
+                 ("received_at", "bigint")),
+    "reading_registers": (("meter_id", "text"), ("seq", "bigint"), ("t", "bigint"),
+                          ("interval_s", "integer"), ("cum", "bigint")),
+}
+
+
+def _pg_unnest_insert(conn, table, rows, returning=None):
+    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING [RETURNING]; PostgreSQL only."""
+    cols = _PG_HOT[table]
+    sql = "INSERT INTO %s (%s) SELECT * FROM unnest(%s) ON CONFLICT DO NOTHING" % (
+        table, ", ".join(c for c, _ in cols), ", ".join("%%b::%s[]" % t for _, t in cols))
+    if returning:
+        sql += " RETURNING " + returning
+    cur = conn.connection.driver_connection.cursor()  # same connection, same transaction
+    try:
+        cur.execute(sql, [[r[c] for r in rows] for c, _ in cols])
+        return cur.fetchall() if returning else None
+    finally:
+        cur.close()
+
+
+class UplinkStore:
+    """Writes batches of decoded uplink bodies (``messages.decode_uplink`` output) idempotently.
+
+    >>> store = UplinkStore(engine)                              # doctest: +SKIP
+    >>> store.write(bodies, dead=[], now=now).uplinks            # doctest: +SKIP
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        ins = lambda model: _insert(self.dialect, model.__table__)  # noqa: E731
+        seen = M.UplinkSeen.__table__
+        self._claim = (ins(M.UplinkSeen).on_conflict_do_nothing()
+                       .returning(seen.c.meter_id, seen.c.seq))
+        rd = M.Reading.__table__
+        self._readings = ins(M.Reading).on_conflict_do_nothing().returning(rd.c.start_t)
+        self._registers = ins(M.ReadingRegister).on_conflict_do_nothing()
+        self._events = ins(M.EventRecord).on_conflict_do_nothing()
+        self._status = ins(M.StatusRecord).on_conflict_do_nothing()
+        self._heartbeats = ins(M.Heartbeat).on_conflict_do_nothing()
+        self._acks = ins(M.AckRecord).on_conflict_do_nothing()
+        self._snapshots = ins(M.Snapshot).on_conflict_do_nothing()
+        bal = ins(M.MeterBalance)
+        cols = {c.name: bal.excluded[c.name] for c in M.MeterBalance.__table__.columns
+                if c.name != "meter_id"}
+        # the newest status (highest s) wins; a late old one never rolls the balance back
+        self._balance = bal.on_conflict_do_update(
+            index_elements=["meter_id"], set_=cols,
+            where=M.MeterBalance.__table__.c.seq < bal.excluded.seq)
+        self._dead = M.DeadLetter.__table__.insert()
+
+    def write(self, bodies, dead=(), now=0):
+        """Store ``bodies`` (decoded uplinks, each with ``kind``) and ``dead`` (topic, payload, reason).
+
+        Returns a WriteResult; the whole batch commits or nothing does.
+        """
+        result = WriteResult()
+        unique = {}
+        for b in bodies:
+            key = (b["m"], b["s"])
+            if key in unique:
+                result.duplicates += 1
+            else:
+                unique[key] = b
+        with self.engine.begin() as conn:
+            if unique:
+                seen = [{"meter_id": b["m"], "seq": b["s"], "kind": b["kind"], "t": b["t"],
+                         "received_at": now} for b in unique.values()]
+                if self.dialect == "postgresql":
+                    claimed = _pg_unnest_insert(conn, "uplinks_seen", seen, "meter_id, seq")
+                else:
+                    claimed = conn.execute(self._claim, seen).all()
+                fresh = [unique[(m, s)] for m, s in claimed]
+                result.duplicates += len(unique) - len(fresh)
+                result.uplinks = len(fresh)
+                result.stored_keys = [(b["m"], b["s"]) for b in fresh]
+                result.readings = self._write_kinds(conn, fresh, now)
+            if dead:
+                conn.execute(self._dead, [{"topic": t, "payload": bytes(p), "reason": r,
+                                           "received_at": now} for t, p, r in dead])
+                result.dead = len(dead)
+        return result
+
+    def _write_kinds(self, conn, fresh, now):
+        rows = {"reading": [], "register": [], "event": [], "status": [], "heartbeat": [],
+                "ack": [], "snapshot": []}
+        for b in fresh:
+            kind, m, s = b["kind"], b["m"], b["s"]
+            if kind == "reading":
+                rows["reading"].extend(_reading_rows(b, now))
+                rows["register"].append({"meter_id": m, "seq": s, "t": b["t"],
+                                         "interval_s": b["iv"], "cum": b["cum"]})
+            elif kind == "event":
+                for event_seq, t, code, value in b["e"]:
+                    rows["event"].append({"meter_id": m, "event_seq": event_seq, "t": t,
+                                          "code": code, "value": value, "seq": s,
+                                          "lost_total": b.get("lost")})
+            elif kind == "status":
+                rows["status"].append(_status_row(b))
+            elif kind == "heartbeat":
+                rows["heartbeat"].append({
+                    "meter_id": m, "seq": s, "t": b["t"], "uptime_s": b["up"],
+                    "heap_free": b.get("hf"), "rssi_dbm": b.get("rssi"),
+                    "outbox_depth": b.get("ob"), "outbox_dropped": b.get("dr"),
+                    "firmware": b.get("fw"), "journal_writes": b.get("jw")})
+            elif kind == "ack":
+                rows["ack"].append({"meter_id": m, "seq": s, "t": b["t"], "command_id": b["id"],
+                                    "counter": b["c"], "result": b["r"], "result_name": b["rn"],
+                                    "detail": b.get("d"), "received_at": now})
+            elif kind == "snapshot":
+                rows["snapshot"].append({"meter_id": m, "kind": b["k"], "key": b["key"],
+                                         "at": b["at"], "cum": b["cum"], "balance_paise": b["bal"],
+                                         "max_demand_w": b.get("md"), "flags": b.get("f", 0),
+                                         "seq": s})
+        readings = 0
+        if rows["reading"] and self.dialect == "postgresql":
+            readings = len(_pg_unnest_insert(conn, "readings", rows["reading"], "start_t"))
+            _pg_unnest_insert(conn, "reading_registers", rows["register"])
+        elif rows["reading"]:
+            readings = len(conn.execute(self._readings, rows["reading"]).all())
+            conn.execute(self._registers, rows["register"])
+        if rows["event"]:
+            conn.execute(self._events, rows["event"])
+        if rows["status"]:
+            conn.execute(self._status, rows["status"])
+            latest = {}
+            for r in rows["status"]:
+                if r["meter_id"] not in latest or latest[r["meter_id"]]["seq"] < r["seq"]:
+                    latest[r["meter_id"]] = r
+            conn.execute(self._balance, list(latest.values()))
+        for kind, stmt in (("heartbeat", self._heartbeats), ("ack", self._acks),
+                           ("snapshot", self._snapshots)):
+            if rows[kind]:
+                conn.execute(stmt, rows[kind])
+        return readings
+
+
+# --- sequence gaps ---------------------------------------------------------
+
+_GAPS_SQL = text("""
+SELECT meter_id, seq + 1 AS first_seq, next_seq - 1 AS last_seq FROM (
+    SELECT meter_id, seq, LEAD(seq) OVER (PARTITION BY meter_id ORDER BY seq) AS next_seq
+    FROM uplinks_seen WHERE meter_id = :meter_id AND seq >= :low
+) runs WHERE next_seq > seq + 1
+""")
+
+
+def current_gaps(conn, meter_id, low=0):
+    """Missing runs [(first_seq, last_seq)] of ``meter_id`` above stored sequence ``low``.
+
+    Only gaps between two stored messages are visible: messages lost after the
+    meter's last stored one show up when its next message (e.g. a heartbeat) arrives.
+    """
+    return [(r.first_seq, r.last_seq) for r in conn.execute(_GAPS_SQL, {"meter_id": meter_id,
+                                                                        "low": low})]
+
+
+def scan_gaps(engine, meter_ids, now, low_marks=None):
+    """Bring ``seq_gaps`` up to date for ``meter_ids``; returns (opened, closed) counts.
+
+    ``low_marks`` (meter -> a sequence number known to be stored) bounds the scan
+    so it does not re-read a meter's whole history; the caller keeps it
+    between scans (``IngestWorker`` does).  Open gaps below the mark are
+    always re-checked, so a late message closes its gap.
+    """
+    low_marks = low_marks if low_marks is not None else {}
+    gaps = M.SeqGap.__table__
+    opened = closed = 0
+    with engine.begin() as conn:
+        for meter_id in meter_ids:
+            open_rows = conn.execute(
+                select(gaps.c.id, gaps.c.first_seq, gaps.c.last_seq)
+                .where(gaps.c.meter_id == meter_id, gaps.c.closed_at.is_(None))).all()
+            low = low_marks.get(meter_id, 0)
+            if open_rows:
+                low = min(low, min(r.first_seq for r in open_rows) - 1)
+            found = set(current_gaps(conn, meter_id, low))
+            for row in open_rows:
+                if (row.first_seq, row.last_seq) not in found:
+                    conn.execute(update(gaps).where(gaps.c.id == row.id).values(closed_at=now))
+                    closed += 1
+            known = {(r.first_seq, r.last_seq) for r in open_rows}
+            new = [{"meter_id": meter_id, "first_seq": f, "last_seq": last, "detected_at": now}
+                   for f, last in sorted(found - known)]
+            if new:
+                conn.execute(_insert(engine.dialect.name, gaps).on_conflict_do_nothing(), new)
+                opened += len(new)
+            top = conn.execute(select(M.UplinkSeen.seq).where(M.UplinkSeen.meter_id == meter_id)
+                               .order_by(M.UplinkSeen.seq.desc()).limit(1)).scalar()
+            if top is not None:
+                low_marks[meter_id] = top
+    return opened, closed
+
+
+def open_gaps(engine, meter_id=None):
+    """Open gaps as [(meter_id, first_seq, last_seq)], oldest first."""
+    gaps = M.SeqGap.__table__
+    q = select(gaps.c.meter_id, gaps.c.first_seq, gaps.c.last_seq).where(gaps.c.closed_at.is_(None))
+    if meter_id is not None:
+        q = q.where(gaps.c.meter_id == meter_id)
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(q.order_by(gaps.c.meter_id, gaps.c.first_seq))]
+
+
+def known_meters(engine):
+    """Registered active meters: {meter_id: unit} (``Wh`` or ``L``)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(M.Meter.id, M.Meter.service).where(M.Meter.active.is_(True)))
+        return {mid: M.UNIT_OF_SERVICE.get(service, "Wh") for mid, service in rows}

@@ -1,0 +1,174 @@
+"""The data layer without MQTT: idempotent batches, latest balance, keys at rest, migrations."""
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import MetaData, inspect, select, text
+from sqlalchemy.orm import Session
+
+from headend import models as M
+from headend.store import UplinkStore, open_gaps, scan_gaps
+from headend.tests.conftest import count, register_meters
+
+T0 = 1795737600
+
+
+def body(kind, m, s, t, **fields):
+    b = {"v": 1, "m": m, "s": s, "t": t, "kind": kind}
+    b.update(fields)
+    return b
+
+
+def status(m, s, bal):
+    return body("status", m, s, T0 + s, bal=bal, cr=max(bal, 0), em=0, dt=0, st="OK", rl=True,
+                ld="NORMAL", tv=1, tt=10000, tc=10000 - bal)
+
+
+def reading(m, s, start_t, energy):
+    return body("reading", m, s, start_t + 900, iv=900, u="Wh", cum=energy,
+                r=[[start_t, energy, None, None, 0, 900]])
+
+
+def test_a_replayed_batch_stores_nothing_new(engine):
+    register_meters(engine, ["UJ-1"])
+    store = UplinkStore(engine)
+    batch = [reading("UJ-1", s, T0 + 900 * s, 10) for s in range(1, 6)]
+    first = store.write(batch, now=T0)
+    again = store.write(batch, now=T0 + 60)
+    assert (first.uplinks, first.readings, first.duplicates) == (5, 5, 0)
+    assert (again.uplinks, again.readings, again.duplicates) == (0, 0, 5)
+    assert count(engine, "readings") == 5
+
+
+def test_a_duplicate_inside_one_batch_is_counted_and_stored_once(engine):
+    register_meters(engine, ["UJ-1"])
+    r = reading("UJ-1", 1, T0, 10)
+    result = UplinkStore(engine).write([r, dict(r)], now=T0)
+    assert (result.uplinks, result.duplicates) == (1, 1)
+    assert count(engine, "readings") == 1
+
+
+def test_an_interval_resent_under_a_new_sequence_is_not_stored_twice(engine):
+    register_meters(engine, ["UJ-1"])
+    store = UplinkStore(engine)
+    store.write([reading("UJ-1", 1, T0, 10)], now=T0)
+    resent = store.write([reading("UJ-1", 2, T0, 10)], now=T0)  # backfill of the same interval
+    assert (resent.uplinks, resent.readings) == (1, 0)
+    assert count(engine, "readings") == 1
+
+
+def test_latest_balance_is_the_highest_sequence_even_when_an_old_status_arrives_late(engine):
+    register_meters(engine, ["UJ-1"])
+    store = UplinkStore(engine)
+    store.write([status("UJ-1", 5, 4200)], now=T0)
+    store.write([status("UJ-1", 3, 9900)], now=T0)                # late, older
+    with engine.connect() as conn:
+        latest = conn.execute(select(M.MeterBalance.seq, M.MeterBalance.balance_paise)).all()
+    assert [tuple(r) for r in latest] == [(5, 4200)]
+    assert count(engine, "status_history") == 2
+
+
+def test_the_newest_status_in_one_batch_wins(engine):
+    register_meters(engine, ["UJ-1"])
+    UplinkStore(engine).write([status("UJ-1", 8, -150), status("UJ-1", 6, 300)], now=T0)
+    with engine.connect() as conn:
+        assert conn.execute(select(M.MeterBalance.balance_paise)).scalar() == -150
+
+
+def test_events_are_unique_by_event_sequence_across_uplinks(engine):
+    register_meters(engine, ["UJ-1"])
+    store = UplinkStore(engine)
+    store.write([body("event", "UJ-1", 1, T0, e=[[41, T0, 3, 0], [42, T0 + 5, 4, 0]])], now=T0)
+    store.write([body("event", "UJ-1", 2, T0, e=[[42, T0 + 5, 4, 0], [43, T0 + 9, 5, 0]])], now=T0)
+    with engine.connect() as conn:
+        seqs = conn.execute(text("SELECT event_seq FROM events ORDER BY event_seq")).scalars().all()
+    assert seqs == [41, 42, 43]
+
+
+def test_dead_letters_keep_topic_payload_and_reason(engine):
+    UplinkStore(engine).write([], dead=[("urja/v1/X/up/reading", b"\x00\xff", "body: bad")], now=T0)
+    with engine.connect() as conn:
+        row = conn.execute(select(M.DeadLetter.topic, M.DeadLetter.payload, M.DeadLetter.reason,
+                                  M.DeadLetter.received_at)).one()
+    assert (row.topic, bytes(row.payload), row.reason, row.received_at) == (
+        "urja/v1/X/up/reading", b"\x00\xff", "body: bad", T0)
+
+
+def test_gap_scan_reads_only_what_was_stored(engine):
+    register_meters(engine, ["UJ-1"])
+    UplinkStore(engine).write([body("heartbeat", "UJ-1", s, T0, up=s) for s in (10, 11, 14, 20)],
+                              now=T0)
+    assert scan_gaps(engine, ["UJ-1"], T0) == (2, 0)
+    # stored 10, 11, 14, 20 -> missing 12..13 and 15..19
+    assert open_gaps(engine) == [("UJ-1", 12, 13), ("UJ-1", 15, 19)]
+
+
+def test_a_partly_filled_gap_is_replaced_by_what_is_still_missing(engine):
+    register_meters(engine, ["UJ-1"])
+    store = UplinkStore(engine)
+    marks = {}
+    store.write([body("heartbeat", "UJ-1", s, T0, up=s) for s in (1, 7)], now=T0)
+    scan_gaps(engine, ["UJ-1"], T0, marks)
+    store.write([body("heartbeat", "UJ-1", 4, T0, up=4)], now=T0)
+    assert scan_gaps(engine, ["UJ-1"], T0 + 1, marks) == (2, 1)
+    # 2..6 with 4 arrived -> 2..3 and 5..6
+    assert open_gaps(engine) == [("UJ-1", 2, 3), ("UJ-1", 5, 6)]
+
+
+# --- keys at rest -----------------------------------------------------------
+
+MASTER = bytes(range(32))
+KEY = b"meter-hmac-key-0123456789abcdef!"  # 32 bytes
+
+
+def test_meter_key_is_stored_encrypted_and_opens_with_the_master_key(engine):
+    register_meters(engine, ["UJ-1"])
+    with Session(engine) as s:
+        s.add(M.MeterKey.seal(MASTER, "UJ-1", KEY))
+        s.commit()
+    with engine.connect() as conn:
+        raw = conn.execute(select(M.MeterKey.nonce, M.MeterKey.ciphertext, M.MeterKey.tag)).one()
+    assert KEY not in bytes(raw.ciphertext)
+    # an independent AES-GCM (pyca/cryptography) opens it with the documented AAD
+    plain = AESGCM(MASTER).decrypt(bytes(raw.nonce), bytes(raw.ciphertext) + bytes(raw.tag),
+                                   b"urja-meter-key|UJ-1|1")
+    assert plain == KEY
+    with Session(engine) as s:
+        assert s.get(M.MeterKey, "UJ-1").open(MASTER) == KEY
+
+
+def test_meter_key_does_not_open_with_another_master_key():
+    row = M.MeterKey.seal(MASTER, "UJ-1", KEY)
+    with pytest.raises(M.MeterKeyError):
+        row.open(bytes(32))
+
+
+def test_meter_key_copied_onto_another_meter_does_not_open():
+    row = M.MeterKey.seal(MASTER, "UJ-1", KEY)
+    moved = M.MeterKey(meter_id="UJ-2", version=1, nonce=row.nonce, ciphertext=row.ciphertext,
+                       tag=row.tag)
+    with pytest.raises(M.MeterKeyError):
+        moved.open(MASTER)
+
+
+def test_master_key_must_be_64_hex_digits():
+    with pytest.raises(M.MeterKeyError):
+        M.master_key_from_env({"URJA_MASTER_KEY": "abcd"})
+    assert M.master_key_from_env({"URJA_MASTER_KEY": "0f" * 32}) == b"\x0f" * 32
+
+
+# --- migrations -------------------------------------------------------------
+
+def test_alembic_head_builds_exactly_the_ingest_models(engine):
+    ours = MetaData()
+    for table in M.Base.metadata.sorted_tables:
+        if table.name in {c.__tablename__ for c in (
+                M.Tenant, M.Consumer, M.Meter, M.MeterKey, M.UplinkSeen, M.SeqGap, M.Reading,
+                M.ReadingRegister, M.EventRecord, M.StatusRecord, M.MeterBalance, M.Heartbeat,
+                M.AckRecord, M.Snapshot, M.DeadLetter)}:
+            table.to_metadata(ours)
+    assert set(ours.tables) <= set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), ours)
+    ours_diff = [d for d in diff if not (d[0] == "remove_table")]  # other work streams' tables
+    assert ours_diff == []
