@@ -1,0 +1,466 @@
+"""The durable downlink command queue: one lifecycle table, per-meter counters, signing, acks.
+
+Lifecycle (``TRANSITIONS`` is the whole of it; anything not listed raises
+IllegalTransition)::
+
+    QUEUED --send--> SENT --puback--> DELIVERED --ack OK/REPLAYED--> APPLIED
+       |               |                  |      --ack EXPIRED/BAD_VALUE/...--> FAILED
+       |               |                  |      --ack OUT_OF_ORDER--> QUEUED (new counter)
+       +---------------+------------------+--expire--> EXPIRED (+ alert)
+       +--reject (no key to sign with)--> FAILED
+
+- SENT: published by the dispatcher, the broker's PUBACK not seen yet.
+- DELIVERED: the broker took it (QoS 1 PUBACK) and holds it in the meter's
+  persistent session; only the meter's ``ack`` uplink tells us more.
+- A command stays in SENT/DELIVERED until acked or expired; the dispatcher
+  re-publishes the *same signed bytes* on the ``RetryPolicy`` schedule.  A
+  copy the meter already applied answers REPLAYED, which counts as applied,
+  so re-sending is always safe.
+- The counter is allocated and the command signed (``firmware.core.auth.
+  make_command``, the meter's own code) when it is first sent, so counters
+  follow send order.  OUT_OF_ORDER sends it back to QUEUED without a counter:
+  the next send allocates a higher one and re-signs it (same command id, so
+  the meter still applies it at most once).
+- The meter is the authority on money: a late OK for a command we had
+  already EXPIRED moves it to APPLIED (and raises an alert).  Duplicate acks
+  (one per copy the meter received) are listed as self-loops.
+
+Counters live in ``meter_command_counters``: ``UPDATE ... SET last = last + 1
+RETURNING last`` in the caller's transaction.  The row lock serialises
+concurrent allocations for one meter on PostgreSQL (SQLite has one writer),
+and the value is in the database, so it survives restarts.
+
+Every transition is a ``command_transitions`` row (audit trail).  Outcome
+listeners (``OUTCOME_LISTENERS``, e.g. the ledger) run in the same
+transaction when a command reaches APPLIED, FAILED or EXPIRED.
+
+>>> cmd = enqueue(session, "UJ-1", "topup", [50000], now=T0, command_id="TU-1")  # doctest: +SKIP
+>>> cmd.state                                                                    # doctest: +SKIP
+'QUEUED'
+"""
+import json
+import logging
+import secrets
+
+from sqlalchemy import (BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        select, update)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, mapped_column
+
+from firmware.core import auth, meter as fw_meter
+from firmware.protocol import messages
+from headend import models as M
+from headend.db import Base
+
+log = logging.getLogger("urja.commands")
+
+QUEUED, SENT, DELIVERED, APPLIED, FAILED, EXPIRED = (
+    "QUEUED", "SENT", "DELIVERED", "APPLIED", "FAILED", "EXPIRED")
+STATES = (QUEUED, SENT, DELIVERED, APPLIED, FAILED, EXPIRED)
+OPEN_STATES = (QUEUED, SENT, DELIVERED)
+FINAL_STATES = (APPLIED, FAILED, EXPIRED)
+
+# events that drive the lifecycle
+SEND, PUBACK, RESEND, ACK_APPLIED, ACK_FAILED, ACK_OUT_OF_ORDER, EXPIRE, REJECT = (
+    "send", "puback", "resend", "ack_applied", "ack_failed", "ack_out_of_order", "expire",
+    "reject")
+
+TRANSITIONS = {
+    (QUEUED, SEND): SENT,
+    (QUEUED, EXPIRE): EXPIRED,
+    (QUEUED, REJECT): FAILED,            # cannot be signed (no key for the meter)
+    (QUEUED, ACK_APPLIED): APPLIED,      # an ack for a copy sent before an OUT_OF_ORDER re-queue
+    (SENT, PUBACK): DELIVERED,
+    (SENT, RESEND): SENT,
+    (SENT, ACK_APPLIED): APPLIED,        # the ack can overtake our PUBACK handling
+    (SENT, ACK_FAILED): FAILED,
+    (SENT, ACK_OUT_OF_ORDER): QUEUED,
+    (SENT, EXPIRE): EXPIRED,
+    (DELIVERED, PUBACK): DELIVERED,      # PUBACK of an earlier copy
+    (DELIVERED, RESEND): SENT,
+    (DELIVERED, ACK_APPLIED): APPLIED,
+    (DELIVERED, ACK_FAILED): FAILED,
+    (DELIVERED, ACK_OUT_OF_ORDER): QUEUED,
+    (DELIVERED, EXPIRE): EXPIRED,
+    # duplicates: every copy in the broker gets its own ack / PUBACK
+    (APPLIED, ACK_APPLIED): APPLIED,
+    (APPLIED, PUBACK): APPLIED,
+    (FAILED, ACK_FAILED): FAILED,
+    (FAILED, PUBACK): FAILED,
+    (EXPIRED, PUBACK): EXPIRED,
+    (EXPIRED, ACK_FAILED): EXPIRED,      # the meter saw it too late as well
+    (EXPIRED, ACK_APPLIED): APPLIED,     # the meter is the authority: the credit is there
+}
+
+# meter result code (docs/protocol.md "Result codes") -> lifecycle event
+ACK_EVENTS = {
+    auth.OK: ACK_APPLIED,
+    auth.REPLAYED: ACK_APPLIED,
+    auth.OUT_OF_ORDER: ACK_OUT_OF_ORDER,
+}  # every other code (BAD_MAC, EXPIRED, WRONG_METER, MALFORMED, REFUSED, UNKNOWN_KIND, BAD_VALUE)
+#    is ACK_FAILED with the result name as the reason
+RESULT_NAMES = fw_meter.RESULT_NAMES
+
+KINDS = ("topup", "relay", "tariff", "reset_lockout")
+DEFAULT_TTL_S = {"topup": 7 * 86400, "relay": 3600, "tariff": 7 * 86400,
+                 "reset_lockout": 3600}
+ID_MAX = 64
+
+
+class CommandError(ValueError):
+    """A command that cannot be queued or sent (unknown meter, bad fields, no key)."""
+
+
+class IllegalTransition(CommandError):
+    """An event that the lifecycle table does not allow in the command's state."""
+
+    def __init__(self, state, event, command_id=None):
+        self.state, self.event, self.command_id = state, event, command_id
+        super().__init__("command %s: %r is not allowed in state %s" % (command_id, event, state))
+
+
+def next_state(state, event, command_id=None):
+    """The state after ``event``; IllegalTransition when the table has no such move.
+
+    >>> next_state("QUEUED", "send")
+    'SENT'
+    """
+    new = TRANSITIONS.get((state, event))
+    if new is None:
+        raise IllegalTransition(state, event, command_id)
+    return new
+
+
+class RetryPolicy:
+    """When to re-publish: ``puback_timeout_s`` without a PUBACK, else an ack timeout that
+    doubles per attempt (``ack_timeout_s`` * 2^(attempts-1), capped at ``max_ack_timeout_s``).
+
+    ``late_ack_grace_s``: a sent command is expired only this long after its
+    ``expires_at``, so an ack of a command applied at its last valid second
+    can still arrive.  ``reconnect_settle_s``: when a meter comes back online,
+    its un-acked commands are re-sent after this long (the broker's queued
+    copy normally gets there first).
+
+    >>> RetryPolicy(ack_timeout_s=60, max_ack_timeout_s=200).ack_wait_s(3)
+    200
+    """
+
+    def __init__(self, puback_timeout_s=30, ack_timeout_s=120, max_ack_timeout_s=3600,
+                 late_ack_grace_s=300, reconnect_settle_s=30):
+        for name, v in (("puback_timeout_s", puback_timeout_s), ("ack_timeout_s", ack_timeout_s),
+                        ("max_ack_timeout_s", max_ack_timeout_s),
+                        ("late_ack_grace_s", late_ack_grace_s),
+                        ("reconnect_settle_s", reconnect_settle_s)):
+            if not isinstance(v, int) or v < 0:
+                raise CommandError("%s must be an int >= 0, got %r" % (name, v))
+        self.puback_timeout_s = puback_timeout_s
+        self.ack_timeout_s = ack_timeout_s
+        self.max_ack_timeout_s = max_ack_timeout_s
+        self.late_ack_grace_s = late_ack_grace_s
+        self.reconnect_settle_s = reconnect_settle_s
+
+    def ack_wait_s(self, attempts):
+        wait = self.ack_timeout_s << max(0, min(attempts - 1, 30))
+        return min(wait, self.max_ack_timeout_s)
+
+
+class Command(Base):
+    """One downlink command and where it is in its lifecycle."""
+    __tablename__ = "commands"
+    __table_args__ = (Index("ix_commands_state_due", "state", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(ID_MAX), primary_key=True)  # = fields[0] on the wire
+    meter_id: Mapped[str] = mapped_column(ForeignKey("meters.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    args: Mapped[str] = mapped_column(Text, default="[]")  # JSON: fields after the id
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(12), default=QUEUED)
+    counter: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)  # signed CBOR
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # publishes of this counter
+    reissues: Mapped[int] = mapped_column(Integer, default=0)  # OUT_OF_ORDER re-queues
+    next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    result_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    result_name: Mapped[str | None] = mapped_column(String(24), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+    @property
+    def fields(self):
+        return [self.id] + json.loads(self.args)
+
+    def as_dict(self):
+        return {"id": self.id, "meter_id": self.meter_id, "kind": self.kind,
+                "fields": self.fields, "expires_at": self.expires_at, "state": self.state,
+                "counter": self.counter, "attempts": self.attempts, "reissues": self.reissues,
+                "next_attempt_at": self.next_attempt_at, "created_at": self.created_at,
+                "sent_at": self.sent_at, "delivered_at": self.delivered_at,
+                "finished_at": self.finished_at, "result_code": self.result_code,
+                "result_name": self.result_name, "reason": self.reason}
+
+
+class MeterCommandCounter(Base):
+    """The last downlink counter allocated for a meter (the meter needs them strictly increasing)."""
+    __tablename__ = "meter_command_counters"
+    meter_id: Mapped[str] = mapped_column(ForeignKey("meters.id"), primary_key=True)
+    last_counter: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CommandTransition(Base):
+    """Audit trail: one row per lifecycle event applied to a command."""
+    __tablename__ = "command_transitions"
+    id: Mapped[int] = mapped_column(M.BigId, primary_key=True, autoincrement=True)
+    command_id: Mapped[str] = mapped_column(ForeignKey("commands.id"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(20))
+    from_state: Mapped[str] = mapped_column(String(12))
+    to_state: Mapped[str] = mapped_column(String(12))
+    counter: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class CommandAlert(Base):
+    """Something an operator must look at: an expired command, a late or unexpected ack."""
+    __tablename__ = "command_alerts"
+    id: Mapped[int] = mapped_column(M.BigId, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger, index=True)
+    meter_id: Mapped[str] = mapped_column(String(64), index=True)
+    command_id: Mapped[str | None] = mapped_column(String(ID_MAX), default=None)
+    kind: Mapped[str] = mapped_column(String(32))  # command_expired | late_ack | unexpected_ack
+    message: Mapped[str] = mapped_column(Text)
+    acknowledged: Mapped[bool] = mapped_column(default=False)
+
+
+# listeners(session, command, event, old_state, now), called when a command reaches a final state
+OUTCOME_LISTENERS = []
+
+
+def raise_alert(session, now, meter_id, command_id, kind, message, hook=None):
+    """Store a CommandAlert and pass it to ``hook`` (e.g. headend.alerts / a notifier)."""
+    alert = CommandAlert(at=now, meter_id=meter_id, command_id=command_id, kind=kind,
+                         message=message)
+    session.add(alert)
+    log.warning("%s %s %s: %s", kind, meter_id, command_id, message)
+    if hook is not None:
+        hook(alert)
+    return alert
+
+
+def _insert(session, table):
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise CommandError("unsupported database %r" % name)
+
+
+def allocate_counter(session, meter_id):
+    """The meter's next downlink counter (1, 2, 3, ...), in the caller's transaction.
+
+    >>> allocate_counter(session, "UJ-1"), allocate_counter(session, "UJ-1")  # doctest: +SKIP
+    (1, 2)
+    """
+    table = MeterCommandCounter.__table__
+    session.execute(_insert(session, table).values(meter_id=meter_id, last_counter=0)
+                    .on_conflict_do_nothing())
+    return session.execute(update(table).where(table.c.meter_id == meter_id)
+                           .values(last_counter=table.c.last_counter + 1)
+                           .returning(table.c.last_counter)).scalar_one()
+
+
+def _check_args(kind, args):
+    if kind not in KINDS:
+        raise CommandError("kind must be one of %s, got %r" % (", ".join(KINDS), kind))
+    ok = {
+        "topup": len(args) == 1 and type(args[0]) is int and args[0] > 0,
+        "relay": len(args) == 1 and args[0] in ("connect", "disconnect"),
+        "tariff": len(args) == 1 and isinstance(args[0], str) and bool(args[0]),
+        "reset_lockout": not args,
+    }[kind]
+    if not ok:
+        raise CommandError("bad fields for %s: %r (docs/protocol.md, Downlink commands)"
+                           % (kind, args))
+
+
+def enqueue(session, meter_id, kind, args, now, ttl_s=None, command_id=None):
+    """Queue one downlink (``args`` = the fields after the id); returns the Command (flushed).
+
+    ``command_id`` defaults to ``"C-<n>"``; it must be unique and may not
+    contain '|'.  The meter must exist.  Expires at ``now + ttl_s`` (default
+    per kind in DEFAULT_TTL_S).
+
+    >>> enqueue(session, "UJ-1", "relay", ["disconnect"], now=T0).state   # doctest: +SKIP
+    'QUEUED'
+    """
+    args = list(args)
+    _check_args(kind, args)
+    if session.get(M.Meter, meter_id) is None:
+        raise CommandError("no meter %r" % (meter_id,))
+    if command_id is None:
+        command_id = "C-" + secrets.token_hex(8)
+    try:  # the wire format's rules, checked now rather than at send time
+        auth.canonical(kind, meter_id, 1, now, [command_id] + args)
+    except auth.AuthError as err:
+        raise CommandError(str(err))
+    if len(command_id) > ID_MAX:
+        raise CommandError("command id longer than %d characters" % ID_MAX)
+    ttl = DEFAULT_TTL_S[kind] if ttl_s is None else ttl_s
+    cmd = Command(id=command_id, meter_id=meter_id, kind=kind, args=json.dumps(args),
+                  expires_at=now + ttl, state=QUEUED, created_at=now, next_attempt_at=now,
+                  attempts=0, reissues=0)
+    session.add(cmd)
+    session.flush()
+    _record(session, cmd, "enqueue", QUEUED, now)
+    return cmd
+
+
+def _record(session, cmd, event, old, now, detail=None):
+    session.add(CommandTransition(command_id=cmd.id, at=now, event=event, from_state=old,
+                                  to_state=cmd.state, counter=cmd.counter, detail=detail))
+
+
+def transition(session, cmd, event, now, detail=None, alert_hook=None):
+    """Apply ``event`` to ``cmd`` through TRANSITIONS (IllegalTransition if not allowed)."""
+    old = cmd.state
+    new = next_state(old, event, cmd.id)
+    cmd.state = new
+    if new in FINAL_STATES and old not in FINAL_STATES or (old == EXPIRED and new == APPLIED):
+        cmd.finished_at = now
+        cmd.next_attempt_at = None
+    _record(session, cmd, event, old, now, detail)
+    if new in FINAL_STATES and new != old:
+        for listener in OUTCOME_LISTENERS:
+            listener(session, cmd, event, old, now)
+    return new
+
+
+# --- what the dispatcher calls ---------------------------------------------------------------
+
+def due(session, now, limit=100):
+    """Open commands whose next attempt is due and not yet expired, per meter in creation order.
+
+    Rows are locked (PostgreSQL ``FOR UPDATE SKIP LOCKED``) so two dispatchers
+    never send the same command in the same round.
+    """
+    return list(session.scalars(
+        select(Command).where(Command.state.in_(OPEN_STATES), Command.next_attempt_at <= now,
+                              Command.expires_at >= now)
+        .order_by(Command.meter_id, Command.created_at, Command.id).limit(limit)
+        .with_for_update(skip_locked=True)))
+
+
+def prepare_send(session, cmd, key, now, policy):
+    """Move ``cmd`` to SENT for one publish; returns the CBOR payload to publish.
+
+    First send (QUEUED): allocate the meter's next counter and sign with the
+    meter's key using ``firmware.core.auth.make_command``.  Re-send: the same
+    signed bytes again.  Commit before publishing, so a crash after the
+    publish still knows the counter.
+    """
+    if cmd.state == QUEUED:
+        cmd.counter = allocate_counter(session, cmd.meter_id)
+        signed = auth.make_command(key, cmd.kind, cmd.meter_id, cmd.counter, cmd.expires_at,
+                                   cmd.fields)
+        cmd.payload = messages.encode_command(signed)
+        cmd.attempts = 0
+        event = SEND
+    else:
+        event = RESEND
+    cmd.attempts += 1
+    cmd.sent_at = now
+    cmd.next_attempt_at = now + policy.puback_timeout_s
+    transition(session, cmd, event, now, detail="attempt %d" % cmd.attempts)
+    return cmd.payload
+
+
+def mark_delivered(session, command_id, counter, now, policy):
+    """The broker PUBACKed a publish of ``command_id`` with ``counter``; returns the Command."""
+    cmd = session.get(Command, command_id)
+    if cmd is None:
+        return None
+    if cmd.counter != counter and cmd.state in OPEN_STATES:
+        return cmd  # PUBACK of a copy from before an OUT_OF_ORDER re-issue: nothing to learn
+    if cmd.state in (SENT, DELIVERED):
+        cmd.delivered_at = now
+        cmd.next_attempt_at = now + policy.ack_wait_s(cmd.attempts)
+    if cmd.state in (SENT, DELIVERED, APPLIED, FAILED, EXPIRED):
+        transition(session, cmd, PUBACK, now)
+    return cmd
+
+
+def handle_ack(session, meter_id, ack, now, alert_hook=None):
+    """Apply a meter's ``ack`` uplink (decoded body: id, c, r, rn, d) to its command.
+
+    OK / REPLAYED -> APPLIED; OUT_OF_ORDER -> QUEUED for a new counter; any
+    other result -> FAILED with the result name as reason.  A failure ack
+    carrying an older counter than the command's current one answers a copy
+    from before a re-issue and is ignored.  Unknown commands and acks the
+    table does not allow raise an ``unexpected_ack`` alert instead of an
+    exception, so one odd meter cannot stop the dispatcher.  Returns the
+    Command or None.
+    """
+    cmd = session.get(Command, ack["id"])
+    if cmd is None or cmd.meter_id != meter_id:
+        raise_alert(session, now, meter_id, ack["id"], "unexpected_ack",
+                    "ack for a command this meter was never sent (result %s)" % ack.get("rn"),
+                    alert_hook)
+        return None
+    code = ack["r"]
+    name = RESULT_NAMES.get(code, "R%d" % code)
+    event = ACK_EVENTS.get(code, ACK_FAILED)
+    if event != ACK_APPLIED and ack["c"] != cmd.counter:
+        _record(session, cmd, "stale_ack", cmd.state, now,
+                detail="%s for counter %s, current %s" % (name, ack["c"], cmd.counter))
+        return cmd
+    old = cmd.state
+    detail = "%s%s" % (name, (": " + ack["d"]) if ack.get("d") else "")
+    if (old, event) not in TRANSITIONS:
+        raise_alert(session, now, meter_id, cmd.id, "unexpected_ack",
+                    "%s ack while the command is %s" % (name, old), alert_hook)
+        _record(session, cmd, "unexpected_ack", old, now, detail)
+        return cmd
+    if old not in FINAL_STATES or (old == EXPIRED and event == ACK_APPLIED):
+        cmd.result_code, cmd.result_name = code, name
+        cmd.reason = ack.get("d") if event == ACK_APPLIED else detail
+    if event == ACK_OUT_OF_ORDER:
+        cmd.counter, cmd.payload, cmd.attempts = None, None, 0
+        cmd.reissues += 1
+        cmd.next_attempt_at = now
+    transition(session, cmd, event, now, detail=detail)
+    if old == EXPIRED and cmd.state == APPLIED:
+        raise_alert(session, now, meter_id, cmd.id, "late_ack",
+                    "the meter applied the command after we expired it", alert_hook)
+    return cmd
+
+
+def expire_due(session, now, policy, alert_hook=None):
+    """EXPIRE every open command past its expiry (+ the late-ack grace once sent); alerts each.
+
+    Returns the expired Commands.
+    """
+    out = []
+    rows = session.scalars(select(Command).where(Command.state.in_(OPEN_STATES),
+                                                 Command.expires_at < now))
+    for cmd in list(rows):
+        if cmd.state != QUEUED and now <= cmd.expires_at + policy.late_ack_grace_s:
+            continue
+        old = cmd.state
+        cmd.reason = "not acknowledged by %d" % cmd.expires_at
+        transition(session, cmd, EXPIRE, now, detail="expires_at %d" % cmd.expires_at)
+        raise_alert(session, now, cmd.meter_id, cmd.id, "command_expired",
+                    "%s %s expired in state %s after %d attempt(s)" % (
+                        cmd.kind, cmd.id, old, cmd.attempts), alert_hook)
+        out.append(cmd)
+    return out
+
+
+def meter_online(session, meter_id, now, policy):
+    """A meter reconnected: re-send its un-acked commands soon (after ``reconnect_settle_s``)."""
+    soon = now + policy.reconnect_settle_s
+    session.execute(update(Command)
+                    .where(Command.meter_id == meter_id, Command.state.in_((SENT, DELIVERED)),
+                           Command.next_attempt_at > soon)
+                    .values(next_attempt_at=soon))
