@@ -221,6 +221,9 @@ class Meter:
         self.charged_units = 0  # cumulative units already charged by the tariff
         self.last_step_t = now
         self.power_w = 0
+        # open the first interval at commissioning, so energy counted before the
+        # first step lands in an interval record (the head-end charges from those)
+        self.profile.add_sample(now, 0)
 
     def _restore(self, s):
         if s.get("format") != STATE_FORMAT:
