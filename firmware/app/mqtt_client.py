@@ -40,7 +40,7 @@ class ConnectRefused(MqttError):
     """The broker answered CONNECT with a non-zero return code (``return_code``, ``name``)."""
 
     def __init__(self, connack):
-        MqttError.__init__(self, "broker refused CONNECT: %s (%d)" % (connack.name, connack.return_code))
+        super().__init__("broker refused CONNECT: %s (%d)" % (connack.name, connack.return_code))
         self.return_code = connack.return_code
         self.name = connack.name
 

@@ -313,9 +313,13 @@ class Meter:
         for rec in self.profile.add_sample(now, cum, voltage_mv, current_ma):
             out.append(("interval", rec))
             durable = True
+        # all energy up to ``now`` is in: close the demand slots that end at ``now``, so a
+        # window ending exactly at midnight counts for the month it belongs to
+        self.md.advance(now + 1)
         for snap in self.billing.observe(now, cum, self.account.balance_paise, self.md.max_w):
-            out.append((snap[0], snap))
-            if snap[0] == "monthly":
+            monthly = snap[0] == metering.SNAP_MONTHLY
+            out.append(("monthly" if monthly else "daily", snap))
+            if monthly:
                 self.md.reset()
             durable = True
         self.account.tick(now)

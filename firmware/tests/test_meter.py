@@ -254,3 +254,24 @@ def test_meter_without_sts_config_refuses_tokens_clearly():
     m = Meter(config(tariff=FLAT_TARIFF), now=T0)
     reason, detail = m.apply_sts_token(ELEC_25_6_KWH, T0)
     assert "not configured" in detail
+
+
+def test_monthly_snapshot_carries_max_demand_and_resets_it():
+    # 30 Nov 2026 23:00 IST: a 6 kW hour, then the month ends at midnight
+    start = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 30), localtime.IST_OFFSET_S) + 23 * 3600
+    m = Meter(config(tariff=FLAT_TARIFF), now=start, opening_credit_paise=10 ** 7)
+    kinds = []
+    for minute in range(1, 121):
+        now = start + minute * 60
+        m.add_pulses(320 if minute <= 60 else 16, now)  # 100 Wh/min = 6 kW, then 5 Wh/min = 300 W
+        for kind, rec in m.step(now):
+            kinds.append(kind)
+            if kind == "monthly":
+                monthly = rec
+    assert "daily" in kinds and "monthly" in kinds
+    eq(monthly[5], 6000, "max demand of November (W)")
+    # The reset clears the maximum, not the sliding window (metering.MaxDemand): December's
+    # highest window is the one ending 00:05, 25 min at 6 kW + 5 min at 300 W:
+    # (25 * 100 Wh + 5 * 5 Wh) * 3600 / 1800 = 5050 W.  Before the fix that closes the
+    # demand slot ending at midnight inside November, December wrongly showed 6000 W.
+    eq(m.md.max_w, 5050)

@@ -1,0 +1,675 @@
+"""The meter application: asyncio tasks around the functional core, on any board.
+
+Tasks (each beats ``Liveness``; the watchdog is fed only while all beat):
+
+- ``poll``: board housekeeping, the pulse counter -> ``Meter.add_pulses``,
+  cover and power-fail inputs -> events / ``Meter.power_fail``;
+- ``metering``: ``Meter.step`` every ``step_s`` (meter time) with the latest
+  voltage/current, a power sample for the load limiter, closed intervals and
+  billing snapshots -> uplinks, credit changes -> relay + status;
+- ``modbus``: an SDM120 on the board's RS485 (``readers.SdmReader``), live
+  values, and the energy register when ``energy_source`` is ``sdm``;
+- ``dlms`` (when the board has a DLMS link): the same from a DLMS meter;
+- ``mqtt``: the link supervisor (``core.backoff``), then publish the outbox
+  in order at QoS 1, releasing each message only after its PUBACK;
+- ``downlink``: commands from the broker -> ``Meter.apply_command`` -> ack;
+- ``heartbeat``: health every ``heartbeat_s``;
+- ``cli``: the commissioning CLI on its UART;
+- ``watchdog``: feeds the board watchdog while every task is alive.
+
+Meter time is the board clock accelerated by ``time_factor`` (1 on a real
+meter; tests use hundreds).  Run on the unix board::
+
+    URJA_STATE_DIR=/tmp/m1 URJA_RS485_PTY=/dev/pts/7 URJA_CONFIG=factory.json \\
+        micropython -m firmware.app.main
+
+Environment (unix board): ``URJA_BOARD`` (board name or .json, default
+unix), ``URJA_STATE_DIR``, ``URJA_CONTROL``, ``URJA_RS485_PTY``,
+``URJA_DLMS_PTY``, ``URJA_CLI_PTY``, ``URJA_CONFIG`` (factory settings JSON,
+applied when the store is empty), ``URJA_TIME_FACTOR``, ``URJA_START_T``
+(set the board clock at boot), ``URJA_WATCHDOG_MS``, ``URJA_FAULT_HANG``
+(``task:seconds``: that task stops beating after that many wall seconds,
+to prove the watchdog).
+"""
+import asyncio
+import gc
+import json
+import random
+import sys
+import time
+
+from firmware.app import cli as cli_mod
+from firmware.app.config import ConfigError, ConfigStore
+from firmware.app.health import AcceleratedClock, Liveness
+from firmware.app.mqtt_client import AckTimeout, MqttConnection
+from firmware.app.readers import DlmsReader, SdmReader
+from firmware.app.uplink import Uplink, split
+from firmware.core import auth, backoff, events, metering
+from firmware.core.journal import Journal
+from firmware.core.meter import RESULT_NAMES, Meter
+from firmware.core.outbox import Outbox
+from firmware.protocol import messages
+from firmware.protocol.mqtt import MqttError, Session
+
+FW_VERSION = "0.4.0"
+METER_JOURNAL_BYTES = 8192
+POLL_MS = 20
+CLI_POLL_MS = 20
+OUTBOX_MAX_MESSAGES = 1024
+PUBLISH_TIMEOUT_S = 10
+OUTBOX_ACK_EVERY = 8  # release the outbox in batches: one cursor write per 8 PUBACKs
+DOWNLINK_QUEUE = 8
+
+
+def _env(name):
+    getenv = getattr(__import__("os"), "getenv", None)
+    return getenv(name) if getenv is not None else None
+
+
+async def _sleep_ms(ms):
+    await asyncio.sleep(ms / 1000)
+
+
+class MonotonicMs:
+    """Milliseconds that never wrap (ticks_ms accumulated with ticks_diff on MicroPython)."""
+
+    def __init__(self):
+        self._ticks = getattr(time, "ticks_ms", None)
+        self._total = 0
+        self._last = self._ticks() if self._ticks else 0
+
+    def __call__(self):
+        if self._ticks is None:
+            return int(time.monotonic() * 1000)  # type: ignore[attr-defined]  # CPython
+        t = self._ticks()
+        self._total += time.ticks_diff(t, self._last)  # type: ignore[attr-defined]
+        self._last = t
+        return self._total
+
+
+def _ticks_us():
+    f = getattr(time, "ticks_us", None)
+    if f is None:
+        return int(time.monotonic() * 1000000)  # type: ignore[attr-defined]  # CPython
+    return f()  # wraps after ~18 min on the unix port: one sample at most is off
+
+
+def _mem_free():
+    f = getattr(gc, "mem_free", None)
+    return f() if f is not None else None
+
+
+class RegisterFeed:
+    """An external meter's cumulative import (Wh) -> impulses for ``Meter.add_pulses``.
+
+    The first reading after boot is the baseline (nothing is counted); then
+    each increase becomes impulses at the meter's pulse constant, carrying the
+    remainder so no Wh is lost to rounding.  Decreases and implausible jumps
+    are ignored by ``metering.CumulativeRegister``.
+    """
+
+    def __init__(self, imp_per_kwh, max_step_wh=100000):
+        self.imp_per_kwh = imp_per_kwh
+        self.register = None
+        self.max_step_wh = max_step_wh
+        self.carry = 0
+
+    def update(self, reading_wh):
+        """Impulses for this reading (0 on the baseline), and the register status."""
+        if self.register is None:
+            if not isinstance(reading_wh, int) or reading_wh < 0:
+                return 0, metering.REG_INVALID
+            self.register = metering.CumulativeRegister(reading_wh, 0, self.max_step_wh)
+            return 0, metering.REG_OK
+        delta = self.register.update(reading_wh)
+        total = delta * self.imp_per_kwh + self.carry
+        self.carry = total % 1000
+        return total // 1000, self.register.status
+
+
+class App(cli_mod.CliContext):
+    """One meter's application on a board; ``run()`` starts the tasks.
+
+    >>> app = App(board, board_parts(board), time_factor=300)
+    >>> asyncio.run(app.run())
+    """
+
+    def __init__(self, board, parts, time_factor=1, start_t=None, ms=None):
+        self.board = board
+        self.parts = parts
+        self.ms = ms or MonotonicMs()
+        if start_t is not None:
+            board.clock.set(start_t)
+        self.clock = AcceleratedClock(board.clock.now, self.ms, time_factor)
+        self.boot_ms = self.ms()
+        self.config = ConfigStore(parts.config_slots)
+        self.liveness = Liveness()
+        self.live_values = {}  # latest external readings, our units
+        self.live_t = {}  # source -> meter time of its last good read
+        self.meter: Meter = None  # type: ignore[assignment]  # set by start_meter
+        self.outbox: Outbox = None  # type: ignore[assignment]  # set by start_meter
+        self.uplink: Uplink = None  # type: ignore[assignment]  # set by start_meter
+        self.journal: Journal = None  # type: ignore[assignment]  # set by start_meter
+        self.not_ready = ""
+        self.mqtt_state = "off"
+        self.mqtt_error = ""
+        self.published = 0
+        self._published_upto = 0
+        self._outbox_event = asyncio.Event()
+        self._downlinks = []
+        self._downlink_event = asyncio.Event()
+        self._last_status = None
+        self._floor_t = 0
+        self.hang = {}  # task -> wall ms after boot when it stops beating (fault injection)
+        self.cli = cli_mod.Cli(self)
+        self.sdm: SdmReader = None  # type: ignore[assignment]  # set by start_meter
+        self.dlms: DlmsReader = None  # type: ignore[assignment]  # set by start_meter
+        self.pulse_delta: metering.CounterDelta = None  # type: ignore[assignment]  # set by start_meter
+        self.energy_feed: RegisterFeed = None  # type: ignore[assignment]  # set by start_meter
+        self.power_w = None
+        self._last_pulse_units = 0
+        self._last_step_t = 0
+        self.cycles = 0  # metering cycles (step + uplinks queued), and their cost
+        self.cycle_us_total = 0
+        self.cycle_us_max = 0
+
+    # -- construction -------------------------------------------------------------
+    def commission_from(self, settings):
+        """Apply factory settings (a dict) when nothing is stored yet; True if applied."""
+        if self.config.values:
+            return False
+        self.config.set_many(settings, self.clock.now())
+        return True
+
+    def start_meter(self):
+        """Build the meter from the stored configuration (journal restores its state)."""
+        try:
+            mc = self.config.meter_config()
+        except ConfigError as e:
+            self.not_ready = str(e)
+            print("urja: not commissioned:", e)
+            return False
+        self.journal = Journal(self.board.slots, max_payload=METER_JOURNAL_BYTES)
+        now = self.clock.now()
+        self.meter = Meter(mc, now, self.journal,
+                           opening_credit_paise=self.config.get("opening_credit_paise"))
+        self._floor_t = self.meter.last_step_t
+        self._last_step_t = self.meter.last_step_t
+        self.outbox = Outbox(self.parts.outbox_segments, self.parts.outbox_slots,
+                             max_messages=OUTBOX_MAX_MESSAGES)
+        self.uplink = Uplink(self.outbox, mc.meter_id, "Wh" if mc.service == "electricity" else "L")
+        if self.board.pulse_counter is not None:
+            self.pulse_delta = metering.CounterDelta(self.board.pulse_counter.bits)
+            self.pulse_delta.update(self.board.pulse_counter.value())
+        self._last_pulse_units = self.meter.energy_units
+        source = self.config.get("energy_source")
+        if source in ("sdm", "dlms"):
+            self.energy_feed = RegisterFeed(self.config.get("pulse_constant"))
+        if self.board.rs485 is not None:
+            self.sdm = SdmReader(self.board.rs485, self.config.get("modbus_slave"), self.ms)
+        if self.parts.dlms is not None:
+            self.dlms = DlmsReader(self.parts.dlms, self.ms, self.config.get("dlms_physical"))
+        self.sync_relay()
+        self._report(now, status=True)
+        print("urja: meter %s up, journal seq %d, outbox depth %d next seq %d" % (
+            mc.meter_id, self.journal.sequence, self.outbox.depth, self.outbox.next_seq))
+        return True
+
+    # -- CliContext -----------------------------------------------------------------
+    def now(self):
+        t = self.clock.now()
+        return t if t >= self._floor_t else self._floor_t  # meter time never goes back
+
+    def commissioning(self):
+        c = self.board.commissioning
+        return bool(c is not None and c.value())
+
+    def uptime_s(self):
+        return (self.ms() - self.boot_ms) // 1000
+
+    def info(self):
+        c = self.config
+        return [("fw", FW_VERSION), ("board", self.board.name), ("t", self.now()),
+                ("uptime_s", self.uptime_s()),
+                ("broker", "%s:%d" % (c.get("broker_host"), c.get("broker_port"))),
+                ("wifi", c.get("wifi_ssid")), ("pulse_constant", c.get("pulse_constant")),
+                ("source", c.get("energy_source")), ("mqtt", self.mqtt_state),
+                ("outbox", self.outbox.depth if self.outbox is not None else None)]
+
+    def live(self):
+        out = [("power_w", self.power_w)]
+        for name in sorted(self.live_values):
+            out.append((name, self.live_values[name]))
+        return out
+
+    def selftest(self):
+        res = []
+        res.append(("config", not self.config.load_error and not self.config.missing(),
+                    self.config.load_error or ",".join(self.config.missing()) or "ok"))
+        if self.journal is not None:
+            res.append(("journal", self.journal.slot is not None,
+                        "seq%d" % self.journal.sequence if self.journal.slot is not None else "empty"))
+        res.append(("clock", self.now() > 1700000000, str(self.now())))
+        if self.sdm is not None:
+            res.append(("modbus", self.sdm.reads > 0 and not self.sdm.error,
+                        self.sdm.error or "reads%d" % self.sdm.reads))
+        if self.dlms is not None:
+            res.append(("dlms", self.dlms.reads > 0 and not self.dlms.error,
+                        self.dlms.error or "reads%d" % self.dlms.reads))
+        stale = self.liveness.stale(self.ms())
+        res.append(("tasks", not stale, ",".join(stale) or "alive"))
+        hf = _mem_free()
+        if hf is not None:
+            res.append(("heap", hf > 8192, "free%d" % hf))
+        return res
+
+    def meter_changed(self, now):
+        self.sync_relay()
+        self._report(now, status=True)
+
+    # -- shared actions -------------------------------------------------------------
+    def sync_relay(self):
+        """The board relay follows the credit machine, after every change."""
+        if self.meter is None or self.board.relay is None:
+            return
+        want = self.meter.relay_closed
+        if self.board.relay.closed() != want:
+            print("urja: relay", "closed" if want else "open")
+        self.board.relay.set(want)
+
+    def _report(self, now, status=False):
+        """Queue pending events, and a status when asked or when the credit picture moved."""
+        m = self.meter
+        if m is None or self.uplink is None:
+            return
+        self.uplink.events(now, m.log)
+        a = m.account
+        key = (a.state, a.relay_closed, a.load_state)
+        if status or key != self._last_status:
+            self.uplink.status(now, m)
+            self._last_status = key
+        self._outbox_event.set()
+
+    def beat(self, name):
+        due = self.hang.get(name)
+        if due is not None and self.ms() - self.boot_ms >= due:
+            return False
+        self.liveness.beat(name, self.ms())
+        return True
+
+    async def _hung(self, name):
+        print("urja: task %s hangs (fault injection)" % name)
+        while True:
+            await _sleep_ms(1000)
+
+    # -- tasks -------------------------------------------------------------------------
+    async def poll_task(self):
+        cover = False
+        power_fail = False
+        while True:
+            if not self.beat("poll"):
+                # the board's poll still runs (it is what resets the unix board)
+                self.board.poll()
+                await _sleep_ms(POLL_MS)
+                continue
+            self.board.poll()
+            m = self.meter
+            if m is not None:
+                now = self.now()
+                if self.pulse_delta is not None and self.energy_feed is None:
+                    n = self.pulse_delta.update(self.board.pulse_counter.value())
+                    if n:
+                        m.add_pulses(n, now)
+                if self.board.cover is not None and self.board.cover.value() != cover:
+                    cover = not cover
+                    m.log.append(now, events.COVER_OPEN if cover else events.COVER_CLOSE, 0)
+                    self._report(now)
+                if self.board.power_fail is not None and self.board.power_fail.value() != power_fail:
+                    power_fail = not power_fail
+                    if power_fail:
+                        m.power_fail(now)
+            await _sleep_ms(POLL_MS)
+
+    async def metering_task(self):
+        m = self.meter
+        step_s = self.config.get("step_s")
+        while True:
+            if not self.beat("metering"):
+                await self._hung("metering")
+            now = self.now()
+            nxt = (now // step_s + 1) * step_s
+            await asyncio.sleep(self.clock.wall_s(nxt - now))
+            now = self.now()
+            if now < nxt or now <= self._last_step_t:
+                continue  # woke a little early: sleep on to the step boundary
+            t_us = _ticks_us()
+            self._power_sample(now)
+            mv, ma = self._volts_amps(now)
+            out = m.step(now, mv, ma)
+            self._last_step_t = now
+            records = [r for kind, r in out if kind == "interval"]
+            if records:
+                self.uplink.readings(now, m.config.interval_s, m.energy_units, records)
+            for kind, snap in out:
+                if kind != "interval":
+                    self.uplink.snapshot(now, snap)
+            self.sync_relay()
+            self._report(now, status=bool(records))
+            us = _ticks_us() - t_us
+            self.cycles += 1
+            self.cycle_us_total += us
+            if us > self.cycle_us_max:
+                self.cycle_us_max = us
+
+    def _fresh(self, source, now):
+        t = self.live_t.get(source)
+        return t is not None and now - t <= 3 * self.config.get("step_s") + 60
+
+    def _volts_amps(self, now):
+        v = self.live_values
+        if self._fresh("sdm", now) and v.get("sdm_voltage_dv") is not None:
+            ma = v.get("sdm_current_ma")
+            return v["sdm_voltage_dv"] * 100, ma if ma is None or ma >= 0 else None
+        if self._fresh("dlms", now) and v.get("dlms_voltage_mv") is not None:
+            return v["dlms_voltage_mv"], v.get("dlms_current_ma")
+        return None, None
+
+    def _power_sample(self, now):
+        """Demand for the load limiter: the external meter's power, else from the pulses."""
+        m = self.meter
+        w = None
+        if self._fresh("sdm", now):
+            w = self.live_values.get("sdm_active_power_w")
+        elif self._fresh("dlms", now):
+            w = self.live_values.get("dlms_active_power_w")
+        units = m.energy_units
+        dt = now - self._last_step_t
+        if w is None and dt > 0 and m.config.service == "electricity":
+            w = (units - self._last_pulse_units) * 3600 // dt
+        self._last_pulse_units = units
+        if w is not None:
+            self.power_w = w
+            m.power_sample(w if w >= 0 else 0, now)
+            self.sync_relay()
+
+    def _feed_energy(self, source, reading_wh, now):
+        if self.energy_feed is None or self.config.get("energy_source") != source:
+            return
+        pulses, status = self.energy_feed.update(reading_wh)
+        if pulses:
+            self.meter.add_pulses(pulses, now)
+        if status == metering.REG_DECREASE:
+            self.meter.log.append(now, events.REGISTER_DECREASE, 0)
+
+    async def modbus_task(self):
+        while True:
+            if not self.beat("modbus"):
+                await self._hung("modbus")
+            values = await self.sdm.read()
+            now = self.now()
+            if values is not None:
+                for name in values:
+                    self.live_values["sdm_" + name] = values[name]
+                self.live_t["sdm"] = now
+                if values.get("import_wh") is not None:
+                    self._feed_energy("sdm", values["import_wh"], now)
+            await asyncio.sleep(self._period_wall("modbus_period_s"))
+
+    async def dlms_task(self):
+        while True:
+            if not self.beat("dlms"):
+                await self._hung("dlms")
+            values = await self.dlms.read()
+            now = self.now()
+            if values is not None:
+                for name in values:
+                    self.live_values["dlms_" + name] = values[name]
+                self.live_t["dlms"] = now
+                if values.get("energy_import_wh") is not None:
+                    self._feed_energy("dlms", values["energy_import_wh"], now)
+            await asyncio.sleep(self._period_wall("dlms_period_s"))
+
+    def _period_wall(self, key):
+        return max(0.2, self.clock.wall_s(self.config.get(key)))
+
+    async def heartbeat_task(self):
+        period = self.config.get("heartbeat_s")
+        while True:
+            if not self.beat("heartbeat"):
+                await self._hung("heartbeat")
+            now = self.now()
+            hb = {"up": self.uptime_s(), "rssi": None, "ob": self.outbox.depth,
+                  "dr": self.outbox.dropped_total, "fw": FW_VERSION,
+                  "jw": self.journal.writes_today}
+            hf = _mem_free()
+            if hf is not None:
+                hb["hf"] = hf
+            self.uplink.heartbeat(now, hb)
+            self._outbox_event.set()
+            # sleep in short slices so this task keeps beating between heartbeats
+            wake = now + period
+            while self.now() < wake:
+                if not self.beat("heartbeat"):
+                    await self._hung("heartbeat")
+                await asyncio.sleep(min(1.0, self.clock.wall_s(wake - self.now())) + 0.001)
+
+    # -- MQTT -----------------------------------------------------------------------------
+    def _on_message(self, publish):
+        if len(self._downlinks) >= DOWNLINK_QUEUE:
+            self._downlinks.pop(0)  # the broker re-sends unacked QoS 1 only on reconnect; drop oldest
+        self._downlinks.append(publish.payload)
+        self._downlink_event.set()
+
+    async def downlink_task(self):
+        while True:
+            if not self.beat("downlink"):
+                await self._hung("downlink")
+            if not self._downlinks:
+                self._downlink_event.clear()
+                try:
+                    await asyncio.wait_for(self._downlink_event.wait(), 1)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            self.handle_command(self._downlinks.pop(0))
+
+    def handle_command(self, payload):
+        """Decode, authenticate and apply one downlink; queue its ack. Returns the result code."""
+        now = self.now()
+        try:
+            cmd = messages.decode_command(payload)
+        except messages.MessageError as e:
+            self.uplink.ack(now, "?", 0, auth.MALFORMED, "MALFORMED", str(e)[:60])
+            self._outbox_event.set()
+            return auth.MALFORMED
+        result, detail = self.meter.apply_command(cmd, now)
+        cid = cmd["id"] if isinstance(cmd.get("id"), str) else "?"
+        counter = cmd["counter"] if isinstance(cmd.get("counter"), int) else 0
+        self.uplink.ack(now, cid, counter, result, RESULT_NAMES.get(result, str(result)), detail[:60])
+        print("urja: command %s -> %s %s" % (cid, RESULT_NAMES.get(result, result), detail))
+        self.sync_relay()
+        self._report(now, status=result == auth.OK)
+        return result
+
+    def _session(self):
+        mid = self.meter.config.meter_id
+        # a fresh Session per connection: the outbox, not the session, owns unacked
+        # readings, so nothing is sent twice from two places after a reconnect
+        return Session(mid, keepalive_s=60, clean_session=False,
+                       will_topic=messages.online_topic(mid), will_message=b"0",
+                       will_qos=1, will_retain=True, retry_s=0)
+
+    async def mqtt_task(self):
+        sup = backoff.Supervisor(
+            backoff.Backoff(base_ms=500, cap_ms=30000, randrange=random.randrange),
+            self.ms(), connect_timeout_ms=15000, stable_ms=30000)
+        host = self.config.get("broker_host")
+        port = self.config.get("broker_port")
+        while True:
+            if not self.beat("mqtt"):
+                await self._hung("mqtt")
+            action = sup.tick(self.ms())
+            if action != backoff.CONNECT:
+                self.mqtt_state = backoff.STATE_NAMES[sup.state].lower()
+                await _sleep_ms(min(500, max(10, sup.retry_at_ms - self.ms())))
+                continue
+            self.mqtt_state = "connecting"
+            conn = MqttConnection(self._session(), on_message=self._on_message)
+            try:
+                await conn.connect(host, port, timeout_s=10)
+            except Exception as e:  # OSError, refused, timeout: try again later
+                self.mqtt_error = "%s: %s" % (type(e).__name__, e)
+                await conn.abort()
+                sup.connect_failed(self.ms())
+                continue
+            sup.connect_ok(self.ms())
+            self.mqtt_state = "connected"
+            print("urja: mqtt connected to %s:%d" % (host, port))
+            try:
+                await self._pump(conn)
+            except (MqttError, OSError) as e:
+                self.mqtt_error = "%s: %s" % (type(e).__name__, e)
+            await conn.abort("link lost: " + self.mqtt_error)
+            sup.link_lost(self.ms())
+            self.mqtt_state = "disconnected"
+            print("urja: mqtt link lost:", self.mqtt_error)
+
+    async def _pump(self, conn):
+        """Subscribe, announce, then publish the outbox oldest first, one PUBACK at a time."""
+        mid = self.meter.config.meter_id
+        await conn.subscribe([(messages.command_topic(mid), 1)])
+        await conn.publish(messages.online_topic(mid), b"1", qos=1, retain=True)
+        unreleased = 0
+        while conn.is_connected:
+            self.beat("mqtt")
+            batch = self.outbox.peek(1, after=self._published_upto)
+            if not batch:
+                if unreleased:
+                    self.outbox.ack(self._published_upto, self.now())
+                    unreleased = 0
+                self._outbox_event.clear()
+                try:
+                    await asyncio.wait_for(self._outbox_event.wait(), 1)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            seq, record = batch[0]
+            kind, body = split(record)
+            try:
+                await conn.publish(messages.topic(mid, kind), body, qos=1, timeout_s=PUBLISH_TIMEOUT_S)
+            except AckTimeout:
+                raise MqttError("no PUBACK for seq %d" % seq)
+            self._published_upto = seq
+            self.published += 1
+            unreleased += 1
+            if unreleased >= OUTBOX_ACK_EVERY:
+                self.outbox.ack(seq, self.now())
+                unreleased = 0
+        if unreleased:
+            self.outbox.ack(self._published_upto, self.now())
+
+    # -- CLI and watchdog ---------------------------------------------------------------------
+    async def cli_task(self):
+        uart = self.parts.cli
+        reader = cli_mod.LineReader()
+        while True:
+            if not self.beat("cli"):
+                await self._hung("cli")
+            data = uart.read(64)
+            if data:
+                for line in reader.feed(data):
+                    reply = self.cli.handle(line)
+                    if reply is not None:
+                        uart.write(reply.encode() + b"\r\n")
+            else:
+                await _sleep_ms(CLI_POLL_MS)
+
+    async def watchdog_task(self, wdt):
+        warned = False
+        while True:
+            stale = self.liveness.stale(self.ms())
+            if not stale:
+                wdt.feed()
+                warned = False
+            elif not warned:
+                print("urja: watchdog not fed, silent tasks:", ",".join(stale))
+                warned = True
+            await _sleep_ms(min(500, wdt.timeout_ms // 4))
+
+    # -- run ----------------------------------------------------------------------------------
+    def tasks(self):
+        """(name, coroutine function, max silence in wall ms) of the tasks this board runs."""
+        out = [("poll", self.poll_task, 2000)]
+        if self.parts.cli is not None:
+            out.append(("cli", self.cli_task, 2000))
+        if self.meter is not None:
+            step_wall_ms = int(self.clock.wall_s(self.config.get("step_s")) * 1000)
+            out.append(("metering", self.metering_task, step_wall_ms + 5000))
+            out.append(("mqtt", self.mqtt_task, 20000))
+            out.append(("downlink", self.downlink_task, 5000))
+            out.append(("heartbeat", self.heartbeat_task, 5000))
+            if self.sdm is not None:
+                out.append(("modbus", self.modbus_task,
+                            int(self._period_wall("modbus_period_s") * 1000) + 10000))
+            if self.dlms is not None:
+                out.append(("dlms", self.dlms_task,
+                            int(self._period_wall("dlms_period_s") * 1000) + 15000))
+        return out
+
+    async def _guard(self, name, fn):
+        try:
+            await fn()
+        except Exception as e:  # a crashed task stops beating: the watchdog resets the board
+            print("urja: task %s crashed: %s: %s" % (name, type(e).__name__, e))
+            if hasattr(sys, "print_exception"):
+                sys.print_exception(e)  # type: ignore[attr-defined]
+            raise
+
+    async def run(self, watchdog=True):
+        now_ms = self.ms()
+        running = []
+        for name, fn, silence_ms in self.tasks():
+            self.liveness.register(name, silence_ms, now_ms)
+            running.append(asyncio.create_task(self._guard(name, fn)))
+        if watchdog:
+            running.append(asyncio.create_task(self.watchdog_task(self.board.start_watchdog())))
+        print("urja: running tasks", ",".join(self.liveness.names))
+        while True:
+            await asyncio.sleep(3600)
+
+
+def build_app():
+    """The App for this board and environment (see the module docstring), meter started."""
+    from boards.hal import load_board
+    from firmware.app.platform import board_parts
+
+    overrides = {}
+    state = _env("URJA_STATE_DIR")
+    if state:
+        overrides["state_dir"] = state
+        overrides["control"] = _env("URJA_CONTROL") or "unix:%s/control.sock" % state
+    wd = _env("URJA_WATCHDOG_MS")
+    if wd:
+        overrides["watchdog_timeout_ms"] = int(wd)
+    board = load_board(_env("URJA_BOARD") or "unix", overrides)
+    start_t = _env("URJA_START_T")
+    app = App(board, board_parts(board), int(_env("URJA_TIME_FACTOR") or "1"),
+              int(start_t) if start_t else None)
+    factory = _env("URJA_CONFIG")
+    if factory:
+        with open(factory) as f:
+            app.commission_from(json.load(f))
+    hang = _env("URJA_FAULT_HANG")
+    if hang:
+        name, after_s = hang.split(":")
+        app.hang[name] = int(after_s) * 1000
+    app.start_meter()
+    return app
+
+
+def main():
+    asyncio.run(build_app().run())
+
+
+if __name__ == "__main__":
+    main()
