@@ -7,11 +7,11 @@ test) calls it with pulses, readings, power samples, downlink commands and
 the current UTC time, and drives the relay from ``relay_closed``.
 
 Charging rule (why the head-end can recompute every paisa): each ``step``
-charges the energy since the previous step, attributed to the metering
-interval that holds the step's last second (``(now - 1) // interval_s``).
-The block load profile assigns energy to intervals the same way, and the
-tariff's exact-rational charge is additive, so the sum of the meter's debits
-equals the tariff applied to its interval records.
+charges the energy since the previous step to the interval the block load
+profile books it to (``IntervalProfile.booking_start``: normally the interval
+holding the step's last second; after a power-off gap, the new interval), and
+the tariff's exact-rational charge is additive, so the sum of the meter's
+debits equals the tariff applied to its interval records.
 
 Journal policy: a commit at every closed interval, billing snapshot, credit
 state change, applied downlink and power-fail notice; between commits at most
@@ -28,6 +28,7 @@ import json
 
 from firmware.core import auth, credit, events, localtime, metering, tariff
 from firmware.sts import acceptor as sts
+from firmware.sts import tid as sts_tid
 
 try:
     from micropython import const
@@ -89,7 +90,9 @@ def _sts_config(d):
     {"key_hex": 16 hex digits (decoder key), "krn": 1, "key_type": 2, "ken": 255,
      "ti": 1, "tables": "production"|"sample",
      "paise_per_unit": price of one kWh (water: kL, gas: SCM) used to turn a
-                       token's energy into money credit; the vending side uses the same price}
+                       token's energy into money credit; the vending side uses the same price,
+     "base_year": 1993|2014 (default 2014: the 1993 base rolled over on 2024-11-24),
+     "tid_tolerance_min": how far past the meter's clock a TID may be (default 7 days)}
     """
     if d is None:
         return None
@@ -112,6 +115,11 @@ def _sts_config(d):
     if tables not in ("production", "sample"):
         raise MeterConfigError("sts.tables: production or sample")
     out["tables"] = tables
+    base_year = d.get("base_year", 2014)
+    if base_year not in sts_tid.BASES or isinstance(base_year, bool):
+        raise MeterConfigError("sts.base_year: 1993 or 2014")
+    out["base_utc"] = sts_tid.BASES[base_year]
+    out["tid_tolerance_min"] = _need_int(d, "tid_tolerance_min", 7 * 1440, 0, 366 * 1440)
     return out
 
 
@@ -290,9 +298,10 @@ class Meter:
         """
         out = []
         durable = False
-        # The interval this step's usage belongs to; a staged tariff takes over
-        # from the first interval that starts at or after its activation time.
-        attributed = ((now - 1) // self.config.interval_s) * self.config.interval_s
+        # The interval the block load profile books this step's usage to; a staged
+        # tariff takes over from the first interval that starts at or after its
+        # activation time.
+        attributed = self.profile.booking_start(now)
         if self.schedule.apply_due(attributed):
             self.biller.use_tariff(self.schedule.active)
             self.log.append(now, events.TARIFF_CHANGED, self.schedule.version)
@@ -387,7 +396,11 @@ class Meter:
         """
         if self.tokens is None:
             return sts.UNSUPPORTED, "STS tokens are not configured on this meter"
-        result = self.tokens.accept(digits)
+        st = self.config.sts
+        # FUTURE guard: a mistyped token that passes the CRC carries a random TID,
+        # usually later than any token vended by now (firmware/sts/tid.py)
+        limit = sts_tid.max_tid(now, st["base_utc"], 0, st["tid_tolerance_min"])
+        result = self.tokens.accept(digits, max_tid=limit)
         if result.ok and result.unit in ("Wh", "L"):
             paise = sts_credit_paise(result.quantity, self.config.sts["paise_per_unit"])
             if paise <= 0:

@@ -367,6 +367,16 @@ class IntervalProfile:
                 _avg(self.sum_mv, self.n_mv), _avg(self.sum_ma, self.n_ma),
                 self.count, self.flags)
 
+    def booking_start(self, t):
+        """Start of the interval that a sample at ``t`` will book the energy since the
+        previous sample to (the rules above); the tariff charges that energy at this
+        interval's time-of-day so meter and head-end agree to the paisa."""
+        step = self.interval_s
+        start = t - t % step
+        if self.start_t is not None and t == start and start == self.start_t + step:
+            return self.start_t  # exactly on the boundary: the old interval's end reading
+        return start
+
     def add_sample(self, t, cumulative_wh, voltage_mv=None, current_ma=None):
         """Feed one sample; return the records of intervals it closed (often ``NO_RECORDS``)."""
         if self.start_t is not None and t < self.last_t:
@@ -484,6 +494,10 @@ class MaxDemand:
         """Book ``energy_wh`` (>= 0) that was consumed up to time t."""
         _check_int("energy_wh", energy_wh, 0)
         slot = (t - 1) // self.step_s
+        if self.slot is not None and slot == self.slot - 1 and t == self.slot * self.step_s:
+            # the slot ending at t was already closed by advance(t + 1): energy
+            # reported at that same instant counts in the slot that is open now
+            slot = self.slot
         self._move_to(slot)
         self.ring[slot % len(self.ring)] += energy_wh
         self.window_wh += energy_wh

@@ -155,8 +155,8 @@ def test_tariff_downlink_is_staged_then_activated_at_its_time():
     cmd = auth.make_command(KEY, "tariff", MID, 1, T0 + 7200, ["TAR-2", json.dumps(new)])
     eq(m.apply_command(cmd, T0 + 60)[0], auth.OK)
     eq(m.status()["tariff_version"], 1)
-    m.add_pulses(3200, T0 + 3600)
-    m.step(T0 + 3600)  # consumed before activation: old rate
+    m.add_pulses(3200, T0 + 3540)
+    m.step(T0 + 3540)  # consumed before activation: old rate
     eq(m.status()["balance_paise"], 100000 - 500)
     m.add_pulses(3200, T0 + 3660)
     m.step(T0 + 3660)
@@ -275,3 +275,33 @@ def test_monthly_snapshot_carries_max_demand_and_resets_it():
     # (25 * 100 Wh + 5 * 5 Wh) * 3600 / 1800 = 5050 W.  Before the fix that closes the
     # demand slot ending at midnight inside November, December wrongly showed 6000 W.
     eq(m.md.max_w, 5050)
+
+
+def test_energy_across_a_gap_is_charged_at_the_interval_that_records_it():
+    # Supply off from 16:50 to exactly 18:00 IST; the 18:00-22:00 peak is +20 %.
+    # The profile books the energy counted at 18:00 to the 18:00 interval
+    # (AFTER_GAP), so the meter must charge it at the peak rate too.
+    t = T0 + 16 * 3600 + 50 * 60
+    m = Meter(config(), now=t, opening_credit_paise=10 ** 6)
+    m.step(t)
+    m.add_pulses(3200, T0 + 18 * 3600)
+    out = m.step(T0 + 18 * 3600)
+    shadow = tariff.Biller(tariff.Tariff.from_dict(EXAMPLE_CONFIG["tariff"]))
+    expected = shadow.charge_day(t)
+    for kind, rec in out:
+        if kind == "interval":
+            expected += shadow.charge_usage(rec[0], rec[2])
+    for kind, rec in m.step(T0 + 18 * 3600 + 900):
+        if kind == "interval":
+            expected += shadow.charge_usage(rec[0], rec[2])
+    eq(m.account.total_charges, expected)
+
+
+def test_stepping_twice_at_the_same_second_is_harmless():
+    m = Meter(config(tariff=FLAT_TARIFF), now=T0, opening_credit_paise=10000)
+    m.add_pulses(3200, T0 + 900)
+    m.step(T0 + 900)
+    m.add_pulses(3200, T0 + 900)
+    m.step(T0 + 900)
+    eq(m.status()["energy_wh"], 2000)
+    eq(m.status()["balance_paise"], 10000 - 1000)

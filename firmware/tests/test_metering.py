@@ -496,3 +496,14 @@ def test_billing_state_round_trip_across_midnight():
     back = m.BillingSnapshots.from_state(b.to_state())
     eq(back.observe(NOV28_MIDNIGHT_IST + 60, 520, 980, 0),
        [(m.SNAP_DAILY, 20261127, NOV28_MIDNIGHT_IST, 500, 1000, None, 0)])
+
+
+def test_energy_reported_at_a_closed_boundary_counts_in_the_open_slot():
+    md = m.MaxDemand(window_s=600, step_s=300)
+    md.add(300, 100)
+    md.advance(301)  # closes the slot [0, 300): all energy up to t=300 is in
+    md.add(300, 50)  # more energy reported at the same instant: not time going back
+    md.advance(601)  # closes [300, 600)
+    # windows: [0,300)+... -> 100 Wh; [0,600) -> 150 Wh over 600 s = 900 W
+    eq(md.max_w, 900)
+    raises(m.MeteringError, md.add, 299, 1)  # a real step back in time still fails
