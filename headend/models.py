@@ -142,7 +142,7 @@ class UplinkSeen(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     t: Mapped[int] = mapped_column(BigInteger)
-    received_at: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[int] = mapped_column(BigInteger, index=True)  # /metrics rate window
 
 
 class SeqGap(Base):
