@@ -94,7 +94,7 @@ def build_parser():
     c = sub.add_parser("commands", parents=[common], help="list downlink commands")
     c.add_argument("--meter")
     c.add_argument("--state", choices=("QUEUED", "SENT", "DELIVERED", "APPLIED", "FAILED",
-                                        "EXPIRED"))
+                                        "EXPIRED", "CANCELLED"))
     c.add_argument("--limit", type=int, default=50)
 
     sub.add_parser("report", parents=[common],

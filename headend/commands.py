@@ -8,6 +8,7 @@ IllegalTransition)::
        |               |                  |      --ack OUT_OF_ORDER--> QUEUED (new counter)
        +---------------+------------------+--expire--> EXPIRED (+ alert)
        +--reject (no key to sign with)--> FAILED
+       +--cancel (never sent: the payment is delivered by STS token instead)--> CANCELLED
 
 - SENT: published by the dispatcher, the broker's PUBACK not seen yet.
 - DELIVERED: the broker took it (QoS 1 PUBACK) and holds it in the meter's
@@ -54,21 +55,22 @@ from headend.db import Base
 
 log = logging.getLogger("urja.commands")
 
-QUEUED, SENT, DELIVERED, APPLIED, FAILED, EXPIRED = (
-    "QUEUED", "SENT", "DELIVERED", "APPLIED", "FAILED", "EXPIRED")
-STATES = (QUEUED, SENT, DELIVERED, APPLIED, FAILED, EXPIRED)
+QUEUED, SENT, DELIVERED, APPLIED, FAILED, EXPIRED, CANCELLED = (
+    "QUEUED", "SENT", "DELIVERED", "APPLIED", "FAILED", "EXPIRED", "CANCELLED")
+STATES = (QUEUED, SENT, DELIVERED, APPLIED, FAILED, EXPIRED, CANCELLED)
 OPEN_STATES = (QUEUED, SENT, DELIVERED)
-FINAL_STATES = (APPLIED, FAILED, EXPIRED)
+FINAL_STATES = (APPLIED, FAILED, EXPIRED, CANCELLED)
 
 # events that drive the lifecycle
-SEND, PUBACK, RESEND, ACK_APPLIED, ACK_FAILED, ACK_OUT_OF_ORDER, EXPIRE, REJECT = (
+SEND, PUBACK, RESEND, ACK_APPLIED, ACK_FAILED, ACK_OUT_OF_ORDER, EXPIRE, REJECT, CANCEL = (
     "send", "puback", "resend", "ack_applied", "ack_failed", "ack_out_of_order", "expire",
-    "reject")
+    "reject", "cancel")
 
 TRANSITIONS = {
     (QUEUED, SEND): SENT,
     (QUEUED, EXPIRE): EXPIRED,
     (QUEUED, REJECT): FAILED,            # cannot be signed (no key for the meter)
+    (QUEUED, CANCEL): CANCELLED,         # never sent (callers check sent_at): paid by STS token
     (QUEUED, ACK_APPLIED): APPLIED,      # an ack for a copy sent before an OUT_OF_ORDER re-queue
     (SENT, PUBACK): DELIVERED,
     (SENT, RESEND): SENT,

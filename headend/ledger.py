@@ -98,8 +98,8 @@ def rupees(paise):
 
 def _on_command_outcome(session, cmd, event, old_state, now):
     """Ledger side of a top-up command reaching APPLIED, FAILED or EXPIRED."""
-    if cmd.kind != "topup":
-        return
+    if cmd.kind != "topup" or cmd.state == C.CANCELLED:
+        return  # CANCELLED: the payment went by STS token instead (headend/tokens.py)
     topup = session.scalars(select(TopUp).where(TopUp.command_id == cmd.id)).first()
     if topup is None:
         return  # a top-up queued by an operator, not bought by a payment
@@ -132,18 +132,25 @@ def undelivered_paise(session, meter_id):
             - total_paise(session, meter_id, TOPUP_APPLIED))
 
 
+# extras(session, payment) -> dict merged into the receipt (e.g. headend/tokens.py: "sts_token")
+RECEIPT_EXTRAS = []
+
+
 def receipt_json(session, receipt):
     """The receipt as plain data (what ``/receipts/<number>`` returns)."""
     payment = session.get(Payment, receipt.payment_id)
     topup = session.scalars(select(TopUp).where(TopUp.payment_id == payment.id)).one()
     command = session.get(C.Command, topup.command_id)
     tenant = session.get(M.Tenant, payment.tenant_id)
-    return {"number": receipt.number, "issued_at": receipt.issued_at,
+    data = {"number": receipt.number, "issued_at": receipt.issued_at,
             "tenant": {"code": tenant.code, "name": tenant.name},
             "meter_id": payment.meter_id, "amount_paise": payment.amount_paise,
             "amount_rupees": rupees(payment.amount_paise), "payer_vpa": payment.payer_vpa,
             "gateway": payment.gateway, "txn_ref": payment.txn_ref,
             "topup": {"command_id": command.id, "state": command.state}}
+    for extra in RECEIPT_EXTRAS:
+        data.update(extra(session, payment))
+    return data
 
 
 _HTML = """<!doctype html>
@@ -159,7 +166,7 @@ _HTML = """<!doctype html>
 <tr><th>Paid by</th><td>{payer}</td></tr>
 <tr><th>Gateway reference</th><td>{gateway} {txn_ref}</td></tr>
 <tr><th>Top-up</th><td>{command_id} ({state})</td></tr>
-</table>
+{token_rows}</table>
 </body></html>
 """
 
@@ -172,7 +179,21 @@ def receipt_html(data):
                         amount=e(data["amount_rupees"]), payer=e(data["payer_vpa"]),
                         gateway=e(data["gateway"]), txn_ref=e(data["txn_ref"]),
                         command_id=e(data["topup"]["command_id"]),
-                        state=e(data["topup"]["state"]))
+                        state=e(data["topup"]["state"]), token_rows=_token_rows(data, e))
+
+
+def _token_rows(data, e):
+    """Offline delivery: the 20 digits to type on the meter (headend/tokens.py)."""
+    tok = data.get("sts_token")
+    if not tok:
+        return ""
+    return ("<tr><th>STS token / &#x91f;&#x94b;&#x915;&#x928;</th>"
+            "<td><strong>{digits}</strong></td></tr>\n"
+            "<tr><th>Energy</th><td>{energy}</td></tr>\n"
+            "<tr><th>Credit on the meter</th><td>&#x20b9; {credited}</td></tr>\n"
+            "<tr><th>Held for your next recharge</th><td>&#x20b9; {held}</td></tr>\n").format(
+        digits=e(tok["digits_grouped"]), energy=e(tok["quantity"]),
+        credited=e(rupees(tok["credited_paise"])), held=e(rupees(tok["remainder_paise"])))
 
 
 def receipt_view(session, number):

@@ -29,7 +29,7 @@ from headend import models as M
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # the downlink lifecycle (docs/STYLE.md section 2, headend/commands.py): every state is
 # exported, zeros included, so a dashboard's series never vanish
-COMMAND_STATES = ("QUEUED", "SENT", "DELIVERED", "APPLIED", "FAILED", "EXPIRED")
+COMMAND_STATES = ("QUEUED", "SENT", "DELIVERED", "APPLIED", "FAILED", "EXPIRED", "CANCELLED")
 
 
 def _optional_model(module, name):

@@ -46,6 +46,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from headend import commands as C
 from headend import ledger as L
 from headend import models as M
+from headend import tokens as TK
 
 log = logging.getLogger("urja.payments")
 
@@ -97,6 +98,8 @@ def _validate(p):
         return "txn_ref must be 1..64 printable characters"
     if not _text(p.get("meter_id"), 1, 64):
         return "meter_id must be 1..64 printable characters"
+    if p.get("delivery", TK.AUTO) not in TK.PREFERENCES:
+        return "delivery must be one of %s" % ", ".join(TK.PREFERENCES)
     return None
 
 
@@ -114,7 +117,7 @@ def _receipt_of(session, payment_id):
     return L.receipt_json(session, receipt)
 
 
-def _record(session, payload, meter, raw_body, now, ttl_s):
+def _record(session, payload, meter, raw_body, now, ttl_s, master_key=None):
     """One attempt in one transaction: (status, json).  Commits."""
     row = {"gateway": payload["gateway"], "txn_ref": payload["txn_ref"],
            "tenant_id": meter.tenant_id, "meter_id": meter.id,
@@ -140,13 +143,16 @@ def _record(session, payload, meter, raw_body, now, ttl_s):
                               amount_paise=row["amount_paise"], payment_id=payment_id,
                               note="%s %s" % (row["gateway"], row["txn_ref"])))
     session.flush()
+    # exactly one delivery path, chosen now: the MQTT command above, or an STS token
+    # (which cancels the never-sent command in this transaction; headend/tokens.py)
+    TK.deliver_payment(session, payment_id, payload.get("delivery", TK.AUTO), now, master_key)
     out = {"receipt": _receipt_of(session, payment_id), "duplicate": False}
     session.commit()
     return 201, out
 
 
 def handle_payment_webhook(session, raw_body, headers, now=None, secrets=None,
-                           signature_header=SIGNATURE_HEADER, ttl_s=None):
+                           signature_header=SIGNATURE_HEADER, ttl_s=None, master_key=None):
     """Verify and record one gateway callback; returns ``(http_status, json_dict)``.
 
     201 new payment (receipt), 200 duplicate (same receipt), 400 not JSON,
@@ -154,7 +160,9 @@ def handle_payment_webhook(session, raw_body, headers, now=None, secrets=None,
     409 txn_ref reused with other data, 413 body too large, 422 bad fields.
     Only 200/201 store anything; the session is committed (201) or rolled
     back.  ``secrets`` defaults to ``gateway_secrets()``; ``ttl_s`` is the
-    top-up command's lifetime (default ``commands.DEFAULT_TTL_S``).
+    top-up command's lifetime (default ``commands.DEFAULT_TTL_S``).  An optional
+    ``"delivery": "auto"|"mqtt"|"token"`` in the body picks the path (``headend/
+    tokens.py``); ``master_key`` opens the STS vending keys (default URJA_MASTER_KEY).
     """
     now = int(time.time()) if now is None else now
     if len(raw_body) > MAX_BODY_BYTES:
@@ -183,7 +191,7 @@ def handle_payment_webhook(session, raw_body, headers, now=None, secrets=None,
             if meter is None or not meter.active:
                 session.rollback()
                 return _err(404, "no active meter %r" % payload["meter_id"])
-            return _record(session, payload, meter, raw_body, now, ttl_s)
+            return _record(session, payload, meter, raw_body, now, ttl_s, master_key)
         except C.CommandError as err:  # a registry meter id the wire format cannot carry
             session.rollback()
             return _err(422, str(err))

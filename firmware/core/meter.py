@@ -403,7 +403,8 @@ class Meter:
         result = self.tokens.accept(digits, max_tid=limit)
         if result.ok and result.unit in ("Wh", "L"):
             paise = sts_credit_paise(result.quantity, self.config.sts["paise_per_unit"])
-            if paise <= 0:
+            if result.kind != self.config.service or paise <= 0:
+                # a water token on an electricity meter would credit at the wrong price
                 result = sts.Result(sts.UNSUPPORTED, result.token, result.kind)
             else:
                 self.account.topup(paise, now)

@@ -18,36 +18,11 @@ import secrets
 from firmware.sts import codec
 from firmware.sts.codec import PRODUCTION
 
-BASE_1993_UTC = 725846400   # 1993-01-01 00:00:00 UTC (date -u -d 1993-01-01 +%s)
-BASE_2014_UTC = 1388534400  # 2014-01-01 00:00:00 UTC (date -u -d 2014-01-01 +%s)
-TID_SPAN_MIN = 1 << 24
+# the TID rule is shared with the meter's FUTURE guard (firmware/sts/tid.py)
+from firmware.sts.tid import (BASE_1993_UTC, BASE_2014_UTC, TID_SPAN_MIN,  # noqa: F401
+                              TidRangeError, rollover_utc, tid_from_utc, utc_from_tid)
 
 SUBCLASS_OF_KIND = {"electricity": codec.ELECTRICITY, "water": codec.WATER, "gas": codec.GAS}
-
-
-class TidRangeError(ValueError):
-    """The issue time is before the base date or past its 24-bit rollover."""
-
-
-def rollover_utc(base_utc):
-    """First second at which a base date's TIDs no longer fit in 24 bits."""
-    return base_utc + TID_SPAN_MIN * 60
-
-
-def tid_from_utc(t_utc, base_utc=BASE_1993_UTC, offset_s=0):
-    """TID for an issue time (UTC seconds); raises TidRangeError past rollover."""
-    minutes = (t_utc + offset_s - base_utc) // 60
-    if not 0 <= minutes < TID_SPAN_MIN:
-        raise TidRangeError(
-            "issue time is outside the 24-bit TID range of this base date "
-            "(rolls over at %d UTC); use the 2014 base date and a key change with RO=1"
-            % rollover_utc(base_utc - offset_s))
-    return minutes
-
-
-def utc_from_tid(tid, base_utc=BASE_1993_UTC, offset_s=0):
-    """Start of the minute a TID names, in UTC seconds."""
-    return base_utc - offset_s + tid * 60
 
 
 def vend(key, cls, subclass, tid, value, rnd=None, tables=PRODUCTION):
