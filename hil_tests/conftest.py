@@ -33,6 +33,7 @@ import tty
 import pytest
 
 from firmware.tests.host.conftest import Broker
+from hil_tests.plugin import *  # noqa: F401,F403  the HIL plugin: --board/--port/--count, dut, reports
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
