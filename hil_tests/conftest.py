@@ -35,15 +35,16 @@ import pytest
 from firmware.tests.host.conftest import Broker
 from hil_tests.plugin import *  # noqa: F401,F403  the HIL plugin: --board/--port/--count, dut, reports
 
+from hil_tests import dut as dut_module  # noqa: E402  (one Pty / micropython lookup)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def micropython():
-    exe = shutil.which("micropython", path=str(pathlib.Path(sys.executable).parent)) \
-        or shutil.which("micropython")
-    if not exe:
-        pytest.fail("micropython not found: run through ./dev test", pytrace=False)
-    return exe
+    try:
+        return dut_module.micropython()
+    except RuntimeError as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 def wait_for(pred, timeout_s, what, step_s=0.05):
@@ -57,21 +58,7 @@ def wait_for(pred, timeout_s, what, step_s=0.05):
     raise AssertionError("timed out after %ss waiting for %s" % (timeout_s, what))
 
 
-class Pty:
-    """A pty pair: the firmware opens ``path``; the peer reads/writes ``master``."""
-
-    def __init__(self):
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)  # no echo, no line discipline: a serial line
-        tty.setraw(self.master)
-        self.path = os.ttyname(self.slave)
-
-    def close(self):
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+Pty = dut_module.Pty
 
 
 class _PtyPeer:
