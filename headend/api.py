@@ -515,7 +515,10 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
         except (ValueError, UnicodeDecodeError):
             payload = None
         meter = None
-        if isinstance(payload, dict) and isinstance(payload.get("meter_id"), str):
+        mid = payload.get("meter_id") if isinstance(payload, dict) else None
+        # only a well-formed id reaches the database (PostgreSQL refuses NUL in text);
+        # the handler answers 422 for the rest
+        if isinstance(mid, str) and 0 < len(mid) <= 64 and mid.isprintable():
             # a gateway may only credit meters of its own tenant (isolation stays in Scope)
             meter = A.Scope(principal).meter_for_payment(session, payload["meter_id"])
         # anything else is the handler's to refuse (400 not JSON, 401 signature, 422 fields)

@@ -82,3 +82,11 @@ def test_receipt_is_invisible_to_other_consumers_and_tenants(world, user):
 def test_gateway_cannot_read_receipts(world):
     number = pay(world, "gw_a").json()["receipt"]["number"]
     assert world.get("gw_a", "/receipts/%s" % number).status_code == 403
+
+
+@pytest.mark.parametrize("bad_id", ["\x00", "A-01\x00", "", "x" * 65])
+def test_malformed_meter_id_is_422_not_a_server_error(world, bad_id):
+    # found by the schemathesis run: PostgreSQL refuses NUL in text, which was a 500
+    r = pay(world, "gw_a", meter_id=bad_id)
+    assert r.status_code == 422, r.text
+    assert world.get("op_a", "/commands").json() == []
