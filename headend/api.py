@@ -588,6 +588,7 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
                  "meter_id": r.meter_id, "request_id": r.request_id,
                  "detail": json.loads(r.detail)} for r in rows]
 
+    app.include_router(importlib.import_module("headend.dashboard").make_router(sessions, settings, policy, enqueue, now))  # noqa: E501 - operator pages (issue 9)
     return app
 
 
