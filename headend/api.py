@@ -589,6 +589,7 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
                  "detail": json.loads(r.detail)} for r in rows]
 
     app.include_router(importlib.import_module("headend.dashboard").make_router(sessions, settings, policy, enqueue, now))  # noqa: E501 - operator pages (issue 9)
+    app.include_router(importlib.import_module("headend.channel").make_router(sessions, clock=clock))  # noqa: E501 - consumer SMS/WhatsApp channel (issue 9)
     return app
 
 

@@ -162,7 +162,7 @@ def test_master_key_must_be_64_hex_digits():
 def test_alembic_head_builds_exactly_the_models(engine):
     # every module with tables, as headend/migrations/env.py imports them
     import headend.alerts, headend.auth, headend.commands, headend.guardrails  # noqa: F401
-    import headend.ledger, headend.reconcile, headend.tokens, headend.vee  # noqa: F401
+    import headend.channel, headend.ledger, headend.reconcile, headend.tokens, headend.vee  # noqa: F401
     assert set(M.Base.metadata.tables) <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), M.Base.metadata)
