@@ -27,8 +27,19 @@ power-fail input calls ``power_fail`` to commit at once).
 import json
 
 from firmware.core import auth, credit, events, localtime, metering, tariff
-from firmware.sts import acceptor as sts
-from firmware.sts import tid as sts_tid
+
+
+def _sts():
+    """The STS acceptor, imported only by meters that take tokens: its code
+    costs heap, and most meters here are topped up over MQTT."""
+    from firmware.sts import acceptor
+    return acceptor
+
+
+def _sts_tid():
+    from firmware.sts import tid
+    return tid
+
 
 try:
     from micropython import const
@@ -116,6 +127,7 @@ def _sts_config(d):
         raise MeterConfigError("sts.tables: production or sample")
     out["tables"] = tables
     base_year = d.get("base_year", 2014)
+    sts_tid = _sts_tid()
     if base_year not in sts_tid.BASES or isinstance(base_year, bool):
         raise MeterConfigError("sts.base_year: 1993 or 2014")
     out["base_utc"] = sts_tid.BASES[base_year]
@@ -223,6 +235,7 @@ class Meter:
         self.tokens = None
         if c.sts is not None:
             st = c.sts
+            sts = _sts()
             self.tokens = sts.Acceptor(st["key"], st["krn"], st["key_type"], st["ken"], st["ti"])
             if st["tables"] == "sample":
                 self.tokens = sts.Acceptor.from_state(dict(self.tokens.to_state(), tables="sample"))
@@ -246,7 +259,7 @@ class Meter:
         self.account = credit.CreditAccount.from_state(c.credit, s["credit"])
         self.guard = auth.DownlinkGuard.from_state(s["guard"])
         self.log = events.EventLog.from_state(s["events"])
-        self.tokens = sts.Acceptor.from_state(s["tokens"]) if s.get("tokens") else None
+        self.tokens = _sts().Acceptor.from_state(s["tokens"]) if s.get("tokens") else None
         self.charged_units = s["charged_units"]
         self.last_step_t = s["last_step_t"]
         self.power_w = 0
@@ -394,12 +407,13 @@ class Meter:
         now.  A rejected token changes nothing but the event log
         (TOPUP_REJECTED, value 100 + reason).
         """
+        sts = _sts()
         if self.tokens is None:
             return sts.UNSUPPORTED, "STS tokens are not configured on this meter"
         st = self.config.sts
         # FUTURE guard: a mistyped token that passes the CRC carries a random TID,
         # usually later than any token vended by now (firmware/sts/tid.py)
-        limit = sts_tid.max_tid(now, st["base_utc"], 0, st["tid_tolerance_min"])
+        limit = _sts_tid().max_tid(now, st["base_utc"], 0, st["tid_tolerance_min"])
         result = self.tokens.accept(digits, max_tid=limit)
         if result.ok and result.unit in ("Wh", "L"):
             paise = sts_credit_paise(result.quantity, self.config.sts["paise_per_unit"])
