@@ -14,14 +14,12 @@ import json
 import os
 import pathlib
 import random
-import select
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
+
+from firmware.tests.host import mpproc
 
 from firmware.core import journal as jr
 
@@ -31,54 +29,19 @@ START_TIMEOUT_S = 10.0
 MAX_RUN_MS = 20
 
 
-def micropython_command():
-    exe = (os.environ.get("URJA_MICROPYTHON") or shutil.which("micropython")
-           or shutil.which("micropython", path=str(pathlib.Path(sys.executable).parent)))
-    if not exe:
-        pytest.fail("the 'micropython' command was not found: run through ./dev test "
-                    "(or set URJA_MICROPYTHON)", pytrace=False)
-    return exe
-
-
 def read_first_line(proc):
-    """The first stdout line of ``proc`` and any bytes after it, without blocking forever."""
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError("writer printed no RESTORED line in %ss: %r" % (START_TIMEOUT_S, buf))
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise AssertionError("writer exited before restoring: %r" % buf.decode(errors="replace"))
-        buf += chunk
-    line, rest = buf.split(b"\n", 1)
-    return line.decode(), rest
+    return mpproc.read_first_line(proc, START_TIMEOUT_S)
 
 
-def read_to_eof(proc):
-    fd = proc.stdout.fileno()
-    out = b""
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return out
-        out += chunk
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    proc.stdout.close()
+read_to_eof = mpproc.read_to_eof
+stop = mpproc.stop
 
 
 def test_journal_survives_random_power_cuts_with_exact_balances(tmp_path):
     cycles = int(os.environ.get("URJA_POWERCUT_CYCLES", "1000"))
     seed = int(os.environ.get("URJA_POWERCUT_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
-    exe = micropython_command()
+    exe = mpproc.micropython_command()
     slots = tmp_path / "slots"
     print("\npower-cut test: %d cycles, seed %d (URJA_POWERCUT_SEED)" % (cycles, seed))
 

@@ -17,14 +17,12 @@ import json
 import os
 import pathlib
 import random
-import select
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
+
+from firmware.tests.host import mpproc
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 10.0
@@ -35,9 +33,9 @@ SEGMENTS, SEGMENT_SIZE, MAX_MESSAGES = 4, 1024, 40
 # Lines: "RESTORED <json>" once, then "A <seq> <released> <evicted> <refused>" after each
 # append returns, "k <upto>" before an ack starts and "K <upto> <released>" after it returns.
 WRITER = r'''
-import sys
 import json
 import random
+import sys
 
 SEGMENTS, SEGMENT_SIZE, MAX_MESSAGES = %d, %d, %d
 
@@ -89,47 +87,12 @@ main()
 ''' % (SEGMENTS, SEGMENT_SIZE, MAX_MESSAGES)
 
 
-def micropython_command():
-    exe = (os.environ.get("URJA_MICROPYTHON")
-           or shutil.which("micropython", path=str(pathlib.Path(sys.executable).parent))
-           or shutil.which("micropython"))
-    if not exe:
-        pytest.fail("the 'micropython' command was not found: run through ./dev test "
-                    "(or set URJA_MICROPYTHON)", pytrace=False)
-    return exe
-
-
 def read_first_line(proc):
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError("writer printed no RESTORED line in %ss: %r" % (START_TIMEOUT_S, buf))
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise AssertionError("writer exited before restoring: %r" % buf.decode(errors="replace"))
-        buf += chunk
-    line, rest = buf.split(b"\n", 1)
-    return line.decode(), rest
+    return mpproc.read_first_line(proc, START_TIMEOUT_S)
 
 
-def read_to_eof(proc):
-    fd = proc.stdout.fileno()
-    out = b""
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return out
-        out += chunk
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    proc.stdout.close()
+read_to_eof = mpproc.read_to_eof
+stop = mpproc.stop
 
 
 class Reported:
@@ -183,7 +146,7 @@ def test_outbox_survives_random_power_cuts_without_loss_duplication_or_resurrect
     cycles = int(os.environ.get("URJA_OUTBOX_POWERCUT_CYCLES", "200"))
     seed = int(os.environ.get("URJA_OUTBOX_POWERCUT_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
-    exe = micropython_command()
+    exe = mpproc.micropython_command()
     writer = tmp_path / "outbox_writer.py"
     writer.write_text(WRITER)
     directory = tmp_path / "outbox"
