@@ -26,7 +26,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from firmware.tests.host.conftest import Broker  # noqa: E402
+from tools.mosquitto import Broker  # noqa: E402
 from bench.firmware_core import build_romfs  # noqa: E402
 from tools.build import build_image  # noqa: E402
 from hil_tests.conftest import Sdm120, micropython  # noqa: E402

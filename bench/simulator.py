@@ -99,7 +99,7 @@ def networked_bench(args):
     import shutil
     import tempfile
 
-    from firmware.tests.host.conftest import Broker
+    from tools.mosquitto import Broker
     from headend import migrations
     from headend.db import make_engine
     from headend.ingest import MOSQUITTO_INGEST_CONF
