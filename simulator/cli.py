@@ -55,7 +55,15 @@ def run_networked(args):
         return 2
     out_dir = args.report or tempfile.mkdtemp(prefix="urja-sim-")
     os.makedirs(out_dir, exist_ok=True)
-    url = args.db or "sqlite:///%s" % os.path.join(os.path.abspath(out_dir), "headend.db")
+    if args.db:
+        url = args.db
+    else:
+        # a fresh head-end for every run: the scenario provisions its own meters
+        db_path = os.path.join(os.path.abspath(out_dir), "headend.db")
+        for leftover in (db_path, db_path + "-wal", db_path + "-shm"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        url = "sqlite:///%s" % db_path
     workdir = tempfile.mkdtemp(prefix="urja-sim-broker-")
     broker = Broker(workdir, extra_config=MOSQUITTO_INGEST_CONF)
     try:

@@ -7,7 +7,14 @@ starts, the relay opens when emergency credit is spent outside the friendly
 hours, the consumer recharges by UPI (an authenticated top-up, as the
 head-end will send it) and the relay closes again.
 
-    ./dev demo                 # table + out/demo/meter_day.png + .csv
+Then a small city runs the same firmware over the real network path: 20
+simulated meters publish to a Mosquitto the demo starts itself, the real
+head-end ingests into SQLite, UPI payments come in through the signed
+webhook and go back to the meters as authenticated top-ups, one feeder is
+cut off for a while; the KPIs come from the head-end's database.
+
+    ./dev demo                 # table + out/demo/meter_day.png + .csv + out/demo/fleet/
+    ./dev demo --no-fleet      # only the single meter (no broker needed)
     ./dev demo --no-plot       # terminal only
     ./dev demo --help
 """
@@ -170,6 +177,9 @@ def main(argv=None):
     )
     parser.add_argument("--out", default="out/demo", help="folder for the plot and CSV (default: out/demo)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    parser.add_argument("--no-fleet", action="store_true",
+                        help="skip the networked city (which starts its own Mosquitto)")
+    parser.add_argument("--fleet-meters", type=int, default=20, help="meters in the city (default 20)")
     args = parser.parse_args(argv)
     rows, meter = run_day()
     print_table(rows, meter, sys.stdout)
@@ -179,7 +189,34 @@ def main(argv=None):
         png = os.path.join(args.out, "meter_day.png")
         plot(rows, png)
         print("\nPlot: %s   Data: %s" % (png, os.path.join(args.out, "meter_day.csv")))
+    if not args.no_fleet:
+        return run_fleet(os.path.join(args.out, "fleet"), args.fleet_meters)
     return 0
+
+
+def run_fleet(out_dir, meters):
+    """The networked city: a private broker, the real head-end on SQLite, real firmware meters."""
+    import json
+
+    from simulator import cli as sim_cli
+
+    scenario = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "simulator", "scenarios", "partition_net.toml")
+    print("\nA city of %d meters over MQTT (private Mosquitto, head-end on SQLite, one feeder "
+          "cut off for a while)..." % meters)
+    rc = sim_cli.main(["run", scenario, "--mode", "networked", "--meters", str(meters),
+                       "--report", out_dir])
+    with open(os.path.join(out_dir, "kpis.json")) as f:
+        k = json.load(f)
+    r, money = k["readings"], k["money"]
+    print("  readings produced by the meters      %d" % r["produced"])
+    print("  stored once by the head-end          %d lost, %d duplicated" % (r["lost"], r["duplicated"]))
+    print("  UPI payments -> top-ups applied      %d of %d (%s of %s)" % (
+        money["topups_applied"], money["payments"], fmt_rupees(money["topups_applied_paise"]),
+        fmt_rupees(money["paid_paise"])))
+    print("  KPIs: %s   head-end database: %s" % (os.path.join(out_dir, "kpis.json"),
+                                                 os.path.join(out_dir, "headend.db")))
+    return rc
 
 
 if __name__ == "__main__":

@@ -25,3 +25,10 @@ def test_networked_mode_rejects_a_bad_scenario_with_exit_2(tmp_path, capsys):
     bad.write_text("[fleet]\nmeters = -1\n")
     assert cli.main(["run", str(bad), "--mode", "networked", "--no-progress"]) == 2
     assert "bad.toml" in capsys.readouterr().err
+
+
+def test_a_second_networked_run_into_the_same_report_folder_starts_afresh(tmp_path):
+    args = ["run", os.path.join(SCENARIOS, "partition_net.toml"), "--mode", "networked",
+            "--meters", "2", "--days", "1", "--report", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 0

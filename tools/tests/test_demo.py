@@ -4,7 +4,7 @@ from tools import demo
 
 
 def test_demo_day_shows_disconnection_and_reconnection_after_upi_recharge(tmp_path, capsys):
-    assert demo.main(["--out", str(tmp_path), "--no-plot"]) == 0
+    assert demo.main(["--out", str(tmp_path), "--no-plot", "--no-fleet"]) == 0
     text = capsys.readouterr().out
     assert "RELAY_OPENED" in text and "RELAY_CLOSED" in text
     assert "TOPUP_APPLIED" in text and "UPI recharge of Rs 300.00" in text
@@ -23,6 +23,13 @@ def test_demo_day_shows_disconnection_and_reconnection_after_upi_recharge(tmp_pa
 
 
 def test_demo_plot_is_written(tmp_path):
-    assert demo.main(["--out", str(tmp_path)]) == 0
+    assert demo.main(["--out", str(tmp_path), "--no-fleet"]) == 0
     png = tmp_path / "meter_day.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_city_runs_over_a_private_broker_and_the_real_headend(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path), "--no-plot", "--fleet-meters", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "0 lost, 0 duplicated" in text
+    assert (tmp_path / "fleet" / "kpis.json").exists()
