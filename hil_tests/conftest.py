@@ -21,14 +21,11 @@ import pathlib
 import queue
 import select
 import shutil
-import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import tty
 
 import pytest
 
@@ -236,17 +233,7 @@ class MeterApp:
 
     def control(self, command, timeout_s=5):
         """One line on the unix board's control socket -> its reply line."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout_s)
-            s.connect(os.path.join(self.dir, "control.sock"))
-            s.sendall(command.encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode().strip()
+        return dut_module.control_request(self.dir, command, timeout_s)
 
     def cli(self, line, timeout_s=5):
         """One command on the CLI pty -> the reply line (str)."""

@@ -76,6 +76,21 @@ def micropython():
     return exe
 
 
+def control_request(state_dir, line, timeout_s=5):
+    """Send one line to a unix-board DUT's control socket in ``state_dir``; its reply line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(os.path.join(state_dir, "control.sock"))
+        s.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().strip()
+
+
 class Pty:
     """A raw pty pair: a program opens ``path``; we read/write ``master``."""
 
@@ -309,17 +324,7 @@ class UnixDut(Dut):
 
     def control(self, line, timeout=5):
         """One line on the board's control socket (pulses, inputs, relay?, clock) -> reply."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(os.path.join(self.dir, "control.sock"))
-            s.sendall(line.encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-        reply = data.decode().strip()
+        reply = control_request(self.dir, line, timeout)
         self.control_log.write("[%8.3f] %s -> %s\n" % (time.monotonic() - self.t0, line, reply))
         self.control_log.flush()
         return reply
