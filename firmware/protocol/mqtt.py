@@ -506,33 +506,60 @@ class PacketReader:
 
     def __init__(self, max_packet=MAX_PACKET):
         self.max_packet = max_packet
-        self._buf = bytearray()
+        self._buf = bytearray()  # a fixed header and whatever follows it in one read
+        # A packet longer than what has arrived gets one buffer of its final
+        # size: growing a bytearray read by read fragments a 128 KB heap until
+        # a 5 KB publish no longer finds a contiguous block.
+        self._pkt = None
+        self._fill = 0
+        self._start = 0
 
     @property
     def buffered(self):
         """Bytes held back waiting for the rest of a packet."""
-        return len(self._buf)
+        return len(self._buf) + self._fill
 
     def feed(self, data):
         """Add received bytes; return the list of packets completed by them (may be empty)."""
-        self._buf.extend(data)
         out = []
-        while self._buf:
+        pos = 0
+        while True:
+            pkt = self._pkt
+            if pkt is not None:
+                take = min(len(pkt) - self._fill, len(data) - pos)
+                pkt[self._fill:self._fill + take] = data[pos:pos + take]
+                self._fill += take
+                pos += take
+                if self._fill < len(pkt):
+                    return out
+                self._pkt = None
+                self._fill = 0
+                out.append(decode_packet(pkt[0], memoryview(pkt)[self._start:]))
+            if pos < len(data):
+                self._buf.extend(data[pos:] if pos else data)
+                pos = len(data)
+            if not self._buf:
+                return out
             buf = self._buf
             _check_first_byte(buf[0])
             head = decode_remaining_length(buf, 1)
             if head is None:
-                break
+                return out
             length, start = head
             end = start + length
             if end > self.max_packet:
                 raise MqttError("incoming %s of %d bytes exceeds max_packet %d" % (
                     _PACKET_NAMES[buf[0] >> 4], end, self.max_packet))
-            if len(buf) < end:
-                break
-            out.append(decode_packet(buf[0], memoryview(buf)[start:end]))
-            self._buf = buf[end:]
-        return out
+            if len(buf) >= end:
+                out.append(decode_packet(buf[0], memoryview(buf)[start:end]))
+                self._buf = buf[end:]
+                continue
+            pkt = bytearray(end)
+            pkt[0:len(buf)] = buf
+            self._pkt = pkt
+            self._fill = len(buf)
+            self._start = start
+            self._buf = bytearray()
 
 
 # ------------------------------------------------------------------ session

@@ -327,6 +327,22 @@ def test_reader_takes_a_multi_byte_length_split_inside_the_length():
     eq(len(got[0].payload), 16381)
 
 
+def test_reader_assembles_a_big_publish_from_read_sized_chunks_between_small_packets():
+    payload = bytes([(i * 7) & 0xFF for i in range(5000)])
+    stream = H("D0 00") + mqtt.encode_publish("a/b", payload, qos=1, packet_id=9) + H("90 03 00 01 01")
+    r = PacketReader()
+    got = []
+    held = []
+    for i in range(0, len(stream), 512):
+        got.extend(r.feed(stream[i:i + 512]))
+        held.append(r.buffered)
+    eq(kinds(got), ["Pingresp", "Publish", "Suback"])
+    eq(got[1].payload, payload)
+    eq(got[1].packet_id, 9)
+    eq(held[0], 510)  # 512 read, PINGRESP's 2 bytes decoded
+    eq(held[-1], 0)
+
+
 def test_reader_accepts_a_packet_of_exactly_max_packet_bytes():
     frame = mqtt.encode_publish("t", b"x" * 95)  # 2 header + 3 topic + 95 = 100 bytes
     eq(len(frame), 100)

@@ -32,6 +32,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 CLIENT_SCRIPT = r'''
 import sys
 sys.path.insert(0, %(root)r)
+if sys.implementation.name == "micropython":
+    sys.path.insert(0, %(mpy_root)r)  # compiled like on the meter: no parser in the heap
 import asyncio
 import hashlib
 import json
@@ -144,10 +146,28 @@ def interpreter(runtime, heapsize=None):
     return [exe, "-X", "heapsize=" + heapsize] if heapsize else [exe]
 
 
+MPY_MODULES = ("firmware/__init__.py", "firmware/app/__init__.py", "firmware/protocol/__init__.py",
+               "firmware/app/mqtt_client.py", "firmware/protocol/mqtt.py")
+
+
+@pytest.fixture(scope="module")
+def mpy_root(tmp_path_factory):
+    """The client's modules compiled by mpy-cross, as a meter image carries them."""
+    from tools.build import mpy_cross_command
+    dest = tmp_path_factory.mktemp("mpy")
+    for rel in MPY_MODULES:
+        target = dest / pathlib.Path(rel).with_suffix(".mpy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([mpy_cross_command(), "-o", str(target), "-s", rel, str(ROOT / rel)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    return dest
+
+
 @pytest.fixture
-def client_script(tmp_path):
+def client_script(tmp_path, mpy_root):
     path = tmp_path / "mqtt_client_script.py"
-    path.write_text(CLIENT_SCRIPT % {"root": str(ROOT)})
+    path.write_text(CLIENT_SCRIPT % {"root": str(ROOT), "mpy_root": str(mpy_root)})
     return path
 
 
@@ -249,8 +269,9 @@ def test_client_publishes_subscribes_and_receives_its_own_messages(
     watcher.publish(prefix + "/retained", b"tariff-v7", qos=1, retain=True)
     watcher.wait_for(1)
 
-    # 128 KB heap, the issue's memory budget: compiling both modules from
-    # source plus a 5 KB publish and its echo fit (measured: 112 KB does not)
+    # 128 KB heap, the issue's memory budget: both modules as .mpy (as on the
+    # meter) plus a 5 KB publish and its echo.  Measured on the 64-bit unix
+    # port: 112 KB passes, 96 KB does not.
     out = run_client(runtime, client_script, "roundtrip", host, port, prefix, heapsize="128k")[-1]
 
     eq_out = {"connack": [False, 0], "granted": [1], "pid": out["pid"], "error": "closed by client"}
