@@ -521,7 +521,7 @@ class PacketReader:
 
     def feed(self, data):
         """Add received bytes; return the list of packets completed by them (may be empty)."""
-        out = []
+        out: "list" = []
         pos = 0
         while True:
             pkt = self._pkt
