@@ -9,9 +9,10 @@ accelerated (default 1200x: a day in ~72 s).  A monitor task collects
 garbage every 100 ms and records the most live heap.
 
 Prints and writes ``bench/results/firmware_app.json``: peak heap after GC,
-time per metering/reporting cycle (mean, max), messages published, journal
-writes; and, with ``--bisect``, the smallest ``-X heapsize`` that survives a
-shorter span.
+the heap each imported module costs and what ``build_app`` adds, time per
+metering/reporting cycle (mean, max), messages published, journal writes;
+and, with ``--bisect``, the smallest ``-X heapsize`` that survives a shorter
+span.
 
     python bench/firmware_app.py [--heap 128k] [--factor 1200] [--seconds 86400] [--bisect]
 """
@@ -112,6 +113,13 @@ def main():
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(out, indent=2))
+    rom = out.get("romfs") or {}
+    if rom.get("heap_import_bytes_by_module"):
+        print("heap (ROMFS, bytes): before imports %d, imports %d, after build_app %d, peak %d" % (
+            rom["heap_before_imports_excl_image"], rom["heap_imports_bytes"],
+            rom["heap_after_build_excl_image"], rom["peak_heap_excl_image_bytes"]))
+        for name, n in sorted(rom["heap_import_bytes_by_module"].items(), key=lambda kv: -kv[1]):
+            print("    import %-32s %7d" % (name, n))
     res_dir = ROOT / "bench" / "results"
     res_dir.mkdir(exist_ok=True)
     (res_dir / "firmware_app.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -1,17 +1,21 @@
 """Benchmark: the meter's functional core for 30 days, inside MicroPython.
 
 Builds the firmware image exactly as a board gets it (mpy-cross bytecode,
-``tools/build.py``), then runs ``bench/mp/core_days.py`` inside
-``micropython -X heapsize=128k``: 30 days of 15-minute interval steps of the
-``Meter`` facade with a real file-backed two-slot journal, a UPI top-up every
-five days.  It prints and writes to ``bench/results/firmware_core.json``:
+``tools/build.py``), then runs ``bench/mp/core_days.py`` (compiled too, started
+by ``bench/mp/boot.py``) inside ``micropython -X heapsize=128k``: 30 days of
+15-minute interval steps of the ``Meter`` facade with a real file-backed
+two-slot journal, a UPI top-up every five days.  It prints and writes to
+``bench/results/firmware_core.json``:
 
 - peak heap: the most live heap after a collection (what must fit), and the
   most allocated between collections; plus the smallest ``-X heapsize`` that
   still runs a 3-day span (found by bisection) — the honest "does it fit"
   number;
 - microseconds per interval step (mean and max; includes the journal commit);
-- journal writes per day (flash wear).
+- journal writes per day (flash wear);
+- where the heap goes: the runtime baseline, each imported module, the
+  interned-string (qstr) pool, the validated config, the meter object, and the
+  transient headroom a journal commit needs (``heap_breakdown``).
 
 Targets (issue 3): peak heap <= 40 % of 128 KB, < 5 ms per step on the unix port.
 
@@ -42,32 +46,57 @@ def micropython():
     return exe
 
 
-def build_romfs(image, out):
-    """A ROMFS image of the .mpy folder, as ``mpremote romfs deploy`` puts on a board."""
+def build_romfs(image, out, extra=()):
+    """A ROMFS image of the .mpy folder, as ``mpremote romfs deploy`` puts on a board
+    (plus the ``extra`` files, e.g. a benchmark's compiled main module)."""
     exe = shutil.which("mpremote", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("mpremote")
     if not exe:
         raise SystemExit("mpremote not found: run ./dev setup")
     src = out.parent / "romfs-src"
     shutil.copytree(image / "firmware", src / "firmware")
     shutil.copytree(image / "boards", src / "boards")
+    for f in extra:
+        shutil.copy(f, src / pathlib.Path(f).name)
     subprocess.run([exe, "romfs", "--no-mpy", "-o", str(out), "build", str(src)],
                    check=True, capture_output=True, text=True)
     return out
 
 
+def compile_runner(dest):
+    """bench/mp/core_days.py as bytecode (a board runs its main program from flash too)."""
+    from tools.build import mpy_cross_command
+    src = ROOT / "bench" / "mp" / "core_days.py"
+    out = pathlib.Path(dest) / "core_days.mpy"
+    subprocess.run([mpy_cross_command(), "-o", str(out), "-s", "core_days.py", str(src)],
+                   check=True, capture_output=True, text=True)
+    shutil.copy(ROOT / "bench" / "mp" / "boot.py", pathlib.Path(dest) / "boot.py")
+    return out
+
+
+def parse_qstr(line):
+    """``qstr pool: n_pool=5, n_qstr=619, ...`` -> {"n_pool": 5, "n_qstr": 619, ...}."""
+    return {k.strip(): int(v) for k, v in (kv.split("=") for kv in line.split(":", 1)[1].split(","))}
+
+
 def run_core(image, days, heap, romfs=None):
     """One run; returns the parsed JSON line, or None when it ran out of memory."""
     with tempfile.TemporaryDirectory() as state:
-        cmd = [micropython(), "-X", "heapsize=%s" % heap, str(image / "core_days.py"), str(days), state]
+        cmd = [micropython(), "-X", "heapsize=%s" % heap, "boot.py", "core_days", str(days), state]
         if romfs:
-            cmd.append(str(romfs))
+            cmd += ["--romfs", str(romfs)]
+        # with ROMFS, start where no firmware files lie, so every module comes from the image
         proc = subprocess.run(cmd, cwd=romfs.parent if romfs else image,
                               capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         if "MemoryError" in proc.stdout + proc.stderr:
             return None
         raise SystemExit("benchmark run failed:\n%s\n%s" % (proc.stdout, proc.stderr))
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    res = json.loads(lines[-1])
+    pools = [parse_qstr(x) for x in lines if x.startswith("qstr pool:")]
+    if len(pools) == 3:
+        res["qstr_before_import"], res["qstr_after_import"], res["qstr_end"] = pools
+    return res
 
 
 def min_heap(image, romfs=None, days=3, lo=8 * 1024, hi=256 * 1024, step=1024):
@@ -101,6 +130,47 @@ def measure(image, days, heap, romfs, bisect):
     return res
 
 
+def breakdown(r, min_heap_excl_image=None):
+    """Where the heap goes (bytes), from one run's phase measurements."""
+    img = r["romfs_image_bytes"]
+    out = {
+        "runtime_baseline": r["heap_runtime_baseline"] - img,
+        "imports": r["heap_after_import"] - r["heap_runtime_baseline"],
+        "imports_by_module": r["heap_import_bytes_by_module"],
+        "config": r["heap_after_config"] - r["heap_after_import"],
+        "meter_and_journal": r["heap_after_meter"] - r["heap_after_config"],
+        "growth_while_running": r["heap_peak_live"] - r["heap_after_meter"],
+        "peak_live": r["heap_peak_live"] - img,
+    }
+    if min_heap_excl_image:
+        # transient garbage between collections and fragmentation: the commit's
+        # JSON text and record are the largest contiguous blocks
+        out["headroom_to_smallest_heap"] = min_heap_excl_image - out["peak_live"]
+    q0, q1 = r.get("qstr_before_import"), r.get("qstr_after_import")
+    if q0 and q1:
+        # part of "imports": names the modules intern (string bytes stay in ROM with ROMFS)
+        out["qstr_new"] = q1["n_qstr"] - q0["n_qstr"]
+        out["qstr_pool_bytes_new"] = q1["n_total_bytes"] - q0["n_total_bytes"]
+        # MicroPython allocates the qstr pool in doubling chunks: one qstr too many
+        # past a chunk costs a whole new chunk, so the count at the end matters
+        out["qstr_total_end"] = r["qstr_end"]["n_qstr"]
+        out["qstr_pools_end"] = r["qstr_end"]["n_pool"]
+    return out
+
+
+def print_breakdown(b):
+    print("heap breakdown (bytes, ROMFS):")
+    for key in ("runtime_baseline", "imports", "config", "meter_and_journal",
+                "growth_while_running", "peak_live", "headroom_to_smallest_heap"):
+        if key in b:
+            print("  %-28s %7d" % (key, b[key]))
+    for name, n in sorted(b["imports_by_module"].items(), key=lambda kv: -kv[1]):
+        print("    import %-28s %7d" % (name, n))
+    if "qstr_new" in b:
+        print("    (of which %d new qstrs, pool %d bytes; at the end %d qstrs in %d pools)" % (
+            b["qstr_new"], b["qstr_pool_bytes_new"], b["qstr_total_end"], b["qstr_pools_end"]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="example: python bench/firmware_core.py --days 30")
@@ -113,9 +183,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         image = pathlib.Path(tmp) / "image"
         files = build_image(image, log=lambda *_: None)
-        shutil.copy(ROOT / "bench" / "mp" / "core_days.py", image / "core_days.py")
-        romfs = build_romfs(image, pathlib.Path(tmp) / "romfs" / "urja.romfs")
-        shutil.copy(ROOT / "bench" / "mp" / "core_days.py", romfs.parent / "core_days.py")
+        runner = compile_runner(image)
+        romfs = build_romfs(image, pathlib.Path(tmp) / "romfs" / "urja.romfs", extra=[runner])
+        shutil.copy(image / "boot.py", romfs.parent / "boot.py")
         image_bytes = sum(f.stat().st_size for f in files)
         print("image: %d .mpy files, %d bytes; ROMFS image %d bytes" % (
             len(files), image_bytes, romfs.stat().st_size))
@@ -138,6 +208,7 @@ def main(argv=None):
     res = {
         "days": args.days, "heapsize": args.heap, "image_bytes": image_bytes,
         "modes": modes,
+        "heap_breakdown": breakdown(rom, rom.get("min_heap_excl_image")),
         "peak_heap_bytes": need,
         "peak_heap_share_of_128k": round(need / HEAP_LIMIT_BYTES, 3),
         "us_per_step_mean": rom["us_per_step_mean"],
@@ -151,6 +222,7 @@ def main(argv=None):
     res["meets_targets"] = (res["peak_heap_share_of_128k"] <= TARGET_HEAP_SHARE
                             and res["us_per_step_mean"] < TARGET_US_PER_STEP)
     fs = modes["filesystem"]
+    print_breakdown(res["heap_breakdown"])
     print("ROMFS / frozen (production): peak live heap %d bytes, smallest heap that runs %s bytes"
           % (rom["heap_peak_live_excl_image"], rom.get("min_heap_excl_image")))
     print("  -> peak heap %.1f %% of 128 KB (target <= %d %%)" % (

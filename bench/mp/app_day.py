@@ -19,7 +19,30 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
+# Heap per imported module, in dependency order, one at a time (what the app's
+# code and names cost before it runs; bench/firmware_app.py prints the list).
+MODULES = ("asyncio", "firmware.core.localtime", "firmware.core.auth", "firmware.core.credit",
+           "firmware.core.events", "firmware.core.metering", "firmware.core.tariff",
+           "firmware.core.journal", "firmware.core.meter", "boards.hal", "firmware.core.backoff",
+           "firmware.core.outbox", "firmware.protocol.crc16", "firmware.protocol.cbor",
+           "firmware.protocol.messages", "firmware.protocol.mqtt", "firmware.protocol.modbus",
+           "firmware.protocol.sdm", "firmware.protocol.hdlc", "firmware.protocol.dlms_data",
+           "firmware.protocol.dlms", "firmware.protocol.dlms_objects",
+           "firmware.protocol.dlms_client", "firmware.sts.acceptor", "firmware.app.health",
+           "firmware.app.uplink", "firmware.app.config", "firmware.app.readers",
+           "firmware.app.mqtt_client", "firmware.app.cli", "firmware.app.main")
+gc.collect()
+IMPORT_BASE = gc.mem_alloc()
+IMPORT_BYTES = {}
+_prev = IMPORT_BASE
+for _name in MODULES:
+    __import__(_name)
+    gc.collect()
+    IMPORT_BYTES[_name] = gc.mem_alloc() - _prev
+    _prev = gc.mem_alloc()
 from firmware.app import main as app_main  # noqa: E402
+gc.collect()
+IMPORTS_TOTAL = gc.mem_alloc() - IMPORT_BASE
 
 SPAN_S = int(sys.argv[2])
 
@@ -38,6 +61,9 @@ async def bench(app):
     gc.collect()
     print("@@BENCH " + json.dumps({
         "simulated_s": app.now() - start_t, "romfs_image_bytes": ROMFS_BYTES,
+        "heap_before_imports_excl_image": IMPORT_BASE - ROMFS_BYTES,
+        "heap_imports_bytes": IMPORTS_TOTAL, "heap_import_bytes_by_module": IMPORT_BYTES,
+        "heap_after_build_excl_image": AFTER_BUILD - ROMFS_BYTES,
         "peak_heap_excl_image_bytes": peak - ROMFS_BYTES, "wall_ms": time.ticks_diff(time.ticks_ms(), t0),
         "peak_heap_after_gc_bytes": peak, "heap_free_end_bytes": gc.mem_free(),
         "heap_total_bytes": gc.mem_free() + gc.mem_alloc(),
@@ -49,4 +75,7 @@ async def bench(app):
     sys.exit(0)
 
 
-asyncio.run(bench(app_main.build_app()))
+APP = app_main.build_app()
+gc.collect()
+AFTER_BUILD = gc.mem_alloc()
+asyncio.run(bench(APP))

@@ -1,32 +1,49 @@
-# Runs inside `micropython` (see bench/firmware_core.py):
-#   micropython -X heapsize=128k core_days.py DAYS STATE_DIR [ROMFS_IMAGE]
+# Runs inside `micropython` (see bench/firmware_core.py), started by boot.py as
+# bytecode (in place from a mounted ROMFS with --romfs, as from flash on a board):
+#   micropython -X heapsize=128k boot.py core_days DAYS STATE_DIR [--romfs IMAGE]
 # Simulates a meter for DAYS days of 15-minute interval steps with a real
-# file-backed journal and prints one JSON line of measurements.  With
-# ROMFS_IMAGE the firmware is imported from a mounted ROMFS (bytecode executed
-# in place, as from flash on a board); the image itself then occupies
-# ``romfs_image_bytes`` of this heap, which on a board is flash, not RAM.
+# file-backed journal and prints the qstr pool before and after the imports,
+# then one JSON line of measurements: heap per phase and per imported module
+# (``gc.mem_alloc`` after a collection; the ROMFS image, which a board keeps in
+# flash, is reported as ``romfs_image_bytes``).
 import gc
 import json
 import sys
 import time
 
-romfs_bytes = 0
-if len(sys.argv) > 3:
-    import vfs
-    with open(sys.argv[3], "rb") as f:
-        rom = f.read()
-    romfs_bytes = len(rom)
-    vfs.mount(vfs.VfsRom(rom), "/rom")
-    sys.path.insert(0, "/rom")
+import micropython
+
+ROMFS_BYTES = 0
+if "--romfs" in sys.argv:
+    import os
+    ROMFS_BYTES = os.stat(sys.argv[sys.argv.index("--romfs") + 1])[6]
+    del os
 gc.collect()
 base_alloc = gc.mem_alloc()
+micropython.qstr_info()
+
+# The modules the running meter needs, in dependency order, one at a time: the
+# heap each costs (bytecode stays in ROM; RAM holds functions, classes, tables,
+# the module dict and new interned names).
+MODULES = ("firmware.core.localtime", "firmware.core.auth", "firmware.core.credit",
+           "firmware.core.events", "firmware.core.metering", "firmware.core.tariff",
+           "firmware.core.journal", "firmware.core.meter", "boards.hal", "boards.unix.flash")
+import_bytes = {}
+prev = base_alloc
+for name in MODULES:
+    __import__(name)
+    gc.collect()
+    a = gc.mem_alloc()
+    import_bytes[name] = a - prev
+    prev = a
+micropython.qstr_info()
 
 from firmware.core import auth, journal, localtime  # noqa: E402
 from firmware.core.meter import EXAMPLE_CONFIG, Meter, MeterConfig  # noqa: E402
 from boards.unix.flash import FileSlots  # noqa: E402
 
-days = int(sys.argv[1])
-state_dir = sys.argv[2]
+days = int(sys.argv[2])
+state_dir = sys.argv[3]
 gc.collect()
 after_import = gc.mem_alloc()
 
@@ -36,6 +53,8 @@ HOURLY_W = (220, 200, 190, 190, 200, 320, 1400, 2100, 1600, 800, 600, 650,
 STEP_S = 900
 
 cfg = MeterConfig.from_dict(EXAMPLE_CONFIG)
+gc.collect()
+after_config = gc.mem_alloc()
 jr = journal.Journal(FileSlots(state_dir))
 meter = Meter(cfg, now=T0, journal=jr, opening_credit_paise=100000)
 gc.collect()
@@ -76,14 +95,17 @@ for i in range(1, steps + 1):
         if live > peak_live:
             peak_live = live
 
+micropython.qstr_info()
 st = meter.status()
 print(json.dumps({
     "days": days,
     "steps": steps,
     "heap_total": gc.mem_alloc() + gc.mem_free(),
-    "romfs_image_bytes": romfs_bytes,
+    "romfs_image_bytes": ROMFS_BYTES,
     "heap_runtime_baseline": base_alloc,
+    "heap_import_bytes_by_module": import_bytes,
     "heap_after_import": after_import,
+    "heap_after_config": after_config,
     "heap_after_meter": after_meter,
     "heap_peak_live": peak_live,
     "heap_peak_alloc": peak_alloc,

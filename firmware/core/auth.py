@@ -31,8 +31,8 @@ except ImportError:  # CPython
     def const(x):  # type: ignore
         return x
 
-BLOCK = const(64)  # SHA-256 block size in bytes (RFC 2104 "B")
-MAC_HEX_LEN = const(64)
+_BLOCK = const(64)  # SHA-256 block size in bytes (RFC 2104 "B")
+_MAC_HEX_LEN = const(64)
 PREFIX = b"URJA1|"  # version tag: a future format cannot collide with this one
 
 # Reason codes returned by DownlinkGuard.check (small ints for journals/uplinks).
@@ -68,14 +68,14 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     >>> hmac_sha256(b"Jefe", b"what do ya want for nothing?").hex()[:8]
     '5bdcc146'
     """
-    if len(key) > BLOCK:
+    if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
-    ipad = bytearray(BLOCK)
-    opad = bytearray(BLOCK)
+    ipad = bytearray(_BLOCK)
+    opad = bytearray(_BLOCK)
     for i in range(len(key)):
         ipad[i] = key[i]
         opad[i] = key[i]
-    for i in range(BLOCK):
+    for i in range(_BLOCK):
         ipad[i] ^= 0x36
         opad[i] ^= 0x5C
     inner = hashlib.sha256(ipad)
@@ -225,7 +225,7 @@ def _parse(cmd):
         return None
     if cmd["kind"] == TOPUP and not _topup_fields_ok(fields):
         return None
-    if not isinstance(mac_hex, str) or len(mac_hex) != MAC_HEX_LEN:
+    if not isinstance(mac_hex, str) or len(mac_hex) != _MAC_HEX_LEN:
         return None
     try:
         mac = binascii.unhexlify(mac_hex)

@@ -1,13 +1,13 @@
 """Prepaid credit state machine and load limiter: the only code that decides the relay.
 
 The credit machine is one transition table, ``CREDIT_TABLE``: rows
-``(from_state, guard_name, to_state)``.  After every input (``charge``,
-``topup``, ``tick``, ``power_sample``, ``remote``, ``reset_lockout``) the
-first row leaving the current state whose guard holds fires, and this
-repeats until no row fires (at most ``MAX_STEPS`` times).  Guards are small
-named predicates over the account and ``now`` (``GUARDS``).  The load
-limiter is a second, smaller table, ``LOAD_TABLE``.  The relay rule is the
-only one::
+``from_state, guard, to_state`` (three small ints a row, one flat tuple: it
+sits in a 128 KB heap).  After every input (``charge``, ``topup``, ``tick``,
+``power_sample``, ``remote``, ``reset_lockout``) the first row leaving the
+current state whose guard holds fires, and this repeats until no row fires
+(at most ``_MAX_STEPS`` times).  Guards are named conditions over the account
+and ``now``, evaluated by ``_guard``.  The load limiter is a second, smaller
+table, ``LOAD_TABLE``.  The relay rule is the only one::
 
     relay_closed == (state != DISCONNECTED and load_state == NORMAL and not remote_open)
 
@@ -85,9 +85,9 @@ EVENT_NAMES = {
     EV_STATE_CHANGED: "STATE_CHANGED", EV_LOAD_TRIP: "LOAD_TRIP", EV_LOAD_LOCKOUT: "LOAD_LOCKOUT",
 }
 
-NO_TIME = const(-1)  # "not set" for stored times; valid times are >= 0
-MAX_STEPS = const(6)  # longest legal chain is OK -> EMERGENCY -> DISCONNECT_PENDING -> DISCONNECTED
-PCT = const(100)
+_NO_TIME = const(-1)  # "not set" for stored times; valid times are >= 0
+_MAX_STEPS = const(6)  # longest legal chain is OK -> EMERGENCY -> DISCONNECT_PENDING -> DISCONNECTED
+_PCT = const(100)
 
 
 class CreditError(ValueError):
@@ -104,27 +104,29 @@ _BOOL = const(1)
 _INTS = const(2)
 _DATES = const(3)
 
-# (field, kind, default, lo, hi) in a fixed order (to_dict, error messages)
+# field, kind, default, lo, hi: five values a row, in a fixed order (to_dict,
+# error messages); one flat tuple, because every tuple costs heap
 _SPEC = (
-    ("low_credit_paise", _INT, 5000, 0, None),
-    ("emergency_enabled", _BOOL, True, None, None),
-    ("emergency_credit_paise", _INT, 5000, 0, None),
-    ("disconnect_grace_s", _INT, 0, 0, None),
-    ("friendly_start_s", _INT, 18 * 3600, 0, localtime.DAY_S - 1),
-    ("friendly_end_s", _INT, 8 * 3600, 0, localtime.DAY_S),
-    ("friendly_weekdays", _INTS, (localtime.SUNDAY,), 0, 6),
-    ("holidays", _DATES, (), None, None),
-    ("grace_days", _INT, 0, 0, 3660),
-    ("never_disconnect", _BOOL, False, None, None),
-    ("utc_offset_s", _INT, localtime.IST_OFFSET_S, -43200, 50400),
-    ("debt_recovery_pct", _INT, 25, 0, PCT),
-    ("warn_pct_of_last_topup", _INTS, (30, 10), 1, PCT),
-    ("load_limit_w", _INT, 0, 0, None),  # 0 = limiter off
-    ("overload_s", _INT, 60, 0, None),
-    ("reconnect_delay_s", _INT, 300, 0, None),
-    ("max_trips", _INT, 3, 1, None),
-    ("trip_window_s", _INT, 3600, 1, None),
+    "low_credit_paise", _INT, 5000, 0, None,
+    "emergency_enabled", _BOOL, True, None, None,
+    "emergency_credit_paise", _INT, 5000, 0, None,
+    "disconnect_grace_s", _INT, 0, 0, None,
+    "friendly_start_s", _INT, 18 * 3600, 0, localtime.DAY_S - 1,
+    "friendly_end_s", _INT, 8 * 3600, 0, localtime.DAY_S,
+    "friendly_weekdays", _INTS, (localtime.SUNDAY,), 0, 6,
+    "holidays", _DATES, (), None, None,
+    "grace_days", _INT, 0, 0, 3660,
+    "never_disconnect", _BOOL, False, None, None,
+    "utc_offset_s", _INT, localtime.IST_OFFSET_S, -43200, 50400,
+    "debt_recovery_pct", _INT, 25, 0, _PCT,
+    "warn_pct_of_last_topup", _INTS, (30, 10), 1, _PCT,
+    "load_limit_w", _INT, 0, 0, None,  # 0 = limiter off
+    "overload_s", _INT, 60, 0, None,
+    "reconnect_delay_s", _INT, 300, 0, None,
+    "max_trips", _INT, 3, 1, None,
+    "trip_window_s", _INT, 3600, 1, None,
 )
+_SPEC_ROW = const(5)
 
 
 def _is_int(x):
@@ -202,105 +204,93 @@ class CreditConfig:
         """Validate ``d`` (missing fields take defaults); raise CreditConfigError naming the field."""
         if not isinstance(d, dict):
             raise CreditConfigError("credit config: must be a dict, got %r" % (d,))
-        names = [s[0] for s in _SPEC]
+        names = [_SPEC[i] for i in range(0, len(_SPEC), _SPEC_ROW)]
         for k in d:
             if k not in names:
                 raise CreditConfigError("%s: unknown field" % (k,))
         v: dict = {}
-        for name, kind, default, lo, hi in _SPEC:
+        for i in range(0, len(_SPEC), _SPEC_ROW):
+            name, kind, default, lo, hi = _SPEC[i:i + _SPEC_ROW]
             v[name] = _check_field(name, kind, d.get(name, default), lo, hi)
         return cls(v)
 
     def to_dict(self):
         d = {}
-        for s in _SPEC:
-            x = getattr(self, s[0])
-            d[s[0]] = list(x) if isinstance(x, list) else x
+        for i in range(0, len(_SPEC), _SPEC_ROW):
+            name = str(_SPEC[i])
+            x = getattr(self, name)
+            d[name] = list(x) if isinstance(x, list) else x
         return d
 
 
-# --- guards: small named predicates over the account and now ---------------
-
-def _credit_above_low(a, now):
-    return a.available_paise > a.config.low_credit_paise
-
-
-def _credit_low(a, now):
-    return 0 < a.available_paise <= a.config.low_credit_paise
-
-
-def _exhausted_emergency_left(a, now):
-    return a.available_paise <= 0 and a.emergency_left()
+# --- guards: named conditions over the account and now ----------------------
+_CREDIT_ABOVE_LOW = const(0)  # available above the low-credit threshold
+_CREDIT_LOW = const(1)  # 0 < available <= threshold
+_EXHAUSTED_EMERGENCY_LEFT = const(2)  # available <= 0, emergency credit left
+_EXHAUSTED = const(3)  # available <= 0
+_EMERGENCY_SPENT = const(4)  # no emergency credit left (used up or disabled)
+_DISCONNECT_DUE = const(5)  # pending for the grace time and not friendly time
+_OVERLOAD_LOCKOUT = const(6)  # overload long enough, and this trip reaches max_trips
+_OVERLOAD = const(7)  # over the load limit for overload_s
+_RECONNECT_DUE = const(8)  # tripped for reconnect_delay_s
 
 
-def _exhausted(a, now):
-    return a.available_paise <= 0
+def _guard(a, g, now):
+    """True when guard ``g`` holds for account ``a`` at ``now``."""
+    if g == _CREDIT_ABOVE_LOW:
+        return a.available_paise > a.config.low_credit_paise
+    if g == _CREDIT_LOW:
+        return 0 < a.available_paise <= a.config.low_credit_paise
+    if g == _EXHAUSTED_EMERGENCY_LEFT:
+        return a.available_paise <= 0 and a.emergency_left()
+    if g == _EXHAUSTED:
+        return a.available_paise <= 0
+    if g == _EMERGENCY_SPENT:
+        return not a.emergency_left()
+    if g == _DISCONNECT_DUE:
+        return now >= a.pending_since + a.config.disconnect_grace_s and not a.friendly(now)
+    overload = a.over_since != _NO_TIME and now - a.over_since >= a.config.overload_s
+    if g == _OVERLOAD_LOCKOUT:
+        return overload and a.recent_trips(now) + 1 >= a.config.max_trips
+    if g == _OVERLOAD:
+        return overload
+    if g == _RECONNECT_DUE:
+        return now >= a.tripped_at + a.config.reconnect_delay_s
+    raise CreditError("no guard %r" % (g,))
 
-
-def _emergency_spent(a, now):
-    return not a.emergency_left()
-
-
-def _disconnect_due(a, now):
-    return now >= a.pending_since + a.config.disconnect_grace_s and not a.friendly(now)
-
-
-def _overload_lockout(a, now):
-    return _overload(a, now) and a.recent_trips(now) + 1 >= a.config.max_trips
-
-
-def _overload(a, now):
-    return a.over_since != NO_TIME and now - a.over_since >= a.config.overload_s
-
-
-def _reconnect_due(a, now):
-    return now >= a.tripped_at + a.config.reconnect_delay_s
-
-
-GUARDS = {
-    "credit_above_low": _credit_above_low,
-    "credit_low": _credit_low,
-    "exhausted_emergency_left": _exhausted_emergency_left,
-    "exhausted": _exhausted,
-    "emergency_spent": _emergency_spent,
-    "disconnect_due": _disconnect_due,
-    "overload_lockout": _overload_lockout,
-    "overload": _overload,
-    "reconnect_due": _reconnect_due,
-}
 
 # First matching row (in this order) wins.  There is deliberately no row
 # EMERGENCY -> DISCONNECTED: disconnection only ever follows DISCONNECT_PENDING.
 CREDIT_TABLE = (
     # from               guard                       to
-    (OK,                 "credit_low",               LOW),
-    (OK,                 "exhausted_emergency_left", EMERGENCY),
-    (OK,                 "exhausted",                DISCONNECT_PENDING),
-    (LOW,                "credit_above_low",         OK),
-    (LOW,                "exhausted_emergency_left", EMERGENCY),
-    (LOW,                "exhausted",                DISCONNECT_PENDING),
-    (EMERGENCY,          "credit_above_low",         OK),
-    (EMERGENCY,          "credit_low",               LOW),
-    (EMERGENCY,          "emergency_spent",          DISCONNECT_PENDING),
-    (DISCONNECT_PENDING, "credit_above_low",         OK),
-    (DISCONNECT_PENDING, "credit_low",               LOW),
-    (DISCONNECT_PENDING, "disconnect_due",           DISCONNECTED),
-    (DISCONNECTED,       "credit_above_low",         OK),
-    (DISCONNECTED,       "credit_low",               LOW),
+    OK,                  _CREDIT_LOW,                LOW,
+    OK,                  _EXHAUSTED_EMERGENCY_LEFT,  EMERGENCY,
+    OK,                  _EXHAUSTED,                 DISCONNECT_PENDING,
+    LOW,                 _CREDIT_ABOVE_LOW,          OK,
+    LOW,                 _EXHAUSTED_EMERGENCY_LEFT,  EMERGENCY,
+    LOW,                 _EXHAUSTED,                 DISCONNECT_PENDING,
+    EMERGENCY,           _CREDIT_ABOVE_LOW,          OK,
+    EMERGENCY,           _CREDIT_LOW,                LOW,
+    EMERGENCY,           _EMERGENCY_SPENT,           DISCONNECT_PENDING,
+    DISCONNECT_PENDING,  _CREDIT_ABOVE_LOW,          OK,
+    DISCONNECT_PENDING,  _CREDIT_LOW,                LOW,
+    DISCONNECT_PENDING,  _DISCONNECT_DUE,            DISCONNECTED,
+    DISCONNECTED,        _CREDIT_ABOVE_LOW,          OK,
+    DISCONNECTED,        _CREDIT_LOW,                LOW,
 )
 
 # LOCKED_OUT has no row: only reset_lockout() (a technician) leaves it.
 LOAD_TABLE = (
-    (NORMAL,  "overload_lockout", LOCKED_OUT),
-    (NORMAL,  "overload",         TRIPPED),
-    (TRIPPED, "reconnect_due",    NORMAL),
+    NORMAL,   _OVERLOAD_LOCKOUT,  LOCKED_OUT,
+    NORMAL,   _OVERLOAD,          TRIPPED,
+    TRIPPED,  _RECONNECT_DUE,     NORMAL,
 )
 
 
 def _next_state(table, state, acc, now):
-    for src, guard, dst in table:
-        if src == state and GUARDS[guard](acc, now):
-            return dst
+    for i in range(0, len(table), 3):
+        if table[i] == state and _guard(acc, table[i + 1], now):
+            return table[i + 2]
     return None
 
 
@@ -349,7 +339,7 @@ class CreditAccount:
         self.emergency_used_paise = 0
         self.debt_paise = debt_paise
         self.prepaid_since = prepaid_since
-        self.pending_since = NO_TIME
+        self.pending_since = _NO_TIME
         # The opening credit is the reference for %-warnings until the first top-up.
         self.last_topup_paise = credit_paise
         self.warned: list = []  # pcts warned since the last top-up; 0 = CREDIT_EXHAUSTED
@@ -359,8 +349,8 @@ class CreditAccount:
         self.total_credited = 0
         self.total_emergency_repaid = 0
         self.total_debt_recovered = 0
-        self.over_since = NO_TIME  # start of the current overload, NORMAL only
-        self.tripped_at = NO_TIME
+        self.over_since = _NO_TIME  # start of the current overload, NORMAL only
+        self.tripped_at = _NO_TIME
         self.trip_times: list = []  # trips inside trip_window_s, oldest first
         self.last_now = now
         self._events: list = []
@@ -430,7 +420,7 @@ class CreditAccount:
         self._begin(now)
         repaid = amount if amount < self.emergency_used_paise else self.emergency_used_paise
         left = amount - repaid
-        recovered = min(self.debt_paise, amount * self.config.debt_recovery_pct // PCT, left)
+        recovered = min(self.debt_paise, amount * self.config.debt_recovery_pct // _PCT, left)
         credited = left - recovered
         self.emergency_used_paise -= repaid
         self.debt_paise -= recovered
@@ -441,7 +431,7 @@ class CreditAccount:
         self.total_debt_recovered += recovered
         self.last_topup_paise = amount
         self.warned = []
-        self._emit(now, EV_TOPUP_APPLIED, amount)
+        self._events.append((now, EV_TOPUP_APPLIED, amount))
         self._settle(now)
         return credited, repaid, recovered
 
@@ -457,10 +447,10 @@ class CreditAccount:
         self._begin(now)
         limit = self.config.load_limit_w
         if self.load_state == NORMAL and limit and watts > limit:
-            if self.over_since == NO_TIME:
+            if self.over_since == _NO_TIME:
                 self.over_since = now
         else:
-            self.over_since = NO_TIME
+            self.over_since = _NO_TIME
         self._settle(now)
 
     def remote(self, connect, now):
@@ -496,14 +486,17 @@ class CreditAccount:
             return False
         self.load_state = NORMAL
         self.trip_times = []
-        self.tripped_at = NO_TIME
-        self.over_since = NO_TIME
+        self.tripped_at = _NO_TIME
+        self.over_since = _NO_TIME
         self._settle(now)
         return True
 
     def pop_events(self):
-        """Events since the last call, as a list of (t, code, value); clears them."""
+        """Events since the last call, as a list of (t, code, value) (an empty tuple when
+        there are none); clears them."""
         ev = self._events
+        if not ev:
+            return ()  # nothing new: no fresh list at every input (they pin the heap)
         self._events = []
         return ev
 
@@ -526,41 +519,38 @@ class CreditAccount:
             self.trip_times = [t if t <= now else now for t in self.trip_times]
         self.last_now = now
 
-    def _emit(self, now, code, value):
-        self._events.append((now, code, value))
-
     def _settle(self, now):
-        for _ in range(MAX_STEPS):
+        for _ in range(_MAX_STEPS):
             dst = _next_state(CREDIT_TABLE, self.state, self, now)
             if dst is None:
                 break
             self._enter(dst, now)
         else:
-            raise CreditError("credit table did not settle in %d steps" % MAX_STEPS)
-        for _ in range(MAX_STEPS):
+            raise CreditError("credit table did not settle in %d steps" % _MAX_STEPS)
+        for _ in range(_MAX_STEPS):
             dst = _next_state(LOAD_TABLE, self.load_state, self, now)
             if dst is None:
                 break
             self._enter_load(dst, now)
         else:
-            raise CreditError("load table did not settle in %d steps" % MAX_STEPS)
+            raise CreditError("load table did not settle in %d steps" % _MAX_STEPS)
         self._warn(now)
         closed = self.relay_closed
         if closed != self._relay_was_closed:
             self._relay_was_closed = closed
-            self._emit(now, EV_RELAY_CLOSED if closed else EV_RELAY_OPENED, 0)
+            self._events.append((now, EV_RELAY_CLOSED if closed else EV_RELAY_OPENED, 0))
 
     def _enter(self, dst, now):
         self.state = dst
-        self.pending_since = now if dst == DISCONNECT_PENDING else NO_TIME
-        self._emit(now, EV_STATE_CHANGED, dst)
+        self.pending_since = now if dst == DISCONNECT_PENDING else _NO_TIME
+        self._events.append((now, EV_STATE_CHANGED, dst))
         if dst == EMERGENCY:
-            self._emit(now, EV_EMERGENCY_STARTED, self.config.emergency_credit_paise)
+            self._events.append((now, EV_EMERGENCY_STARTED, self.config.emergency_credit_paise))
 
     def _enter_load(self, dst, now):
-        self.over_since = NO_TIME
+        self.over_since = _NO_TIME
         if dst == NORMAL:
-            self.tripped_at = NO_TIME
+            self.tripped_at = _NO_TIME
             self.load_state = dst
             return
         w = self.config.trip_window_s
@@ -568,21 +558,21 @@ class CreditAccount:
         self.tripped_at = now
         self.load_state = dst
         n = len(self.trip_times)
-        self._emit(now, EV_LOAD_TRIP, n)
+        self._events.append((now, EV_LOAD_TRIP, n))
         if dst == LOCKED_OUT:
-            self._emit(now, EV_LOAD_LOCKOUT, n)
+            self._events.append((now, EV_LOAD_LOCKOUT, n))
 
     def _warn(self, now):
         avail = self.available_paise
         ref = self.last_topup_paise
         for pct in self.config.warn_pct_of_last_topup:
             # avail <= pct % of ref, exactly in integers
-            if ref > 0 and avail * PCT <= pct * ref and pct not in self.warned:
+            if ref > 0 and avail * _PCT <= pct * ref and pct not in self.warned:
                 self.warned.append(pct)
-                self._emit(now, EV_LOW_CREDIT_WARNING, pct)
+                self._events.append((now, EV_LOW_CREDIT_WARNING, pct))
         if avail <= 0 and 0 not in self.warned:
             self.warned.append(0)
-            self._emit(now, EV_CREDIT_EXHAUSTED, avail)
+            self._events.append((now, EV_CREDIT_EXHAUSTED, avail))
 
     # --- journal ----------------------------------------------------------
     def to_state(self):

@@ -52,6 +52,12 @@ REGISTER_DECREASE = const(20)
 CLOCK_SET = const(21)
 JOURNAL_RESTORED = const(22)
 EVENTS_LOST = const(23)  # synthetic: value = number of events overwritten before delivery
+READ_FAILED = const(24)  # an external meter stopped answering: value = link (READ_LINK_*)
+READ_RESTORED = const(25)  # it answers again: value = link
+FW_CONFIRMED = const(26)  # a new firmware image booted and confirmed: value = version code
+FW_ROLLED_BACK = const(27)  # a new image did not confirm; the old one runs: value = its version code
+READ_LINK_MODBUS = const(1)
+READ_LINK_DLMS = const(2)
 
 NAMES = {
     POWER_FAIL: "POWER_FAIL",
@@ -77,6 +83,10 @@ NAMES = {
     CLOCK_SET: "CLOCK_SET",
     JOURNAL_RESTORED: "JOURNAL_RESTORED",
     EVENTS_LOST: "EVENTS_LOST",
+    READ_FAILED: "READ_FAILED",
+    READ_RESTORED: "READ_RESTORED",
+    FW_CONFIRMED: "FW_CONFIRMED",
+    FW_ROLLED_BACK: "FW_ROLLED_BACK",
 }
 
 T_MAX = 0xFFFFFFFF  # unsigned 32-bit seconds: good until 2106
@@ -169,6 +179,31 @@ class EventLog:
             out.append((self._oldest() - 1, self._lost_t, EVENTS_LOST, missing))
         seq = max(self._acked + 1, self._oldest())
         while seq < self._next and len(out) < limit:
+            pos = (seq - 1) % self.capacity
+            out.append((seq, self._t[pos], self._code[pos], self._value[pos]))
+            seq += 1
+        return out
+
+    def recent(self, n: int = 16) -> "list[tuple]":
+        """The newest ``n`` events still in the ring, delivered or not, oldest first.
+
+        For display (the CLI ``events`` command, a technician's view): unlike
+        ``pending`` it ignores acknowledgement and never adds the EVENTS_LOST
+        marker.  After a restart the ring holds only what the journal kept
+        (the undelivered events).
+
+        >>> log = EventLog(capacity=4)
+        >>> for t in (10, 20, 30):
+        ...     _ = log.append(t, COVER_OPEN)
+        >>> log.ack(3); log.recent(2)
+        3
+        [(2, 20, 3, 0), (3, 30, 3, 0)]
+        """
+        out = []  # type: list[tuple]
+        if not _is_int(n) or n <= 0:
+            return out
+        seq = max(self._oldest(), self._next - n)
+        while seq < self._next:
             pos = (seq - 1) % self.capacity
             out.append((seq, self._t[pos], self._code[pos], self._value[pos]))
             seq += 1

@@ -22,7 +22,10 @@ whole (with erased 0xFF tail) still parses.
 b'{"balance_paise": 50000}'
 """
 import binascii
+import io
+import json
 import struct
+import sys
 
 try:
     from micropython import const
@@ -34,19 +37,22 @@ MAGIC = b"UJ"
 VERSION = const(1)
 _HEADER_FMT = ">BII"  # version, sequence, payload length (after the magic)
 HEADER_LEN = const(11)  # 2 magic + 1 version + 4 sequence + 4 length
-CRC_LEN = const(4)
-RECORD_OVERHEAD = const(15)  # HEADER_LEN + CRC_LEN
+_CRC_LEN = const(4)
+RECORD_OVERHEAD = const(15)  # HEADER_LEN + _CRC_LEN
 
 SEQ_MOD = 1 << 32
 _SEQ_HALF = 1 << 31
 DAY_S = const(86400)
 
-DEFAULT_MAX_PAYLOAD = const(4096)
+# MicroPython's json.dump writes bytes straight into an io.BytesIO (CPython's writes str)
+_JSON_INTO_BYTES = sys.implementation.name == "micropython"
+
+_DEFAULT_MAX_PAYLOAD = const(4096)
 # ESP32 NVS wear, rough: a 24 KiB partition is 6 pages of 126 32-byte entries
 # (one page kept free for garbage collection, so 5 usable), flash endures about
 # 100,000 erases a page.  A 1 KiB record costs about 33 entries, so over 10
 # years: 5 * 100000 * 126 / 33 / 3650 = 523 records a day.  Budget a bit below.
-DEFAULT_WRITES_PER_DAY_BUDGET = const(480)
+_DEFAULT_WRITES_PER_DAY_BUDGET = const(480)
 
 # Why a slot's record was rejected (small int codes, names for logs).
 SLOT_VALID = const(0)
@@ -72,11 +78,22 @@ def seq_newer(a, b):
     return 0 < d < _SEQ_HALF
 
 
+def _seal(buf, seq, n):
+    """Write header and CRC around the ``n`` payload bytes already at ``buf[HEADER_LEN:]``."""
+    end = HEADER_LEN + n
+    buf[0:2] = MAGIC
+    struct.pack_into(_HEADER_FMT, buf, 2, VERSION, seq % SEQ_MOD, n)
+    struct.pack_into(">I", buf, end, binascii.crc32(memoryview(buf)[0:end]) & 0xFFFFFFFF)
+    return end + _CRC_LEN
+
+
 def encode_record(seq, payload):
-    """The bytes of one record holding ``payload`` with sequence ``seq``."""
-    header = MAGIC + struct.pack(_HEADER_FMT, VERSION, seq % SEQ_MOD, len(payload))
-    crc = binascii.crc32(payload, binascii.crc32(header)) & 0xFFFFFFFF
-    return header + bytes(payload) + struct.pack(">I", crc)
+    """The bytes of one record holding ``payload`` with sequence ``seq`` (a bytearray)."""
+    n = len(payload)
+    rec = bytearray(n + RECORD_OVERHEAD)
+    rec[HEADER_LEN:HEADER_LEN + n] = payload
+    _seal(rec, seq, n)
+    return rec
 
 
 def decode_record(data):
@@ -95,7 +112,7 @@ def decode_record(data):
     if version != VERSION:
         return SLOT_BAD_VERSION, seq, None
     end = HEADER_LEN + length
-    if end + CRC_LEN > len(data):
+    if end + _CRC_LEN > len(data):
         return SLOT_SHORT, seq, None
     view = memoryview(data)
     want = struct.unpack_from(">I", data, end)[0]
@@ -116,7 +133,7 @@ class WearCounter:
     (3, 3, True)
     """
 
-    def __init__(self, budget_per_day=DEFAULT_WRITES_PER_DAY_BUDGET):
+    def __init__(self, budget_per_day=_DEFAULT_WRITES_PER_DAY_BUDGET):
         self.budget_per_day = budget_per_day
         self.day = None  # UTC day number (now // 86400) that ``today`` counts
         self.today = 0
@@ -165,10 +182,15 @@ class Journal:
     >>> j = Journal(storage, max_payload=2048)
     >>> state = j.load() or b"{}"
     >>> seq = j.commit(state, now=1795737600)
+    >>> seq = j.commit_members(iter([("balance_paise", 50000)]), now=1795737660)
+
+    ``commit_members`` (the meter's state, every interval) reuses one record
+    buffer and, on MicroPython, one JSON buffer: ``storage.write`` gets a view
+    that is valid during the call only.
     """
 
-    def __init__(self, storage, max_payload=DEFAULT_MAX_PAYLOAD,
-                 writes_per_day_budget=DEFAULT_WRITES_PER_DAY_BUDGET):
+    def __init__(self, storage, max_payload=_DEFAULT_MAX_PAYLOAD,
+                 writes_per_day_budget=_DEFAULT_WRITES_PER_DAY_BUDGET):
         self.storage = storage
         self.max_payload = max_payload
         self.wear = WearCounter(writes_per_day_budget)
@@ -176,6 +198,9 @@ class Journal:
         self.sequence = 0
         self.slot_reasons = [SLOT_EMPTY, SLOT_EMPTY]
         self._loaded = False
+        self._buf = None  # the record buffer commit_members reuses
+        self._json = None  # io.BytesIO that commit_members writes into (MicroPython)
+        self._json_cap = 0
 
     def load(self):
         """Payload of the newest valid record, or None when neither slot holds one."""
@@ -193,21 +218,81 @@ class Journal:
         return payload
 
     def commit(self, payload, now):
-        """Write ``payload`` as the new newest record; returns its sequence number.
+        """Write ``payload`` (bytes-like) as the new newest record; returns its sequence number.
 
         The write goes to the slot not holding the newest valid record.  If the
         storage raises, the journal still points at the previous record.
         """
-        if not isinstance(payload, (bytes, bytearray)):
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise JournalError("journal payload must be bytes, got %s" % type(payload).__name__)
-        if len(payload) > self.max_payload:
+        n = len(payload)
+        self._check_size(n)
+        # a record of its own (commit_members keeps a buffer for frequent commits)
+        buf = bytearray(n + RECORD_OVERHEAD)
+        buf[HEADER_LEN:HEADER_LEN + n] = payload
+        return self._write(buf, n, now)
+
+    def commit_members(self, members, now):
+        """``commit`` a JSON object made of the ``(name, value)`` pairs of the iterable
+        ``members``, written one at a time (a generator need hold only one
+        value's data at once); returns the sequence.
+
+        >>> seq = j.commit_members(iter([("a", 1), ("b", [2])]), now)  # holds {"a": 1, "b": [2]}
+        """
+        if not _JSON_INTO_BYTES:
+            text = "{%s}" % ", ".join("%s: %s" % (json.dumps(k), json.dumps(v)) for k, v in members)
+            return self.commit(text.encode(), now)
+        # MicroPython: the text goes into a reused buffer instead of a new string of
+        # the record's size at every commit: in a 128 KB heap, finding that much
+        # contiguous room is what fails first
+        out = self._json
+        if out is None:
+            out = self._json = io.BytesIO(self._json_cap or 1024)
+        out.seek(0)
+        out.write(b"{")
+        sep = b""
+        for k, v in members:
+            out.write(sep)
+            json.dump(k, out)
+            out.write(b": ")
+            json.dump(v, out)
+            sep = b", "
+        out.write(b"}")
+        n = out.tell()
+        if n > self._json_cap:
+            # it outgrew its buffer (a BytesIO grows in small steps): a fresh one
+            # next time, with room to spare
+            self._json_cap = (n + 511) & ~255
+            self._json = None
+        buf = self._room(n)
+        out.seek(0)
+        out.readinto(memoryview(buf)[HEADER_LEN:HEADER_LEN + n])
+        return self._write(buf, n, now)
+
+    def _check_size(self, n):
+        if n > self.max_payload:
             raise JournalError("journal payload of %d bytes exceeds the %d-byte limit"
-                               % (len(payload), self.max_payload))
+                               % (n, self.max_payload))
+
+    def _room(self, n) -> bytearray:
+        """The reused record buffer, checked and grown for an ``n``-byte payload."""
+        self._check_size(n)
+        if self._buf is None or len(self._buf) < n + RECORD_OVERHEAD:
+            # with 256..511 bytes to spare: a state that grows a little (events, top-up ids)
+            # does not need a new contiguous block at every commit; the old buffer
+            # is let go first, so the collector may reuse its room
+            self._buf = None
+            self._buf = bytearray((n + RECORD_OVERHEAD + 511) & ~255)
+        return self._buf
+
+    def _write(self, buf, n, now):
+        """Seal the ``n``-byte payload in record buffer ``buf`` and write it to the older slot."""
         if not self._loaded:
             self.load()  # must know which slot is newest before overwriting one
         target = 0 if self.slot is None else 1 - self.slot
         seq = (self.sequence + 1) % SEQ_MOD
-        self.storage.write(target, encode_record(seq, payload))
+        # ``storage.write`` gets a view of the reused buffer, valid during the call
+        self.storage.write(target, memoryview(buf)[0:_seal(buf, seq, n)])
         self.wear.record(now)
         self.slot, self.sequence = target, seq
         self.slot_reasons[target] = SLOT_VALID

@@ -13,9 +13,7 @@ Howard Hinnant's days<->civil algorithms, in pure integer maths.
 IST_OFFSET_S = 19800  # +05:30
 DAY_S = 86400
 
-MONDAY = 0
-SATURDAY = 5
-SUNDAY = 6
+SUNDAY = 6  # weekday numbers: Monday 0 .. Sunday 6
 
 
 def days_from_civil(year, month, day):

@@ -29,25 +29,13 @@ import json
 from firmware.core import auth, credit, events, localtime, metering, tariff
 
 
-def _sts():
-    """The STS acceptor, imported only by meters that take tokens: its code
-    costs heap, and most meters here are topped up over MQTT."""
-    from firmware.sts import acceptor
-    return acceptor
-
-
-def _sts_tid():
-    from firmware.sts import tid
-    return tid
-
-
 try:
     from micropython import const
 except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]
         return x
 
-STATE_FORMAT = const(1)
+_STATE_FORMAT = const(1)
 
 # Results of apply_command beyond the authentication reasons (auth.OK .. auth.MALFORMED).
 REFUSED = const(7)  # authentic but not allowed now (e.g. remote disconnect in friendly hours)
@@ -57,19 +45,48 @@ RESULT_NAMES = dict(auth.REASON_NAMES)
 RESULT_NAMES[REFUSED] = "REFUSED"
 RESULT_NAMES[UNKNOWN_KIND] = "UNKNOWN_KIND"
 RESULT_NAMES[BAD_VALUE] = "BAD_VALUE"
+MAX_BACKFILL_SPAN = const(10000)  # sequence numbers one backfill command may ask for
+CLOCK_EPOCH_T = const(1767225600)  # 2026-01-01 00:00 UTC: no clock this firmware runs on is older
+MAX_CLOCK_STEP_S = const(86400)  # a ``time`` command may move the clock this far unless forced
 
-# Credit-machine events -> event-log codes (the log is what the head-end sees).
-_CREDIT_TO_EVENT = {
-    credit.EV_RELAY_OPENED: events.RELAY_OPENED,
-    credit.EV_RELAY_CLOSED: events.RELAY_CLOSED,
-    credit.EV_LOW_CREDIT_WARNING: events.LOW_CREDIT_WARNING,
-    credit.EV_CREDIT_EXHAUSTED: events.CREDIT_EXHAUSTED,
-    credit.EV_EMERGENCY_STARTED: events.EMERGENCY_STARTED,
-    credit.EV_STATE_CHANGED: events.CREDIT_STATE,
-    credit.EV_LOAD_TRIP: events.LOAD_TRIP,
-    credit.EV_LOAD_LOCKOUT: events.LOAD_LOCKOUT,
-    credit.EV_TOPUP_APPLIED: events.TOPUP_APPLIED,
-}
+
+def backfill_range(fields):
+    """(first_s, last_s) of a ``backfill`` command's fields ``[id, first_s, last_s]``, or None.
+
+    None (BAD_VALUE) unless both are ints >= 0, ``first_s <= last_s`` and the
+    range spans at most ``MAX_BACKFILL_SPAN`` sequence numbers.  The meter
+    core only checks and journals the command; the app re-publishes.
+
+    >>> backfill_range(["BF-1", 40, 49])
+    (40, 49)
+    """
+    if not isinstance(fields, list) or len(fields) != 3:
+        return None
+    first, last = fields[1], fields[2]
+    for v in (first, last):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None
+    if first > last or last - first + 1 > MAX_BACKFILL_SPAN:
+        return None
+    return first, last
+
+
+def clock_sync_time(fields):
+    """The UTC second a ``time`` command's fields ``[id, utc_s]`` / ``[id, utc_s, "force"]``
+    set the clock to, or None (BAD_VALUE): not an int, before ``CLOCK_EPOCH_T`` or past 2106.
+
+    >>> clock_sync_time(["TS-1", 1795753800])
+    1795753800
+    """
+    if not isinstance(fields, list) or not 2 <= len(fields) <= 3:
+        return None
+    if len(fields) == 3 and fields[2] != "force":
+        return None
+    t = fields[1]
+    if not isinstance(t, int) or isinstance(t, bool) or t < CLOCK_EPOCH_T or t > events.T_MAX:
+        return None
+    return t
+
 
 EXAMPLE_CONFIG = {
     "meter_id": "UJ-DEMO-0001",
@@ -96,43 +113,12 @@ def _need_int(d, name, default, lo, hi):
 
 
 def _sts_config(d):
-    """Validated STS block, or None when offline tokens are not configured.
-
-    {"key_hex": 16 hex digits (decoder key), "krn": 1, "key_type": 2, "ken": 255,
-     "ti": 1, "tables": "production"|"sample",
-     "paise_per_unit": price of one kWh (water: kL, gas: SCM) used to turn a
-                       token's energy into money credit; the vending side uses the same price,
-     "base_year": 1993|2014 (default 2014: the 1993 base rolled over on 2024-11-24),
-     "tid_tolerance_min": how far past the meter's clock a TID may be (default 7 days)}
-    """
+    """Validated STS block (``firmware.sts.meter_tokens.config``), or None when
+    offline tokens are not configured."""
     if d is None:
         return None
-    if not isinstance(d, dict):
-        raise MeterConfigError("sts: must be a mapping")
-    key = d.get("key_hex")
-    if not isinstance(key, str) or len(key) != 16:
-        raise MeterConfigError("sts.key_hex: the decoder key is 16 hex digits")
-    try:
-        key_int = int(key, 16)
-    except ValueError:
-        raise MeterConfigError("sts.key_hex: must be hex digits")
-    out = {"key": key_int,
-           "krn": _need_int(d, "krn", 1, 0, 15),
-           "key_type": _need_int(d, "key_type", 2, 0, 3),
-           "ken": _need_int(d, "ken", 255, 0, 255),
-           "ti": _need_int(d, "ti", 1, 0, 99),
-           "paise_per_unit": _need_int(d, "paise_per_unit", 0, 1, 10 ** 7)}
-    tables = d.get("tables", "production")
-    if tables not in ("production", "sample"):
-        raise MeterConfigError("sts.tables: production or sample")
-    out["tables"] = tables
-    base_year = d.get("base_year", 2014)
-    sts_tid = _sts_tid()
-    if base_year not in sts_tid.BASES or isinstance(base_year, bool):
-        raise MeterConfigError("sts.base_year: 1993 or 2014")
-    out["base_utc"] = sts_tid.BASES[base_year]
-    out["tid_tolerance_min"] = _need_int(d, "tid_tolerance_min", 7 * 1440, 0, 366 * 1440)
-    return out
+    from firmware.sts import meter_tokens
+    return meter_tokens.config(d)
 
 
 def sts_credit_paise(quantity, paise_per_unit, unit_size=1000):
@@ -206,6 +192,8 @@ class MeterConfig:
 class Meter:
     """The meter's whole functional state; see the module docstring."""
 
+    max_clock_step_s = MAX_CLOCK_STEP_S  # the app sets its configured limit (``time`` command)
+
     def __init__(self, config, now, journal=None, opening_credit_paise=0, opening_debt_paise=0):
         self.config = config
         self.journal = journal
@@ -235,7 +223,7 @@ class Meter:
         self.tokens = None
         if c.sts is not None:
             st = c.sts
-            sts = _sts()
+            from firmware.sts import acceptor as sts  # only meters that take tokens
             self.tokens = sts.Acceptor(st["key"], st["krn"], st["key_type"], st["ken"], st["ti"])
             if st["tables"] == "sample":
                 self.tokens = sts.Acceptor.from_state(dict(self.tokens.to_state(), tables="sample"))
@@ -247,7 +235,7 @@ class Meter:
         self.profile.add_sample(now, 0)
 
     def _restore(self, s):
-        if s.get("format") != STATE_FORMAT:
+        if s.get("format") != _STATE_FORMAT:
             raise ValueError("journal state format %r not understood" % (s.get("format"),))
         c = self.config
         self.pulses = metering.PulseRegister.from_state(s["pulses"])
@@ -259,32 +247,38 @@ class Meter:
         self.account = credit.CreditAccount.from_state(c.credit, s["credit"])
         self.guard = auth.DownlinkGuard.from_state(s["guard"])
         self.log = events.EventLog.from_state(s["events"])
-        self.tokens = _sts().Acceptor.from_state(s["tokens"]) if s.get("tokens") else None
+        self.tokens = None
+        if s.get("tokens"):
+            from firmware.sts import acceptor  # only meters that take tokens
+            self.tokens = acceptor.Acceptor.from_state(s["tokens"])
         self.charged_units = s["charged_units"]
         self.last_step_t = s["last_step_t"]
         self.power_w = 0
 
     def to_state(self):
         """Everything the meter must remember across a power cut, as JSON-able data."""
-        return {
-            "format": STATE_FORMAT,
-            "pulses": self.pulses.to_state(),
-            "profile": self.profile.to_state(),
-            "md": self.md.to_state(),
-            "billing": self.billing.to_state(),
-            "schedule": self.schedule.to_state(),
-            "biller": self.biller.to_state(),
-            "credit": self.account.to_state(),
-            "guard": self.guard.to_state(),
-            "events": self.log.to_state(),
-            "tokens": self.tokens.to_state() if self.tokens is not None else None,
-            "charged_units": self.charged_units,
-            "last_step_t": self.last_step_t,
-        }
+        return dict(self._state_members())
+
+    def _state_members(self):
+        # One member at a time, so a commit holds one part's data, not all of it
+        # (``Journal.commit_members``); ``to_state`` is the same as one dict.
+        yield "format", _STATE_FORMAT
+        yield "pulses", self.pulses.to_state()
+        yield "profile", self.profile.to_state()
+        yield "md", self.md.to_state()
+        yield "billing", self.billing.to_state()
+        yield "schedule", self.schedule.to_state()
+        yield "biller", self.biller.to_state()
+        yield "credit", self.account.to_state()
+        yield "guard", self.guard.to_state()
+        yield "events", self.log.to_state()
+        yield "tokens", self.tokens.to_state() if self.tokens is not None else None
+        yield "charged_units", self.charged_units
+        yield "last_step_t", self.last_step_t
 
     def _commit(self, now):
         if self.journal is not None:
-            self.journal.commit(json.dumps(self.to_state()).encode(), now)
+            self.journal.commit_members(self._state_members(), now)
             self.commits += 1
 
     # -- inputs ---------------------------------------------------------
@@ -352,7 +346,7 @@ class Meter:
             self._commit(now)
         return out
 
-    def apply_command(self, cmd, now):
+    def apply_command(self, cmd, now, act=None):
         """Authenticate and apply one downlink command exactly once.
 
         Returns ``(result, detail)``: result ``auth.OK`` when applied, else an
@@ -360,6 +354,11 @@ class Meter:
         (names in ``RESULT_NAMES``).  A REPLAYED command was applied before:
         the head-end treats its ack as delivered.  State is untouched on any
         rejection.
+
+        ``act(kind, fields, now)`` (optional) applies kinds the core does not
+        know (the app's ``ota``, ``ota_chunk``) once the command is authentic:
+        it returns ``(result, detail)``, or None for a kind it does not know
+        either.  Only an OK result is journaled with the command's counter.
         """
         reason = self.guard.check(self.config.key, cmd, now)
         kind = cmd.get("kind") if isinstance(cmd, dict) else None
@@ -390,8 +389,33 @@ class Meter:
         elif kind == "reset_lockout":
             self.account.reset_lockout(now)
             detail = "load limiter reset"
+        elif kind == "backfill":
+            span = backfill_range(fields)
+            if span is None:
+                return BAD_VALUE, "backfill: [id, first_s, last_s], first <= last, span <= %d" % (
+                    MAX_BACKFILL_SPAN)
+            detail = "backfill %d..%d" % span
+        elif kind == "time":
+            new_t = clock_sync_time(fields)
+            if new_t is None:
+                return BAD_VALUE, "time: [id, utc_s] or [id, utc_s, \"force\"], utc_s >= %d" % (
+                    CLOCK_EPOCH_T)
+            step = new_t - now
+            forced = len(fields) == 3
+            # an unset clock (before the epoch) may be set to anything the check above allows
+            if not forced and now >= CLOCK_EPOCH_T and abs(step) > self.max_clock_step_s:
+                return BAD_VALUE, "time: step %d s exceeds %d s (send with \"force\")" % (
+                    step, self.max_clock_step_s)
+            self.log.append(now, events.CLOCK_SET,
+                            max(events.VALUE_MIN, min(events.VALUE_MAX, step)))
+            detail = "clock %d step %d" % (new_t, step)
         else:
-            return UNKNOWN_KIND, "unknown command kind %r" % (kind,)
+            done = act(kind, fields, now) if act is not None else None
+            if done is None:
+                return UNKNOWN_KIND, "unknown command kind %r" % (kind,)
+            result, detail = done
+            if result != auth.OK:
+                return result, detail
         self.guard.accept(cmd)
         self._after_credit_change(now, commit=False)
         self._commit(now)
@@ -407,34 +431,8 @@ class Meter:
         now.  A rejected token changes nothing but the event log
         (TOPUP_REJECTED, value 100 + reason).
         """
-        sts = _sts()
-        if self.tokens is None:
-            return sts.UNSUPPORTED, "STS tokens are not configured on this meter"
-        st = self.config.sts
-        # FUTURE guard: a mistyped token that passes the CRC carries a random TID,
-        # usually later than any token vended by now (firmware/sts/tid.py)
-        limit = _sts_tid().max_tid(now, st["base_utc"], 0, st["tid_tolerance_min"])
-        result = self.tokens.accept(digits, max_tid=limit)
-        if result.ok and result.unit in ("Wh", "L"):
-            paise = sts_credit_paise(result.quantity, self.config.sts["paise_per_unit"])
-            if result.kind != self.config.service or paise <= 0:
-                # a water token on an electricity meter would credit at the wrong price
-                result = sts.Result(sts.UNSUPPORTED, result.token, result.kind)
-            else:
-                self.account.topup(paise, now)
-                self.tokens.commit(result)
-                self._after_credit_change(now, commit=False)
-                self._commit(now)
-                return sts.ACCEPTED, "%s token: %d %s = %d paise" % (
-                    result.kind, result.quantity, result.unit, paise)
-        elif result.ok and result.kind.startswith("key_change"):
-            self.tokens.commit(result)
-            self._commit(now)
-            return sts.ACCEPTED, result.kind
-        elif result.ok:
-            result = sts.Result(sts.UNSUPPORTED, result.token, result.kind)
-        self.log.append(now, events.TOPUP_REJECTED, 100 + result.reason)
-        return result.reason, sts.REASON_NAMES[result.reason]
+        from firmware.sts import meter_tokens  # only meters that take tokens load it
+        return meter_tokens.apply(self, digits, now)
 
     def power_fail(self, now):
         """The board saw the supply fail: log it and commit while the capacitor lasts."""
@@ -445,9 +443,9 @@ class Meter:
         """Move the credit machine's events into the log; True when any arrived."""
         evs = self.account.pop_events()
         for t, code, value in evs:
-            mapped = _CREDIT_TO_EVENT.get(code)
-            if mapped is not None:
-                self.log.append(t, mapped, value)
+            # the credit machine's event codes are the event log's codes
+            # (test_credit: test_event_codes_are_the_meter_event_log_codes)
+            self.log.append(t, code, value)
         if evs and commit:
             self._commit(now)
         return bool(evs)

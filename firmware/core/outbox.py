@@ -32,6 +32,12 @@ Flash layout (storage injected, see ``RamSegments`` for the interface):
   written before any erase, so a cut between the two never resurrects an
   acked message nor loses an unacked one uncounted.
 
+History (the ``backfill`` downlink): a released message is not erased, only
+left behind the cursor; ``history(first, last, n)`` reads it back,
+byte-identical, until the ring comes round and erases its segment.
+``oldest_held`` is the oldest seq still readable; ``count_held`` counts a
+range from the RAM index alone.
+
 Writes (wear): one segment write per message (12 + payload bytes); one
 erase + one 16-byte header per segment filled; one cursor write per ``ack``
 that releases something (a repeated PUBACK costs nothing) and per drop.
@@ -217,6 +223,7 @@ class Outbox:
         self._last = [0] * n    # seq of its last valid message, first - 1 when none
         self._end = [0] * n     # offset just past its last valid record
         self._hint = None       # (pos, serial, offset, seq) of a record peek read
+        self._history_hint = None  # the same for history
         payload = self.cursor.load()
         if payload is not None and len(payload) == 12:
             self.released, self.evicted_total, self.refused_total = struct.unpack(_CURSOR_FMT, payload)
@@ -397,6 +404,8 @@ class Outbox:
         self._serial[target] = 0  # free from here until its header is written
         if self._hint is not None and self._hint[0] == target:
             self._hint = None
+        if self._history_hint is not None and self._history_hint[0] == target:
+            self._history_hint = None
         self.store.erase(target)
         self.erases_total += 1
         header = encode_record(KIND_SEGMENT, top + 1, struct.pack(">I", self.next_seq))
@@ -425,27 +434,78 @@ class Outbox:
 
         Reads only what it returns (plus 8-byte headers to skip released ones).
         """
+        out, self._hint = self._records(max(after, self.released) + 1, self.next_seq - 1, n,
+                                        self._hint)
+        return out
+
+    # ---- history: released records stay in flash until their segment is reused ----
+
+    @property
+    def oldest_held(self):
+        """Seq of the oldest message still in flash, released or not (``next_seq`` if none).
+
+        Everything below it is gone for good (its segment was erased for reuse).
+        """
+        for pos in self._order():
+            if self._last[pos] >= self._first[pos]:
+                return self._first[pos]
+        return self.next_seq
+
+    def count_held(self, first, last):
+        """How many messages with ``first <= seq <= last`` are still in flash (no flash read)."""
+        n = 0
+        for pos in range(self.store.segment_count):
+            if self._serial[pos]:
+                lo, hi = max(first, self._first[pos]), min(last, self._last[pos])
+                if hi >= lo:
+                    n += hi - lo + 1
+        return n
+
+    def history(self, first, last, n):
+        """Up to ``n`` messages with ``first <= seq <= last`` still in flash, oldest first.
+
+        Unlike ``peek`` this ignores the release cursor: a message acked (or
+        dropped) long ago is returned for as long as its segment has not been
+        erased for reuse (``oldest_held``).  Byte-identical to what ``append``
+        stored, so a re-sent uplink keeps its ``s``.  Reads only what it returns
+        plus 8-byte headers; consecutive calls continue where the last one
+        stopped without rescanning the segment.
+
+        >>> box.history(5, 9, 2)       # after an ack of 12: still there
+        [(5, b'...'), (6, b'...')]
+        """
+        out, self._history_hint = self._records(first, last, n, self._history_hint)
+        return out
+
+    def _records(self, lo, hi, n, hint):
+        """(``[(seq, payload)]`` for ``lo <= seq <= hi``, at most ``n``; the new hint).
+
+        ``hint`` is ``(pos, serial, offset, seq)`` of a record read before: a
+        walk that starts at or after that seq in that (same-serial) segment
+        starts there instead of at the segment's first record.
+        """
         out: "list" = []
-        floor = max(after, self.released)
-        hint = self._hint
+        if n <= 0 or hi < lo:
+            return out, hint
         for pos in self._order():
             if len(out) >= n:
                 break
-            if self._last[pos] <= floor:
+            if self._last[pos] < lo or self._first[pos] > hi:
                 continue
             offset = SEGMENT_HEADER_LEN
-            if hint is not None and hint[0] == pos and hint[1] == self._serial[pos] and hint[3] <= floor + 1:
+            if hint is not None and hint[0] == pos and hint[1] == self._serial[pos] and hint[3] <= lo:
                 offset = hint[2]
             while offset < self._end[pos] and len(out) < n:
                 head = self.store.read(pos, offset, HEADER_LEN)
                 seq, length = struct.unpack_from(">I", head, 4)[0], struct.unpack_from(">H", head, 2)[0]
-                if seq > floor:
+                if seq > hi:
+                    break
+                if seq >= lo:
                     rec = self._read_record(pos, offset)
                     if rec is None:  # bit rot since recovery: stop, never hand out bad bytes
                         break
                     if not out:
-                        self._hint = (pos, self._serial[pos], offset, seq)
+                        hint = (pos, self._serial[pos], offset, seq)
                     out.append((seq, rec[2]))
                 offset += RECORD_OVERHEAD + length
-        return out
-
+        return out, hint

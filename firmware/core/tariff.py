@@ -34,11 +34,11 @@ except ImportError:  # CPython
         return x
 
 SERVICES = ("electricity", "water", "gas")
-PCT_DEN = const(100)
-BP_DEN = const(10000)
-MAX_DUTY_BP = const(10000)  # 100 %: a larger "duty" is a data-entry error
-NO_MONTH = const(-1)
-NO_DAY = const(-1)
+_PCT_DEN = const(100)
+_BP_DEN = const(10000)
+_MAX_DUTY_BP = const(10000)  # 100 %: a larger "duty" is a data-entry error
+_NO_MONTH = const(-1)
+_NO_DAY = const(-1)
 
 FIELDS = ("id", "version", "activates_at", "service", "unit_size", "slabs",
           "fixed_paise_per_day", "tod", "duty_bp", "utc_offset_s")
@@ -158,7 +158,7 @@ class Tariff:
             _check_slabs(d.get("slabs")),
             _int(d, "fixed_paise_per_day", 0, lo=0),
             _check_tod(d.get("tod", [])),
-            _int(d, "duty_bp", 0, lo=0, hi=MAX_DUTY_BP),
+            _int(d, "duty_bp", 0, lo=0, hi=_MAX_DUTY_BP),
             _int(d, "utc_offset_s", localtime.IST_OFFSET_S, lo=-43200, hi=50400),
         )
 
@@ -174,7 +174,7 @@ class Tariff:
 
     def denominator(self):
         """The one denominator every exact charge of this tariff is written over."""
-        return self.unit_size * PCT_DEN * BP_DEN
+        return self.unit_size * _PCT_DEN * _BP_DEN
 
     def tod_pct(self, t):
         """Signed ToD percent for UTC second ``t`` (0 outside every window)."""
@@ -237,9 +237,9 @@ class Biller:
     def __init__(self, tariff):
         self.tariff = tariff
         self.acc = ExactCharge(tariff.denominator())
-        self.month = NO_MONTH  # localtime.month_index of the last charge_usage
+        self.month = _NO_MONTH  # localtime.month_index of the last charge_usage
         self.mtd_qty = 0
-        self.fixed_day = NO_DAY  # local day number of the last fixed charge
+        self.fixed_day = _NO_DAY  # local day number of the last fixed charge
 
     def use_tariff(self, tariff):
         """Switch tariff keeping month-to-date quantity and the rounding carry."""
@@ -261,7 +261,7 @@ class Biller:
             self.mtd_qty = 0
         base = tf.slab_sum(self.mtd_qty, qty)
         self.mtd_qty += qty
-        return self.acc.add(base * (PCT_DEN + tf.tod_pct(t)) * (BP_DEN + tf.duty_bp))
+        return self.acc.add(base * (_PCT_DEN + tf.tod_pct(t)) * (_BP_DEN + tf.duty_bp))
 
     def charge_day(self, t):
         """Paise of fixed charge (with duty) for the local day containing UTC ``t``.
@@ -275,7 +275,7 @@ class Biller:
         if day <= self.fixed_day:
             return 0
         self.fixed_day = day
-        return self.acc.add(tf.fixed_paise_per_day * (BP_DEN + tf.duty_bp) * tf.unit_size * PCT_DEN)
+        return self.acc.add(tf.fixed_paise_per_day * (_BP_DEN + tf.duty_bp) * tf.unit_size * _PCT_DEN)
 
     def month_to_date_qty(self, t=None):
         """Quantity used this local month; 0 if ``t`` falls in a month not yet charged."""

@@ -11,9 +11,14 @@ import shutil
 import tempfile
 
 import pytest
-
+from hypothesis import HealthCheck, settings
 
 from tools import mosquitto as _mosquitto
+
+# Property tests assert behaviour, not speed: on a loaded 2-core CI machine an
+# example may take longer than hypothesis' default 200 ms deadline.
+settings.register_profile("urja", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("urja")
 
 free_port = _mosquitto.free_port
 
