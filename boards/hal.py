@@ -145,6 +145,11 @@ class Clock:
         raise NotImplementedError
 
 
+# The two-slot journals a board keeps apart (``Board.journal_slots``): the meter's
+# state, the commissioning settings, the outbox's release cursor.
+JOURNAL_NAMES = ("meter", "config", "outbox")
+
+
 class Board:
     """One meter's hardware, built from a validated board file by ``load_board``.
 
@@ -152,7 +157,12 @@ class Board:
     ``config`` (the board dict), ``name``, ``platform``, ``meter_type``,
     ``pulse_counter`` (PulseCounter), ``rs485`` (Uart), ``relay`` (Relay),
     ``led`` (Led), ``cover``, ``commissioning``, ``power_fail`` (DigitalInput),
-    ``clock`` (Clock), ``slots`` (SlotStorage for the journal).
+    ``clock`` (Clock), ``slots`` (SlotStorage for the meter journal, the same
+    as ``journal_slots("meter")``).
+
+    Storage and links the shell asks for by method (each called once at boot):
+    ``journal_slots(name)``, ``outbox_segments()``, ``cli_uart()``,
+    ``dlms_uart()``.
 
     >>> board = load_board("unix")
     >>> board.relay.set(True)
@@ -193,6 +203,41 @@ class Board:
 
     def poll(self) -> None:
         """Service board housekeeping without blocking (the unix control socket); call often."""
+
+    def journal_slots(self, name):
+        """SlotStorage for the two-slot journal ``name`` (one of ``JOURNAL_NAMES``).
+
+        Each name is stored apart from the others (a file directory, an NVS
+        key pair), so one journal's writes never touch another's slots.
+        Raises ``ValueError`` for another name.
+
+        >>> ConfigStore(board.journal_slots("config"))
+        """
+        if name == "meter" and self.slots is not None:
+            return self.slots
+        raise ValueError("no journal %r on board %s (names: %s)"
+                         % (name, self.name, ", ".join(JOURNAL_NAMES)))
+
+    def outbox_segments(self):
+        """Flash segments for the uplink outbox, or None when the board has none.
+
+        The object follows the segment-storage interface documented at
+        ``firmware.core.outbox.RamSegments`` (``segment_count``,
+        ``segment_size``, ``read``, ``write`` of erased bytes only, ``erase``).
+        Raises ``OSError`` when the board file names flash that is not there
+        (the shell then keeps the outbox in RAM and says so).
+
+        >>> Outbox(board.outbox_segments(), board.journal_slots("outbox"))
+        """
+        return None
+
+    def cli_uart(self):
+        """The commissioning CLI's byte link (a ``Uart``, never the REPL), or None."""
+        return None
+
+    def dlms_uart(self):
+        """A second meter link for a DLMS meter (a ``Uart``), or None."""
+        return None
 
 
 # Short names for the shipped board files (relative to this package's folder).

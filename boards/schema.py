@@ -61,10 +61,13 @@ PULSE_MS_MIN = 10
 PULSE_MS_MAX = 1000
 
 # Top-level fields in the order errors are reported (dicts are unordered on MicroPython).
-COMMON_FIELDS = ("name", "platform", "meter_type", "pulse_input", "rs485", "relay", "led",
-                 "cover_input", "commissioning_input", "power_fail_input",
+COMMON_FIELDS = ("name", "platform", "meter_type", "pulse_input", "rs485", "cli_uart", "relay",
+                 "led", "cover_input", "commissioning_input", "power_fail_input",
                  "watchdog_timeout_ms")
-PLATFORM_FIELDS = {"esp32": ("nvs_namespace",), "unix": ("state_dir", "control")}
+PLATFORM_FIELDS = {"esp32": ("nvs_namespace", "outbox"), "unix": ("state_dir", "control")}
+PARTITION_LABEL_MAX = 15  # ESP-IDF esp_partition_t.label is char[17]; the CSV tool allows 16: keep 15
+OUTBOX_SEGMENTS_MIN = 2  # firmware.core.outbox needs a ring of two at least
+OUTBOX_SEGMENTS_MAX = 256
 REQUIRED = ("name", "platform", "meter_type", "relay", "cover_input", "commissioning_input",
             "power_fail_input", "watchdog_timeout_ms")
 INPUT_FIELDS = ("cover_input", "commissioning_input", "power_fail_input")
@@ -111,6 +114,7 @@ class _Checker:
         self.warnings = []
         self.platform = board.get("platform") if isinstance(board, dict) else None
         self.pins = []  # (pin, field) in check order, for the duplicate check
+        self.rs485_uart = None
 
     def err(self, field, msg):
         self.errors.append("%s: %s" % (field, msg))
@@ -251,30 +255,59 @@ class _Checker:
         elif meter in ("water", "gas"):
             self.integer(sec, name, "litres_per_imp", 1, 1000, " litres per impulse")
 
-    def rs485(self):
-        name = "rs485"
+    def uart(self, name, esp32_keys):
+        """A UART section (RS485 link or CLI); returns the esp32 UART number or None."""
         if self.platform == "unix":
             sec = self.section(name, ("device", "device_env", "baud"))
             if sec is None:
-                return
+                return None
             if "device" not in sec and "device_env" not in sec:
                 self.err(name, "needs device (a pty path) or device_env (the variable holding it)")
             for key in ("device", "device_env"):
                 if key in sec and (not isinstance(sec[key], str) or not sec[key]):
                     self.err("%s.%s" % (name, key), "must be a non-empty string")
+            self.choice(sec, name, "baud", BAUDS)
+            return None
+        sec = self.section(name, esp32_keys)
+        if sec is None:
+            return None
+        uart = None
+        if "uart" in sec and sec["uart"] == 0:
+            self.err(name + ".uart", "UART0 is the console; use one of %s"
+                     % _choices(ESP32_RS485_UARTS))
         else:
-            sec = self.section(name, ("uart", "tx", "rx", "de_pin", "baud"))
-            if sec is None:
-                return
-            if "uart" in sec and sec["uart"] == 0:
-                self.err("rs485.uart", "UART0 is the console; use one of %s"
-                         % _choices(ESP32_RS485_UARTS))
-            else:
-                self.choice(sec, name, "uart", ESP32_RS485_UARTS)
-            self.pin(sec, name, "tx", output=True)
-            self.pin(sec, name, "rx")
+            uart = self.choice(sec, name, "uart", ESP32_RS485_UARTS)
+        self.pin(sec, name, "tx", output=True)
+        self.pin(sec, name, "rx")
+        if "de_pin" in esp32_keys:
             self.pin(sec, name, "de_pin", output=True)
         self.choice(sec, name, "baud", BAUDS)
+        return uart
+
+    def rs485(self):
+        self.rs485_uart = self.uart("rs485", ("uart", "tx", "rx", "de_pin", "baud"))
+
+    def cli_uart(self):
+        # the commissioning CLI: its own UART, never the REPL console (UART0)
+        uart = self.uart("cli_uart", ("uart", "tx", "rx", "baud"))
+        if uart is not None and uart == self.rs485_uart:
+            self.err("cli_uart.uart", "UART%d is already the rs485 link" % uart)
+
+    def outbox(self):
+        """ESP32: the raw data partition holding the uplink outbox (boards/esp32/outbox_flash.py)."""
+        if self.platform != "esp32":
+            return
+        sec = self.section("outbox", ("partition", "segments"))
+        if sec is None:
+            return
+        if self.need(sec, "outbox", "partition"):
+            label = sec["partition"]
+            if not isinstance(label, str) or not 1 <= len(label) <= PARTITION_LABEL_MAX:
+                self.err("outbox.partition", "%r is not a partition label of 1..%d characters"
+                         % (label, PARTITION_LABEL_MAX))
+        if "segments" in sec:
+            self.integer(sec, "outbox", "segments", OUTBOX_SEGMENTS_MIN, OUTBOX_SEGMENTS_MAX,
+                         " (4 KiB flash sectors)")
 
     def relay(self):
         name = "relay"
@@ -327,6 +360,8 @@ class _Checker:
         self.top()
         self.pulse_input()
         self.rs485()
+        self.cli_uart()
+        self.outbox()
         self.relay()
         self.led()
         self.inputs()

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import queue
+import random
 import select
 import shutil
 import struct
@@ -61,12 +62,53 @@ Pty = dut_module.Pty
 class _PtyPeer:
     """A thread answering bytes on a pty master with ``self.answer(bytes) -> bytes``."""
 
+    MODES = ("ok", "silent", "garbage", "bad_crc")
+
     def __init__(self):
         self.pty = Pty()
         self.path = self.pty.path
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.requests = 0
+        self._mode = "ok"
+        self._reset_pending = False
+        self._rng = random.Random(5)
+
+    @property
+    def mode(self):
+        """``ok``; ``silent`` (requests swallowed: the master times out); ``garbage``
+        (random bytes instead of a reply); ``bad_crc`` (the right reply, one check byte flipped).
+        Switching back to ``ok`` resets the peer's protocol state, as a power-cycled meter."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value):
+        if value not in self.MODES:
+            raise ValueError("mode must be one of %s" % (self.MODES,))
+        if value == "ok" and self._mode != "ok":
+            self._reset_pending = True  # done by the peer's thread, between requests
+        self._mode = value
+
+    def reset(self):
+        """Forget half-received requests and session state (subclasses)."""
+
+    def corrupt(self, reply):
+        """``reply`` with its check sequence broken (subclasses know where it is)."""
+        return reply[:-1] + bytes([reply[-1] ^ 0xFF])
+
+    def _reply(self, data):
+        mode = self._mode
+        if self._reset_pending:
+            self._reset_pending = False
+            self.reset()
+        if mode == "silent":
+            return b""
+        if mode == "garbage":
+            return bytes(self._rng.randrange(256) for _ in range(self._rng.randrange(5, 40)))
+        reply = self.answer(data)
+        if reply and mode == "bad_crc":
+            return self.corrupt(reply)
+        return reply
 
     def start(self):
         self._thread.start()
@@ -83,7 +125,7 @@ class _PtyPeer:
             except OSError:
                 time.sleep(0.05)  # EIO until the firmware opens the slave side
                 continue
-            reply = self.answer(data)
+            reply = self._reply(data)
             if reply:
                 os.write(fd, reply)
 
@@ -128,6 +170,9 @@ class Sdm120(_PtyPeer):
             self.registers[self.ADDRESSES[name]] = hi
             self.registers[self.ADDRESSES[name] + 1] = lo
 
+    def reset(self):
+        self.buf = b""
+
     def answer(self, data):
         from pymodbus.pdu import register_message as pm
 
@@ -163,7 +208,25 @@ class DlmsPeer(_PtyPeer):
             (3, dlms_objects.VOLTAGE, 2): dlms_data.enc_int(dlms_data.LONG_UNSIGNED, voltage_dv),
             (3, dlms_objects.VOLTAGE, 3): bytes.fromhex("02020FFF1623"),
         }
+        self.objects = objects
+        self.server_physical = server_physical
         self.peer = MeterPeer(objects, server_physical=server_physical)
+
+    def set_energy(self, energy_wh):
+        """The cumulative import register (Wh), live."""
+        from firmware.protocol import dlms_data, dlms_objects
+
+        self.objects[(3, dlms_objects.ENERGY_IMPORT, 2)] = dlms_data.enc_int(
+            dlms_data.DOUBLE_LONG_UNSIGNED, energy_wh)
+
+    def reset(self):
+        from firmware.protocol.dlms_peer import MeterPeer
+
+        self.peer = MeterPeer(self.objects, server_physical=self.server_physical)
+
+    def corrupt(self, reply):
+        # HDLC: ... FCS (2 bytes) then the 0x7E flag; break the FCS, keep the framing
+        return reply[:-2] + bytes([reply[-2] ^ 0xFF]) + reply[-1:]
 
     def answer(self, data):
         self.requests += 1

@@ -228,8 +228,11 @@ class UnixDut(Dut):
     """The meter app in ``micropython`` on the unix board (CLI on a pty, world on a socket)."""
 
     def __init__(self, name, log_dir, settings=None, time_factor=1, start_t=START_T,
-                 watchdog_ms=8000, rs485=None, dlms=None, env=None):
+                 watchdog_ms=8000, rs485=None, dlms=None, env=None, boot_selector=False):
         Dut.__init__(self, name, log_dir)
+        # boot_selector: run the A/B boot selector (boards/unix/ota_dirs.py) on <dir>/ota, which
+        # runs the image in slot a/ or b/ (put one there before start), from a cwd without sources
+        self.boot_selector = boot_selector
         self.settings = settings  # None: a meter in factory state (not commissioned)
         self.meter_id = settings.get("meter_id") if settings else None
         self.time_factor = time_factor
@@ -272,7 +275,11 @@ class UnixDut(Dut):
         env.update(self.extra_env)
         self.console.log("---", "start micropython (state %s)" % self.dir)
         boot_at = len(self.console.text)
-        self.proc = subprocess.Popen([micropython(), "-m", "firmware.app.main"], cwd=ROOT,
+        argv, cwd = [micropython(), "-m", "firmware.app.main"], ROOT
+        if self.boot_selector:
+            argv, cwd = [micropython(), os.path.join(ROOT, "boards", "unix", "ota_dirs.py"),
+                         os.path.join(self.dir, "ota")], self.dir
+        self.proc = subprocess.Popen(argv, cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         threading.Thread(target=self._read_output, args=(self.proc,), daemon=True).start()
         if wait:  # the boot lines stay unread: a test may still expect them

@@ -19,12 +19,15 @@ except ImportError:  # CPython
         return x
 
 from boards import hal
-from boards.esp32.nvs_slots import NvsSlots
+from boards.esp32.nvs_slots import DEFAULT_CAPACITY, NvsSlots
 from firmware.core import localtime
 
 _PCNT_MAX = const(32767)
 _EPOCH_2000_S = const(946684800)  # 2000-01-01 UTC in Unix seconds: `date -u -d 2000-01-01 +%s`
 _COUNTER_BITS = const(30)  # machine.Counter is unbounded; 30 bits keep reads small ints
+CONFIG_NAMESPACE = "urjacfg"  # commissioning settings: an NVS namespace of their own
+METER_JOURNAL_CAPACITY = const(8192 + 15)  # firmware.app.main.METER_JOURNAL_BYTES + framing
+CURSOR_CAPACITY = const(64)  # the outbox cursor journal: 12-byte payload + 15 framing
 
 
 def _pull(name):
@@ -162,7 +165,29 @@ class PinLed(hal.Led):
         return self.state
 
 
-class Rs485Uart(hal.Uart):
+class HardwareUart(hal.Uart):
+    """A hardware UART (1 or 2, pins from the board file), never blocking on read.
+
+    The commissioning CLI uses one as is (``cli_uart``): its own UART and
+    pins, so the REPL on UART0 stays what it is and a field technician's
+    cable never reaches a Python prompt.
+    """
+
+    def __init__(self, cfg):
+        self.baud = cfg["baud"]
+        self.uart = machine.UART(cfg["uart"], baudrate=self.baud, tx=cfg["tx"], rx=cfg["rx"],
+                                 timeout=0, timeout_char=0)
+
+    def read(self, n):
+        if not self.uart.any():
+            return b""
+        return self.uart.read(n) or b""
+
+    def write(self, data):
+        return self.uart.write(data) or 0
+
+
+class Rs485Uart(HardwareUart):
     """A hardware UART with the transceiver's DE pin high only while transmitting.
 
     ``write`` raises DE, queues the bytes, waits for the last stop bit
@@ -171,15 +196,8 @@ class Rs485Uart(hal.Uart):
     """
 
     def __init__(self, cfg):
-        self.baud = cfg["baud"]
-        self.uart = machine.UART(cfg["uart"], baudrate=self.baud, tx=cfg["tx"], rx=cfg["rx"],
-                                 timeout=0, timeout_char=0)
+        HardwareUart.__init__(self, cfg)
         self.de = machine.Pin(cfg["de_pin"], machine.Pin.OUT, value=0)
-
-    def read(self, n):
-        if not self.uart.any():
-            return b""
-        return self.uart.read(n) or b""
 
     def write(self, data):
         self.de.value(1)
@@ -236,13 +254,38 @@ class Esp32Board(hal.Board):
         self.commissioning = PinInput(config["commissioning_input"])
         self.power_fail = PinInput(config["power_fail_input"])
         self.clock = RtcClock()
-        self.slots = NvsSlots(config.get("nvs_namespace", "urja"))
+        self.namespace = config.get("nvs_namespace", "urja")
+        self.slots = NvsSlots(self.namespace, METER_JOURNAL_CAPACITY)
         self.watchdog = None
+        self._cli: "HardwareUart | None" = None
 
     def start_watchdog(self):
         if self.watchdog is None:
             self.watchdog = HardwareWatchdog(self.config["watchdog_timeout_ms"])
         return self.watchdog
+
+    def journal_slots(self, name):
+        """NVS key pairs: meter ``j0``/``j1`` and outbox ``o0``/``o1`` in the board's
+        namespace, config ``j0``/``j1`` in ``urjacfg`` (the layout meters already have)."""
+        if name == "config":
+            return NvsSlots(CONFIG_NAMESPACE, DEFAULT_CAPACITY)
+        if name == "outbox":
+            return NvsSlots(self.namespace, CURSOR_CAPACITY, ("o0", "o1"))
+        return hal.Board.journal_slots(self, name)
+
+    def outbox_segments(self):
+        """The board file's ``outbox`` data partition as segments (``outbox_flash.py``), or None."""
+        cfg = self.config.get("outbox")
+        if cfg is None:
+            return None
+        from boards.esp32.outbox_flash import PartitionSegments, find_partition
+        return PartitionSegments(find_partition(cfg["partition"]), cfg.get("segments"))
+
+    def cli_uart(self):
+        """The board file's ``cli_uart`` (UART1/2 on its own pins), opened once; None without one."""
+        if self._cli is None and "cli_uart" in self.config:
+            self._cli = HardwareUart(self.config["cli_uart"])
+        return self._cli
 
 
 def make_board(config):

@@ -89,7 +89,7 @@ FORBIDDEN_OUTPUT = {1, 3} | set(range(6, 12)) | set(range(34, 40))
 @given(st.integers(min_value=-2, max_value=45))
 def test_led_pin_is_accepted_exactly_when_the_gpio_exists_and_can_drive(gpio):
     board = json.loads((ROOT / "boards/esp32/wroom32.json").read_text())
-    used = {34, 17, 16, 18, 26, 27, 35, 32, 39}
+    used = {34, 17, 16, 18, 22, 23, 26, 27, 35, 32, 39}  # 22, 23: cli_uart
     board["led"]["pin"] = gpio
     errors = schema.check(board)[0]
     ok = gpio in EXISTING and gpio not in FORBIDDEN_OUTPUT and gpio not in used
@@ -97,3 +97,43 @@ def test_led_pin_is_accepted_exactly_when_the_gpio_exists_and_can_drive(gpio):
     if not ok:
         # one error, naming the LED (a clash is reported at whichever use comes second)
         assert len(errors) == 1 and "led.pin" in errors[0], errors
+
+
+# ---- cli_uart and outbox (issue 4: the CLI off the REPL, the outbox in flash)
+
+def _wroom32():
+    return json.loads((ROOT / "boards/esp32/wroom32.json").read_text())
+
+
+def test_cli_uart_may_not_be_the_console_nor_the_rs485_uart():
+    board = _wroom32()
+    board["cli_uart"]["uart"] = 0
+    assert schema.check(board)[0] == ["cli_uart.uart: UART0 is the console; use one of 1, 2"]
+    board["cli_uart"]["uart"] = 2
+    assert schema.check(board)[0] == ["cli_uart.uart: UART2 is already the rs485 link"]
+
+
+def test_cli_uart_pins_are_checked_like_any_other():
+    board = _wroom32()
+    board["cli_uart"]["tx"] = 34  # input-only
+    board["cli_uart"]["rx"] = 17  # the RS485 TX
+    assert schema.check(board)[0] == [
+        "cli_uart.tx: GPIO34 is input-only (GPIO34-39 cannot drive an output)",
+        "cli_uart.rx: pin 17 is already used by rs485.tx"]
+
+
+def test_outbox_partition_label_and_segment_count_are_bounded():
+    board = _wroom32()
+    board["outbox"] = {"partition": "x" * 16, "segments": 1}
+    assert schema.check(board)[0] == [
+        "outbox.partition: %r is not a partition label of 1..15 characters" % ("x" * 16),
+        "outbox.segments: 1 is not an integer in 2..256 (4 KiB flash sectors)"]
+    board["outbox"] = {"segments": 8}
+    assert schema.check(board)[0] == ["outbox.partition: missing"]
+
+
+def test_unix_boards_take_a_cli_pty_but_no_outbox_partition():
+    board = json.loads((ROOT / "boards/unix/board.json").read_text())
+    assert board["cli_uart"] == {"device_env": "URJA_CLI_PTY", "baud": 115200}
+    board["outbox"] = {"partition": "outbox"}
+    assert schema.check(board)[0][0].startswith("outbox: unknown field")

@@ -33,6 +33,7 @@ from boards.unix.flash import FileSlots
 
 MICROPYTHON = sys.implementation.name == "micropython"
 WATCHDOG_EXIT = const(75)  # process exit status for "the watchdog reset the board"
+RESTART_EXIT = const(76)  # "the firmware asked for a reset" (OTA switch): the harness boots it again
 _READ_CHUNK = const(256)
 _MAX_CLIENTS = const(4)
 _AF_UNIX = getattr(socket, "AF_UNIX", 1)  # the ESP32 stubs lack it; the unix port has it
@@ -187,6 +188,14 @@ class PtyUart(hal.Uart):
         self.f.close()
 
 
+def _pty_uart(cfg, default_env):
+    """A ``PtyUart`` for a board-file UART section (``device`` or ``device_env``), or None."""
+    if cfg is None:
+        return None
+    path = cfg.get("device") or os.getenv(cfg.get("device_env") or default_env)
+    return PtyUart(path, cfg["baud"]) if path else None
+
+
 def _sockaddr(path):
     if MICROPYTHON:  # the unix port takes a raw struct sockaddr_un
         import struct
@@ -304,12 +313,9 @@ class UnixBoard(hal.Board):
         self.clock = OffsetClock()
         self.slots = FileSlots(self.state_dir)
         self.watchdog = None
-        self.rs485 = None
-        rs = config.get("rs485")
-        if rs is not None:
-            path = rs.get("device") or os.getenv(rs.get("device_env") or "URJA_RS485_PTY")
-            if path:
-                self.rs485 = PtyUart(path, rs["baud"])
+        self.rs485 = _pty_uart(config.get("rs485"), "URJA_RS485_PTY")
+        self._cli = None
+        self._dlms = None
         self.control = ControlServer(config.get("control") or
                                      "unix:%s/control.sock" % self.state_dir, self)
 
@@ -324,10 +330,42 @@ class UnixBoard(hal.Board):
             print("urja-unix: watchdog expired after %d ms, resetting" % self.watchdog.timeout_ms)
             sys.exit(WATCHDOG_EXIT)
 
+    def restart(self):
+        """Reset the board (a new firmware image was installed): on the unix port the process
+        exits with ``RESTART_EXIT`` and whoever runs it boots it again, through the selector."""
+        print("urja-unix: reset requested, exiting with %d" % RESTART_EXIT)
+        self.close()
+        sys.exit(RESTART_EXIT)
+
     def close(self):
         self.control.close()
-        if self.rs485 is not None:
-            self.rs485.close()
+        for uart in (self.rs485, self._cli, self._dlms):
+            if uart is not None:
+                uart.close()
+
+    # ---------------------------------------- storage and links (boards.hal.Board)
+    def journal_slots(self, name):
+        """Files in ``state_dir`` (meter), ``state_dir/config``, ``state_dir/outbox``."""
+        if name in ("config", "outbox"):
+            return FileSlots(self.state_dir + "/" + name)
+        return hal.Board.journal_slots(self, name)
+
+    def outbox_segments(self):
+        """``seg<N>.bin`` files in ``state_dir/outbox`` (``boards/unix/outbox_files.py``)."""
+        from boards.unix.outbox_files import FileSegments
+        return FileSegments(self.state_dir + "/outbox")
+
+    def cli_uart(self):
+        """The board file's ``cli_uart`` pty (by default the path in ``URJA_CLI_PTY``), or None."""
+        if self._cli is None:
+            self._cli = _pty_uart(self.config.get("cli_uart"), "URJA_CLI_PTY")
+        return self._cli
+
+    def dlms_uart(self):
+        """A DLMS meter on the pty in ``URJA_DLMS_PTY`` (9600 baud), or None."""
+        if self._dlms is None:
+            self._dlms = _pty_uart({"device_env": "URJA_DLMS_PTY", "baud": 9600}, "URJA_DLMS_PTY")
+        return self._dlms
 
     # ---------------------------------------- control protocol target
     def add_pulses(self, n):

@@ -275,6 +275,21 @@ class OtaDirs:
         return self.slot_path(slot)
 
 
+# An image's entry module (``main.py`` in the slot folder): the meter app, told its version
+# and the A/B state folder (the selector's argument) so it can take ``ota`` commands and
+# confirm itself once healthy.
+ENTRY = """import sys
+from firmware.app.main import main
+main(%r, sys.argv[1])
+"""
+
+
+def write_entry(image_dir, version):
+    """Write the meter app's ``main.py`` for firmware ``version`` into ``image_dir``."""
+    with open(image_dir.rstrip("/") + "/main.py", "w") as f:
+        f.write(ENTRY % (version,))
+
+
 def _forget_firmware_modules():
     # The selector imported the boot copy of firmware/boards; the image must use its own.
     for name in list(sys.modules):

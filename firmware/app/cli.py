@@ -298,12 +298,8 @@ class Cli:
                 raise CliError(BAD_ARGS, "usage: " + USAGE["events"])
             n = int(rest)
         log = self._meter().log
-        first = max(1, log.last_seq - n + 1)
-        rows = []
-        for seq in range(first, log.last_seq + 1):
-            row = _event(log, seq)
-            if row is not None:
-                rows.append(row)
+        rows = ["%d@%d:%s:%d" % (seq, t, events.NAMES.get(code, "?"), value)
+                for seq, t, code, value in log.recent(n)]
         return ok([("count", len(rows)), ("last_seq", log.last_seq),
                    ("events", ",".join(rows) if rows else None)])
 
@@ -349,14 +345,6 @@ class Cli:
         if bad:
             raise CliError(FAILED, " ".join(["%s:%s" % (r[0], escape(r[2])) for r in bad]))
         return ok([(r[0], r[2] or "ok") for r in results])
-
-
-def _event(log, seq):
-    """'seq@t:NAME:value' of the event with ``seq`` if still in the ring."""
-    pos = (seq - 1) % log.capacity
-    if seq < log._next - log._count:
-        return None
-    return "%d@%d:%s:%d" % (seq, log._t[pos], events.NAMES.get(log._code[pos], "?"), log._value[pos])
 
 
 def _clip(text, n=32):

@@ -58,6 +58,7 @@ KEYS = (
     ("interval_s", CHOICE, 0, (900, 1800), False, False, 900),
     ("step_s", INT, 10, 900, False, False, 60),
     ("heartbeat_s", INT, 60, 86400, False, False, 900),
+    ("clock_max_step_s", INT, 1, 31536000, False, False, 86400),  # ``time`` downlink, unforced
     ("energy_source", CHOICE, 0, ("pulses", "sdm", "dlms"), False, False, "pulses"),
     ("modbus_slave", INT, 1, 247, False, False, 1),
     ("modbus_period_s", INT, 1, 3600, False, False, 10),

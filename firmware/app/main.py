@@ -43,10 +43,10 @@ from firmware.app.config import ConfigError, ConfigStore
 from firmware.app.health import AcceleratedClock, Liveness
 from firmware.app.mqtt_client import AckTimeout, MqttConnection
 from firmware.app.readers import DlmsReader, SdmReader
-from firmware.app.uplink import Uplink, split
+from firmware.app.uplink import Uplink, records_end_cum, split
 from firmware.core import auth, backoff, events, metering
 from firmware.core.journal import Journal
-from firmware.core.meter import RESULT_NAMES, Meter
+from firmware.core.meter import RESULT_NAMES, Meter, backfill_range, clock_sync_time
 from firmware.core.outbox import Outbox
 from firmware.protocol import messages
 from firmware.protocol.mqtt import MqttError, Session
@@ -59,6 +59,8 @@ OUTBOX_MAX_MESSAGES = 1024
 PUBLISH_TIMEOUT_S = 10
 OUTBOX_ACK_EVERY = 8  # release the outbox in batches: one cursor write per 8 PUBACKs
 DOWNLINK_QUEUE = 8
+RESTART_DRAIN_MS = 10000  # before an OTA restart: wait this long at most for the ack to go out
+MAX_BACKFILLS = 4  # backfill ranges waiting to be re-published; more are merged into the last
 
 
 def _env(name):
@@ -134,8 +136,13 @@ class App(cli_mod.CliContext):
     >>> asyncio.run(app.run())
     """
 
-    def __init__(self, board, parts, time_factor=1, start_t=None, ms=None):
+    def __init__(self, board, parts, time_factor=1, start_t=None, ms=None, version=FW_VERSION,
+                 ota_slots=None):
         self.board = board
+        self.version = version
+        self.ota = ota_slots  # the board's A/B slots (``boards.unix.ota_dirs.OtaDirs``) or None
+        self.ota_trial = False  # this boot is a new image on trial: confirm once MQTT is up
+        self.restart_pending = False
         self.parts = parts
         self.ms = ms or MonotonicMs()
         if start_t is not None:
@@ -155,6 +162,8 @@ class App(cli_mod.CliContext):
         self.mqtt_error = ""
         self.published = 0
         self._published_upto = 0
+        self._backfills = []  # [next seq, last seq] ranges of held uplinks to publish again
+        self.republished = 0
         self._outbox_event = asyncio.Event()
         self._downlinks = []
         self._downlink_event = asyncio.Event()
@@ -167,6 +176,7 @@ class App(cli_mod.CliContext):
         self.pulse_delta: metering.CounterDelta = None  # type: ignore[assignment]  # set by start_meter
         self.energy_feed: RegisterFeed = None  # type: ignore[assignment]  # set by start_meter
         self.power_w = None
+        self._read_failed = {}  # link name -> its last read failed (report changes only)
         self._last_pulse_units = 0
         self._last_step_t = 0
         self.cycles = 0  # metering cycles (step + uplinks queued), and their cost
@@ -193,6 +203,7 @@ class App(cli_mod.CliContext):
         now = self.clock.now()
         self.meter = Meter(mc, now, self.journal,
                            opening_credit_paise=self.config.get("opening_credit_paise"))
+        self.meter.max_clock_step_s = self.config.get("clock_max_step_s")
         self._floor_t = self.meter.last_step_t
         self._last_step_t = self.meter.last_step_t
         self.outbox = Outbox(self.parts.outbox_segments, self.parts.outbox_slots,
@@ -210,6 +221,9 @@ class App(cli_mod.CliContext):
         if self.parts.dlms is not None:
             self.dlms = DlmsReader(self.parts.dlms, self.ms, self.config.get("dlms_physical"))
         self.sync_relay()
+        if self.ota is not None:
+            from firmware.app import downlinks
+            downlinks.ota_after_boot(self, now)
         self._report(now, status=True)
         print("urja: meter %s up, journal seq %d, outbox depth %d next seq %d" % (
             mc.meter_id, self.journal.sequence, self.outbox.depth, self.outbox.next_seq))
@@ -229,7 +243,7 @@ class App(cli_mod.CliContext):
 
     def info(self):
         c = self.config
-        return [("fw", FW_VERSION), ("board", self.board.name), ("t", self.now()),
+        return [("fw", self.version), ("board", self.board.name), ("t", self.now()),
                 ("uptime_s", self.uptime_s()),
                 ("broker", "%s:%d" % (c.get("broker_host"), c.get("broker_port"))),
                 ("wifi", c.get("wifi_ssid")), ("pulse_constant", c.get("pulse_constant")),
@@ -349,7 +363,7 @@ class App(cli_mod.CliContext):
             self._last_step_t = now
             records = [r for kind, r in out if kind == "interval"]
             if records:
-                self.uplink.readings(now, m.config.interval_s, m.energy_units, records)
+                self.uplink.readings(now, m.config.interval_s, records_end_cum(m), records)
             for kind, snap in out:
                 if kind != "interval":
                     self.uplink.snapshot(now, snap)
@@ -407,6 +421,7 @@ class App(cli_mod.CliContext):
                 await self._hung("modbus")
             values = await self.sdm.read()
             now = self.now()
+            self._read_state("modbus", events.READ_LINK_MODBUS, self.sdm, values is not None, now)
             if values is not None:
                 for name in values:
                     self.live_values["sdm_" + name] = values[name]
@@ -421,6 +436,7 @@ class App(cli_mod.CliContext):
                 await self._hung("dlms")
             values = await self.dlms.read()
             now = self.now()
+            self._read_state("dlms", events.READ_LINK_DLMS, self.dlms, values is not None, now)
             if values is not None:
                 for name in values:
                     self.live_values["dlms_" + name] = values[name]
@@ -428,6 +444,21 @@ class App(cli_mod.CliContext):
                 if values.get("energy_import_wh") is not None:
                     self._feed_energy("dlms", values["energy_import_wh"], now)
             await asyncio.sleep(self._period_wall("dlms_period_s"))
+
+    def _read_state(self, name, link, reader, ok, now):
+        """Say when an external meter's link changes state (not on every poll): a console
+        line and a READ_FAILED / READ_RESTORED event (value = link) on the wire."""
+        failed = not ok
+        if failed == self._read_failed.get(name, False):
+            return
+        self._read_failed[name] = failed
+        if failed:
+            print("urja: %s read failed: %s" % (name, reader.error))
+            self.meter.log.append(now, events.READ_FAILED, link)
+        else:
+            print("urja: %s read restored after %d failed reads" % (name, reader.failures))
+            self.meter.log.append(now, events.READ_RESTORED, link)
+        self._report(now)
 
     def _period_wall(self, key):
         return max(0.2, self.clock.wall_s(self.config.get(key)))
@@ -439,11 +470,15 @@ class App(cli_mod.CliContext):
                 await self._hung("heartbeat")
             now = self.now()
             hb = {"up": self.uptime_s(), "rssi": None, "ob": self.outbox.depth,
-                  "dr": self.outbox.dropped_total, "fw": FW_VERSION,
+                  "dr": self.outbox.dropped_total, "fw": self.version,
                   "jw": self.journal.writes_today}
             hf = _mem_free()
             if hf is not None:
                 hb["hf"] = hf
+            if self.sdm is not None:
+                hb["rfm"] = self.sdm.failures
+            if self.dlms is not None:
+                hb["rfd"] = self.dlms.failures
             self.uplink.heartbeat(now, hb)
             self._outbox_event.set()
             # sleep in short slices so this task keeps beating between heartbeats
@@ -472,6 +507,8 @@ class App(cli_mod.CliContext):
                     pass
                 continue
             self.handle_command(self._downlinks.pop(0))
+            if self.restart_pending:
+                await self._restart_when_sent()
 
     def handle_command(self, payload):
         """Decode, authenticate and apply one downlink; queue its ack. Returns the result code."""
@@ -479,17 +516,99 @@ class App(cli_mod.CliContext):
         try:
             cmd = messages.decode_command(payload)
         except messages.MessageError as e:
+            print("urja: command ? -> MALFORMED undecodable downlink (%d bytes): %s" % (
+                len(payload), e))
             self.uplink.ack(now, "?", 0, auth.MALFORMED, "MALFORMED", str(e)[:60])
             self._outbox_event.set()
             return auth.MALFORMED
-        result, detail = self.meter.apply_command(cmd, now)
+        result, detail = self.meter.apply_command(cmd, now, self.downlink_act)
         cid = cmd["id"] if isinstance(cmd.get("id"), str) else "?"
         counter = cmd["counter"] if isinstance(cmd.get("counter"), int) else 0
-        self.uplink.ack(now, cid, counter, result, RESULT_NAMES.get(result, str(result)), detail[:60])
+        n = lo = None
+        if result == auth.OK and cmd.get("kind") == "backfill":
+            n, lo = self.backfill(*backfill_range(cmd["fields"]))
+        if result == auth.OK and cmd.get("kind") == "time":
+            self.set_clock(clock_sync_time(cmd["fields"]))
+            now = self.now()  # the ack and the status after it carry the new time
+        self.uplink.ack(now, cid, counter, result, RESULT_NAMES.get(result, str(result)), detail[:60],
+                        n, lo)
         print("urja: command %s -> %s %s" % (cid, RESULT_NAMES.get(result, result), detail))
         self.sync_relay()
         self._report(now, status=result == auth.OK)
         return result
+
+    # -- downlinks the app applies: config, ota (``firmware/app/downlinks.py``) ----------
+    def downlink_act(self, kind, fields, now):
+        """``Meter.apply_command``'s hook for ``config``, ``ota``, ``ota_chunk`` once the
+        command is authentic: (result, detail), or None for a kind nobody knows.  Their code
+        is imported at the first such command (heap: most meters never get one)."""
+        if kind != "config" and kind != "ota" and kind != "ota_chunk":
+            return None
+        from firmware.app import downlinks
+        return downlinks.apply(self, kind, fields, now)
+
+    async def _restart_when_sent(self):
+        """Restart into the new image once the ack is out (or after ``RESTART_DRAIN_MS``)."""
+        deadline = self.ms() + RESTART_DRAIN_MS
+        while self.outbox.peek(1, after=self._published_upto) and self.ms() < deadline:
+            self.beat("downlink")
+            await _sleep_ms(50)
+        print("urja: restarting for the new firmware")
+        restart = getattr(self.board, "restart", None)
+        if restart is None:
+            raise SystemExit(0)
+        restart()
+
+    def set_clock(self, t):
+        """Move meter time to UTC ``t`` (a ``time`` command the core accepted and journaled).
+
+        The board clock takes the step, so the accelerated test clock moves with it.
+        Meter time never goes back: after a backward step ``now()`` holds at the
+        last step until the clock passes it (no interval closes twice).
+        """
+        step = t - self.clock.now()
+        self.board.clock.set(self.board.clock.now() + step)
+        self._floor_t = max(self._floor_t, self._last_step_t)
+        print("urja: clock set to %d (step %d s)" % (t, step))
+
+    def backfill(self, first, last):
+        """Queue the held uplinks with ``first <= s <= last`` for publishing again: (n, lo).
+
+        ``n`` counts every held uplink in the range, ``lo`` is the oldest seq
+        the outbox still holds.  Uplinks not sent yet are only counted: the
+        normal pump sends them once, so only ``s`` up to what was already
+        sent is queued again (no uplink goes out twice from one request).
+        The pump publishes these before the outbox's new messages, so the ack
+        queued after this call arrives after them.  Kept in RAM only: after
+        a reset the head-end asks again if its gap is still open.
+        """
+        box = self.outbox
+        lo = box.oldest_held
+        n = box.count_held(first, last)
+        hi = min(last, max(self._published_upto, box.released))
+        start = max(first, lo)
+        if start <= hi:
+            if len(self._backfills) >= MAX_BACKFILLS:
+                # merged: may re-send a few uplinks more than asked (the head-end dedupes)
+                rng = self._backfills[-1]
+                rng[0], rng[1] = min(rng[0], start), max(rng[1], hi)
+            else:
+                self._backfills.append([start, hi])
+            self._outbox_event.set()
+        return n, lo
+
+    def _next_publish(self):
+        """(seq, record, backfill range or None) of the next uplink to publish, or None."""
+        while self._backfills:
+            rng = self._backfills[0]
+            batch = self.outbox.history(rng[0], rng[1], 1)
+            if batch:
+                return batch[0][0], batch[0][1], rng
+            self._backfills.pop(0)  # done (or the ring erased the rest meanwhile)
+        batch = self.outbox.peek(1, after=self._published_upto)
+        if batch:
+            return batch[0][0], batch[0][1], None
+        return None
 
     def _session(self):
         mid = self.meter.config.meter_id
@@ -524,9 +643,8 @@ class App(cli_mod.CliContext):
                 continue
             sup.connect_ok(self.ms())
             self.mqtt_state = "connected"
-            print("urja: mqtt connected to %s:%d" % (host, port))
             try:
-                await self._pump(conn)
+                await self._pump(conn, "%s:%d" % (host, port))
             except (MqttError, OSError) as e:
                 self.mqtt_error = "%s: %s" % (type(e).__name__, e)
             await conn.abort("link lost: " + self.mqtt_error)
@@ -534,16 +652,24 @@ class App(cli_mod.CliContext):
             self.mqtt_state = "disconnected"
             print("urja: mqtt link lost:", self.mqtt_error)
 
-    async def _pump(self, conn):
-        """Subscribe, announce, then publish the outbox oldest first, one PUBACK at a time."""
+    async def _pump(self, conn, where=""):
+        """Subscribe, announce, then publish the outbox oldest first, one PUBACK at a time.
+
+        Backfill ranges (``backfill``) go first, re-read from the outbox's history.
+        """
         mid = self.meter.config.meter_id
         await conn.subscribe([(messages.command_topic(mid), 1)])
         await conn.publish(messages.online_topic(mid), b"1", qos=1, retain=True)
+        # said once subscribed: a command published after this line reaches the meter
+        print("urja: mqtt connected to %s" % where)
+        if self.ota_trial:
+            from firmware.app import downlinks
+            downlinks.ota_confirm(self)
         unreleased = 0
         while conn.is_connected:
             self.beat("mqtt")
-            batch = self.outbox.peek(1, after=self._published_upto)
-            if not batch:
+            nxt = self._next_publish()
+            if nxt is None:
                 if unreleased:
                     self.outbox.ack(self._published_upto, self.now())
                     unreleased = 0
@@ -553,12 +679,16 @@ class App(cli_mod.CliContext):
                 except asyncio.TimeoutError:
                     pass
                 continue
-            seq, record = batch[0]
+            seq, record, again = nxt
             kind, body = split(record)
             try:
                 await conn.publish(messages.topic(mid, kind), body, qos=1, timeout_s=PUBLISH_TIMEOUT_S)
             except AckTimeout:
                 raise MqttError("no PUBACK for seq %d" % seq)
+            if again is not None:
+                again[0] = seq + 1
+                self.republished += 1
+                continue
             self._published_upto = seq
             self.published += 1
             unreleased += 1
@@ -638,8 +768,12 @@ class App(cli_mod.CliContext):
             await asyncio.sleep(3600)
 
 
-def build_app():
-    """The App for this board and environment (see the module docstring), meter started."""
+def build_app(version=FW_VERSION, ota_dir=None):
+    """The App for this board and environment (see the module docstring), meter started.
+
+    ``ota_dir``: the A/B state folder the boot selector ran this image from
+    (``boards/unix/ota_dirs.py``); without it the meter refuses ``ota`` commands.
+    """
     from boards.hal import load_board
     from firmware.app.platform import board_parts
 
@@ -653,8 +787,12 @@ def build_app():
         overrides["watchdog_timeout_ms"] = int(wd)
     board = load_board(_env("URJA_BOARD") or "unix", overrides)
     start_t = _env("URJA_START_T")
+    slots = None
+    if ota_dir:
+        from firmware.app.platform import board_ota
+        slots = board_ota(board, ota_dir)
     app = App(board, board_parts(board), int(_env("URJA_TIME_FACTOR") or "1"),
-              int(start_t) if start_t else None)
+              int(start_t) if start_t else None, version=version, ota_slots=slots)
     factory = _env("URJA_CONFIG")
     if factory:
         with open(factory) as f:
@@ -667,8 +805,10 @@ def build_app():
     return app
 
 
-def main():
-    asyncio.run(build_app().run())
+def main(version=FW_VERSION, ota_dir=None):
+    """Run the meter; an image's entry (``boards/unix/ota_dirs.py`` ``ENTRY``) passes its
+    version and the A/B state folder it was booted from."""
+    asyncio.run(build_app(version, ota_dir).run())
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
-"""Per-platform storage and extra links the board interface does not (yet) name.
+"""The board's storage and links, gathered once at boot for the shell.
 
-``boards.hal.Board`` gives the journal's slots and one RS485 UART.  The shell
-also needs slots for its configuration, segments for the outbox, a UART for
-the CLI and, optionally, a second meter link (DLMS).  Until the HAL grows
-those (see the issue-4 report), this module is the one place that picks
-them per platform, importing the board package lazily so the ESP32 build
-never loads unix code and vice versa.
+Everything comes from the board interface (``boards.hal.Board``):
+``journal_slots("config")`` and ``journal_slots("outbox")``,
+``outbox_segments()``, ``cli_uart()`` and ``dlms_uart()``.  The one policy
+decided here: a board without usable outbox flash (none in its board file,
+or an ESP32 whose partition table lacks the ``outbox`` partition) keeps the
+outbox in RAM so the meter still meters, credits and reports while online,
+and says so at boot (``persistent`` False: readings do not survive a reset).
 
 >>> parts = board_parts(board)
 >>> parts.config_slots, parts.outbox_segments, parts.outbox_slots, parts.cli, parts.dlms
 """
-import os
-
 from firmware.core.outbox import RamSegments, RamSlots
 
 
@@ -28,26 +27,31 @@ class BoardParts:
         self.persistent = persistent
 
 
-def _env(name):
-    getenv = getattr(os, "getenv", None)
-    return getenv(name) if getenv is not None else None
-
-
 def board_parts(board):
-    if board.platform == "unix":
-        from boards.unix.flash import FileSlots
-        from boards.unix.hal import PtyUart
-        from boards.unix.outbox_files import file_outbox_storage
+    segments = None
+    try:
+        segments = board.outbox_segments()
+    except OSError as e:
+        print("urja: outbox flash unusable (%s): outbox in RAM, readings lost on reset" % (e,))
+    if segments is None:
+        if board.config.get("outbox") is None:
+            print("urja: board has no outbox flash: outbox in RAM, readings lost on reset")
+        segments, cursor, persistent = RamSegments(4, 4096), RamSlots(), False
+    else:
+        cursor, persistent = board.journal_slots("outbox"), True
+    return BoardParts(board.journal_slots("config"), segments, cursor, board.cli_uart(),
+                      board.dlms_uart(), persistent)
 
-        state = board.state_dir  # type: ignore[attr-defined]  # the unix board has one
-        segments, cursor = file_outbox_storage(state + "/outbox")
-        cli_path = _env("URJA_CLI_PTY")
-        dlms_path = _env("URJA_DLMS_PTY")
-        return BoardParts(FileSlots(state + "/config"), segments, cursor,
-                          PtyUart(cli_path, 115200) if cli_path else None,
-                          PtyUart(dlms_path, 9600) if dlms_path else None)
-    from boards.esp32.nvs_slots import NvsSlots
 
-    # No flash-segment driver for the outbox on the ESP32 yet: RAM keeps the
-    # shell running, but readings do not survive a reset there (reported).
-    return BoardParts(NvsSlots("urjacfg"), RamSegments(4, 4096), RamSlots(), persistent=False)
+def board_ota(board, ota_dir):
+    """The board's A/B firmware slots for the ``ota`` downlink, or None where not wired yet.
+
+    The unix board: ``boards.unix.ota_dirs.OtaDirs`` on ``ota_dir`` (the folder
+    the boot selector ran this image from).  Imported only then: a meter not
+    booted through the selector does not pay for it in heap.
+    """
+    if board.config.get("platform") != "unix":
+        print("urja: ota: no A/B slots wired for board %s" % board.name)
+        return None
+    from boards.unix.ota_dirs import OtaDirs
+    return OtaDirs(ota_dir)

@@ -41,6 +41,18 @@ def reading_record(rec):
     return [start_t, energy, avg_mv, avg_ma, flags, span_s]
 
 
+def records_end_cum(meter):
+    """The cumulative register at the end of the interval records ``meter.step`` just closed.
+
+    That is the open interval's base (``IntervalProfile.base_wh``), not
+    ``meter.energy_units``: a step that runs after the boundary books the
+    energy that came in since the boundary to the new interval, so the
+    register at the step is ahead of the records' end (docs/protocol.md
+    ``cum``; the head-end subtracts the records from the first ``cum``).
+    """
+    return meter.profile.base_wh
+
+
 class Uplink:
     """Queues uplink messages of one meter in its outbox (QoS 1 publishing is the pump's job)."""
 
@@ -59,13 +71,26 @@ class Uplink:
         self.queued += 1
         return seq
 
-    def readings(self, now, interval_s, cum, records):
-        """Interval records (metering tuples) in as few messages as needed; returns seqs."""
+    def readings(self, now, interval_s, end_cum, records):
+        """Interval records (metering tuples) in as few messages as needed; returns seqs.
+
+        ``end_cum`` is the register at the end of the last record
+        (``records_end_cum``); each message's ``cum`` is the register at the
+        end of its own last record.
+        """
         seqs = []
+        after = 0  # energy of the records after the current message
+        for r in records:
+            after += r[2]
         for i in range(0, len(records), MAX_RECORDS_PER_READING):
-            rows = [reading_record(r) for r in records[i:i + MAX_RECORDS_PER_READING]]
+            chunk = records[i:i + MAX_RECORDS_PER_READING]
+            rows = []
+            for r in chunk:
+                rows.append(reading_record(r))
+                after -= r[2]
             seqs.append(self._put(messages.READING, now,
-                                  {"iv": interval_s, "u": self.unit, "cum": cum, "r": rows}))
+                                  {"iv": interval_s, "u": self.unit, "cum": end_cum - after,
+                                   "r": rows}))
         return seqs
 
     def events(self, now, log):
@@ -95,10 +120,15 @@ class Uplink:
     def heartbeat(self, now, fields):
         return self._put(messages.HEARTBEAT, now, fields)
 
-    def ack(self, now, cmd_id, counter, result, name, detail=""):
+    def ack(self, now, cmd_id, counter, result, name, detail="", n=None, lo=None):
+        """A command ack; ``n`` / ``lo`` only for ``backfill`` (uplinks re-queued, oldest held)."""
         fields = {"id": cmd_id, "c": counter, "r": result, "rn": name}
         if detail:
             fields["d"] = detail
+        if n is not None:
+            fields["n"] = n
+        if lo is not None:
+            fields["lo"] = lo
         return self._put(messages.ACK, now, fields)
 
     def snapshot(self, now, snap):

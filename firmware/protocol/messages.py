@@ -40,9 +40,9 @@ SCHEMA = {
              ("tt", "int", True), ("tc", "int", True)),
     HEARTBEAT: (("up", "int", True), ("hf", "int", False), ("rssi", "int?", False),
                 ("ob", "int", False), ("dr", "int", False), ("fw", "str", False),
-                ("jw", "int", False)),
+                ("jw", "int", False), ("rfm", "int", False), ("rfd", "int", False)),
     ACK: (("id", "str", True), ("c", "int", True), ("r", "int", True), ("rn", "str", True),
-          ("d", "str", False)),
+          ("d", "str", False), ("n", "int", False), ("lo", "int", False)),  # n, lo: backfill
     # snapshot: k "daily"|"monthly", key YYYYMMDD or month index, at = local midnight (UTC s)
     SNAPSHOT: (("k", "str", True), ("key", "int", True), ("at", "int", True), ("cum", "int", True),
                ("bal", "int", True), ("md", "int?", False), ("f", "int", False)),

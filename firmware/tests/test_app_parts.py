@@ -1,11 +1,13 @@
 """The app shell's pure parts: uplink records in the outbox, liveness, accelerated clock,
 external register -> impulses, and the configuration store."""
 from firmware.app.config import ConfigError, ConfigStore
+from firmware.app.downlinks import OTA_MAX_CHUNK, ota_manifest, version_code
 from firmware.app.health import AcceleratedClock, Liveness
 from firmware.app.main import RegisterFeed
-from firmware.app.uplink import Uplink, reading_record, split
+from firmware.app.uplink import MAX_RECORDS_PER_READING, Uplink, reading_record, records_end_cum, split
 from firmware.core import events
 from firmware.core.events import EventLog
+from firmware.core.meter import EXAMPLE_CONFIG, Meter, MeterConfig
 from firmware.core.outbox import Outbox, RamSegments, RamSlots
 from firmware.protocol import messages
 from firmware.tests.check import eq, raises
@@ -33,6 +35,63 @@ def test_interval_record_becomes_the_protocol_row_order():
     # metering: (start_t, span_s, energy, avg_mv, avg_ma, count, flags)
     # protocol: [start_t, energy, avg_mv, avg_ma, flags, span_s]
     eq(reading_record((T0, 900, 125, 230000, 5000, 15, 2)), [T0, 125, 230000, 5000, 2, 900])
+
+
+def _readings(up):
+    out = []
+    for _seq, record in up.outbox.peek(64):
+        kind, body = split(record)
+        if kind == "reading":
+            out.append(messages.decode_uplink(messages.topic("UJ-1", kind), body))
+    return out
+
+
+def test_reading_cum_is_the_register_at_the_end_of_the_last_record_when_the_step_runs_late():
+    # T0 is an interval start. 1000 Wh inside the first interval, then 100 Wh that arrive
+    # after the boundary but before the (late) step that closes the interval.
+    m = Meter(MeterConfig.from_dict(EXAMPLE_CONFIG), now=T0, opening_credit_paise=100000)
+    m.add_pulses(3200, T0 + 600)
+    eq(m.step(T0 + 600), [])
+    m.add_pulses(320, T0 + 930)  # after the boundary T0 + 900
+    out = m.step(T0 + 960)
+    records = [r for kind, r in out if kind == "interval"]
+    eq([(r[0], r[2]) for r in records], [(T0, 1000)])
+    eq(m.energy_units, 1100)  # the register at the step is ahead of the record's end
+    up = _uplink()
+    up.readings(T0 + 960, 900, records_end_cum(m), records)
+    body = _readings(up)[0]
+    eq(body["cum"], 1000, "cum")
+    eq(body["cum"], sum(r[1] for r in body["r"]))  # nothing counted before the first record
+    # the next interval's record starts from there: registers and records stay consistent
+    m.add_pulses(640, T0 + 1500)
+    out = m.step(T0 + 1800)
+    records = [r for kind, r in out if kind == "interval"]
+    up.readings(T0 + 1800, 900, records_end_cum(m), records)
+    second = _readings(up)[1]
+    eq((second["r"][0][1], second["cum"]), (300, 1300))  # 100 late Wh + 200 Wh, register 1300
+
+
+def test_reading_cum_after_a_power_off_gap_ends_with_the_gap_record():
+    m = Meter(MeterConfig.from_dict(EXAMPLE_CONFIG), now=T0, opening_credit_paise=100000)
+    m.add_pulses(3200, T0 + 600)
+    m.step(T0 + 600)
+    m.add_pulses(320, T0 + 4 * 900 + 30)  # supply back 3 intervals later
+    records = [r for kind, r in m.step(T0 + 4 * 900 + 60) if kind == "interval"]
+    eq([(r[0], r[2], r[6]) for r in records], [(T0, 1000, 0), (T0 + 900, 0, 1)])
+    up = _uplink()
+    up.readings(T0 + 4 * 900 + 60, 900, records_end_cum(m), records)
+    eq(_readings(up)[0]["cum"], 1000)
+
+
+def test_each_reading_message_carries_the_register_at_the_end_of_its_own_records():
+    n = MAX_RECORDS_PER_READING + 2
+    records = [(T0 + 900 * i, 900, 10 + i, None, None, 1, 0) for i in range(n)]
+    up = _uplink()
+    up.readings(T0 + 900 * n, 900, 5000, records)
+    first, second = _readings(up)
+    eq(len(first["r"]), MAX_RECORDS_PER_READING)
+    eq(second["cum"], 5000)
+    eq(first["cum"], 5000 - (10 + n - 2) - (10 + n - 1))
 
 
 def test_events_are_queued_once_then_acked_in_the_log():
@@ -95,3 +154,23 @@ def test_config_survives_reload_and_bad_update_keeps_old_values():
     raises(ConfigError, store.set_many, {"meter_id": "UJ-10", "step_s": 5}, T0)
     again = ConfigStore(slots)
     eq((again.get("meter_id"), again.get("step_s"), again.get("broker_port")), ("UJ-9", 30, 1883))
+
+
+def test_version_code_packs_major_minor_patch_for_event_values():
+    eq(version_code("1.1.0"), 10100)
+    eq(version_code("0.4.12"), 412)
+    for v in ("1.1", "1.1.0-rc1", "1.100.0", "a.b.c", "", None, 7):
+        eq(version_code(v), 0, repr(v))
+
+
+def test_ota_manifest_cuts_the_image_into_equal_chunks_of_at_most_the_limit():
+    digest = "ab" * 32
+    m = ota_manifest(["OTA-1", "1.1.0", 171082, digest, 42])
+    eq((m["version"], m["size"], m["chunk_size"], m["sha256"]), ("1.1.0", 171082, 4074, digest))
+    eq(ota_manifest(["OTA-1", "1.1.0", 10, digest, 4])["chunk_size"], 3)  # 3, 3, 3, 1
+    eq(ota_manifest(["OTA-1", "1.1.0", 10, digest, 6]), None)  # 2-byte chunks make 5, not 6
+    eq(ota_manifest(["OTA-1", "1.1.0", OTA_MAX_CHUNK * 2 + 1, digest, 2]), None)  # chunks too big
+    for fields in (["OTA-1", "1.1.0", 0, digest, 1], ["OTA-1", "1.1.0", 10, digest, True],
+                   ["OTA-1", 110, 10, digest, 1], ["OTA-1", "1.1.0", 10, None, 1],
+                   ["OTA-1", "1.1.0", 10, digest], None):
+        eq(ota_manifest(fields), None, repr(fields))

@@ -26,9 +26,10 @@ def test_names_cover_every_code_once_and_codes_fit_a_byte():
         ev.TOPUP_APPLIED, ev.TOPUP_REJECTED, ev.TARIFF_CHANGED, ev.TARIFF_SCHEDULED,
         ev.LOW_CREDIT_WARNING, ev.CREDIT_EXHAUSTED, ev.EMERGENCY_STARTED, ev.CREDIT_STATE,
         ev.LOAD_TRIP, ev.LOAD_LOCKOUT, ev.REGISTER_DECREASE, ev.CLOCK_SET,
-        ev.JOURNAL_RESTORED, ev.EVENTS_LOST,
+        ev.JOURNAL_RESTORED, ev.EVENTS_LOST, ev.READ_FAILED, ev.READ_RESTORED,
+        ev.FW_CONFIRMED, ev.FW_ROLLED_BACK,
     ]
-    eq(len(set(codes)), 23)
+    eq(len(set(codes)), 27)
     eq(sorted(ev.NAMES.keys()), sorted(codes))
     eq(ev.NAMES[ev.TOPUP_APPLIED], "TOPUP_APPLIED")
     for code in codes:
@@ -241,3 +242,31 @@ def test_every_event_is_delivered_or_counted_as_lost():
             delivered += 1
     eq(delivered + reported_lost, log.last_seq)
     eq(reported_lost, log.lost)
+
+
+def test_recent_gives_the_newest_events_oldest_first_delivered_or_not():
+    log = filled(8, 5)
+    log.ack(5)
+    eq(log.recent(3), [(3, T0 + 3, ev.MAGNET, 30), (4, T0 + 4, ev.MAGNET, 40),
+                       (5, T0 + 5, ev.MAGNET, 50)])
+    eq(log.pending(), [])  # recent does not touch delivery
+
+
+def test_recent_holds_only_what_the_ring_still_has_and_no_lost_marker():
+    log = filled(4, 10)  # 1..6 overwritten, 7..10 in the ring, undelivered
+    eq([e[0] for e in log.recent(16)], [7, 8, 9, 10])
+    eq([e[2] for e in log.recent(16)], [ev.MAGNET] * 4)
+    eq(log.pending(16)[0][2], ev.EVENTS_LOST)  # pending still reports the loss
+
+
+def test_recent_of_nothing_or_a_silly_n_is_empty():
+    eq(ev.EventLog(4).recent(5), [])
+    log = filled(4, 2)
+    eq((log.recent(0), log.recent(-1)), ([], []))
+
+
+def test_recent_after_restore_shows_the_events_the_journal_kept():
+    log = filled(8, 6)
+    log.ack(4)
+    again = ev.EventLog.from_state(log.to_state())
+    eq([e[0] for e in again.recent(16)], [5, 6])
