@@ -31,6 +31,11 @@ RETURNING last`` in the caller's transaction.  The row lock serialises
 concurrent allocations for one meter on PostgreSQL (SQLite has one writer),
 and the value is in the database, so it survives restarts.
 
+``backfill`` commands are queued by the ingest (``headend.store.
+request_backfills``) for sequence gaps that stay open; an OK ack carries
+``n`` and ``lo``, recorded on the gap, and ``lo`` above the gap marks it
+unrecoverable (``data_lost`` alert).
+
 Every transition is a ``command_transitions`` row (audit trail).  Outcome
 listeners (``OUTCOME_LISTENERS``, e.g. the ledger) run in the same
 transaction when a command reaches APPLIED, FAILED or EXPIRED.
@@ -103,10 +108,12 @@ ACK_EVENTS = {
 #    is ACK_FAILED with the result name as the reason
 RESULT_NAMES = fw_meter.RESULT_NAMES
 
-KINDS = ("topup", "relay", "tariff", "reset_lockout")
+BACKFILL = "backfill"
+KINDS = ("topup", "relay", "tariff", "reset_lockout", BACKFILL)
 DEFAULT_TTL_S = {"topup": 7 * 86400, "relay": 3600, "tariff": 7 * 86400,
-                 "reset_lockout": 3600}
+                 "reset_lockout": 3600, BACKFILL: 86400}
 ID_MAX = 64
+BACKFILL_MAX_SPAN = 10000  # the meter answers BAD_VALUE for a longer range (docs/protocol.md)
 
 
 class CommandError(ValueError):
@@ -230,7 +237,9 @@ class CommandAlert(Base):
     at: Mapped[int] = mapped_column(BigInteger, index=True)
     meter_id: Mapped[str] = mapped_column(String(64), index=True)
     command_id: Mapped[str | None] = mapped_column(String(ID_MAX), default=None)
-    kind: Mapped[str] = mapped_column(String(32))  # command_expired | late_ack | unexpected_ack
+    # command_expired | late_ack | unexpected_ack | data_lost (backfill: the meter no longer
+    # holds the missing uplinks)
+    kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     acknowledged: Mapped[bool] = mapped_column(default=False)
 
@@ -281,6 +290,8 @@ def _check_args(kind, args):
         "relay": len(args) == 1 and args[0] in ("connect", "disconnect"),
         "tariff": len(args) == 1 and isinstance(args[0], str) and bool(args[0]),
         "reset_lockout": not args,
+        BACKFILL: (len(args) == 2 and all(type(a) is int and a >= 0 for a in args)
+                   and args[0] <= args[1] and args[1] - args[0] < BACKFILL_MAX_SPAN),
     }[kind]
     if not ok:
         raise CommandError("bad fields for %s: %r (docs/protocol.md, Downlink commands)"
@@ -431,11 +442,43 @@ def handle_ack(session, meter_id, ack, now, alert_hook=None):
         cmd.counter, cmd.payload, cmd.attempts = None, None, 0
         cmd.reissues += 1
         cmd.next_attempt_at = now
+    if cmd.kind == BACKFILL and event == ACK_APPLIED and code == auth.OK:
+        detail += _backfill_answer(session, cmd, ack, now, alert_hook)
     transition(session, cmd, event, now, detail=detail)
     if old == EXPIRED and cmd.state == APPLIED:
         raise_alert(session, now, meter_id, cmd.id, "late_ack",
                     "the meter applied the command after we expired it", alert_hook)
     return cmd
+
+
+def _backfill_answer(session, cmd, ack, now, alert_hook):
+    """Record a ``backfill`` ack's ``n`` / ``lo`` on the gap it was sent for; returns detail text.
+
+    ``lo`` is the oldest uplink sequence the meter still holds: a gap that
+    ends below it is gone for good and is marked unrecoverable (never
+    requested again).  A gap that ``lo`` cuts in two fills from ``lo`` up
+    when the re-sent uplinks arrive; the rest becomes a new gap that
+    ``headend.store.request_backfills`` marks unrecoverable from the same
+    ``held_from`` without asking again.  An ack without integer ``n`` and
+    ``lo`` (a meter that does not follow the spec) raises an alert and
+    changes no gap.
+    """
+    n, lo = ack.get("n"), ack.get("lo")
+    if type(n) is not int or type(lo) is not int or n < 0 or lo < 0:
+        raise_alert(session, now, cmd.meter_id, cmd.id, "unexpected_ack",
+                    "backfill ack without integer n and lo: n=%r lo=%r" % (n, lo), alert_hook)
+        return " (no n/lo)"
+    gap = session.scalars(select(M.SeqGap).where(M.SeqGap.backfill_command_id == cmd.id)).first()
+    if gap is None:
+        return " n=%d lo=%d" % (n, lo)
+    gap.backfill_n, gap.held_from = n, lo
+    if lo > gap.last_seq and gap.unrecoverable_at is None and gap.closed_at is None:
+        gap.unrecoverable_at = now
+        raise_alert(session, now, cmd.meter_id, cmd.id, "data_lost",
+                    "uplinks s %d..%d are gone: the meter holds s >= %d only" % (
+                        gap.first_seq, gap.last_seq, lo), alert_hook)
+        return " n=%d lo=%d: gap %d..%d unrecoverable" % (n, lo, gap.first_seq, gap.last_seq)
+    return " n=%d lo=%d" % (n, lo)
 
 
 def expire_due(session, now, policy, alert_hook=None):

@@ -68,13 +68,44 @@ def _plain(value, depth):
     return False  # float, cbor2 tag results (datetime, Decimal, CBORTag, ...), simple values
 
 
+def _plain_body(body):
+    """``_plain(body, 0)`` for a dict, unrolled for the shapes uplinks have (ints and strings
+    at the top, lists of lists of ints or nulls below): about 3x fewer Python calls per
+    reading uplink.  Anything else goes to ``_plain`` at the depth it was found."""
+    lo, hi = _INT_MIN, _INT_END
+    for key, value in body.items():
+        kt = type(key)
+        if not (kt is str or (kt is int and lo <= key < hi)):
+            return False
+        t = type(value)
+        if t is int:
+            if not lo <= value < hi:
+                return False
+        elif t is list:
+            for row in value:
+                if type(row) is list:
+                    for x in row:
+                        tx = type(x)
+                        if tx is int:
+                            if not lo <= x < hi:
+                                return False
+                        elif not (x is None or tx is str or tx is bool or tx is bytes
+                                  or _plain(x, 3)):
+                            return False
+                elif not _plain(row, 2):
+                    return False
+        elif not (t is str or t is bool or value is None or t is bytes or _plain(value, 1)):
+            return False
+    return True
+
+
 def _fast(topic_name, payload):
     """The decoded body, or None when the reference decoder must decide."""
     if len(payload) > MAX_FAST_BYTES:
         return None
     meter_id, kind = messages.parse_topic(topic_name)
     body = cbor2.loads(payload)
-    if type(body) is not dict or not _plain(body, 0) or cbor2.dumps(body) != payload:
+    if type(body) is not dict or not _plain_body(body) or cbor2.dumps(body) != payload:
         return None
     messages.validate(kind, body)
     if body["m"] != meter_id:

@@ -7,8 +7,13 @@ through the MQTT v5 shared subscription ``$share/<group>/urja/v1/+/up/#``.
     python -m headend.ingest --print-mosquitto-conf     # broker settings we rely on
 
 Delivery guarantee (at-least-once in, exactly-once stored):
-- QoS 1 with manual acknowledgement (gmqtt ``optimistic_acknowledgement=False``):
-  a message's PUBACK goes out only after the batch holding it committed.
+- QoS 1 with manual acknowledgement (``mqtt_fast.FastSubscriber.ack_all`` after the
+  commit; gmqtt: ``optimistic_acknowledgement=False``): a message's PUBACK goes
+  out only after the batch holding it committed.  Acks of a batch read on a
+  connection that has since dropped are not sent on the new one; the broker
+  re-sends those messages there and dedupe absorbs them.
+- The worker subscribes again on every (re)connect: Mosquitto 2.0.11 keeps
+  the persistent session over a restart but loses its shared subscription.
   A crash before the commit leaves it unacknowledged in our persistent
   session (clean start off, session expiry 7 days), so Mosquitto redelivers
   it when a worker with the same client id reconnects.  Committed but not
@@ -22,13 +27,26 @@ Delivery guarantee (at-least-once in, exactly-once stored):
 - Loss is detected, not assumed away: per-meter sequence gaps are written
   to ``seq_gaps`` (headend/store.py) and Mosquitto's own drop counter
   ``$SYS/broker/publish/messages/dropped`` is exported as ``broker_dropped``.
+- ... and repaired where the meter still can: a gap still open
+  ``backfill_grace_s`` after it was seen gets an authenticated ``backfill``
+  downlink through the durable command queue (``store.request_backfills``,
+  asked again up to 3 times while the gap stays open;
+  the dispatcher sends it, the meter re-publishes the held uplinks, dedupe
+  makes that idempotent).  The meter's ack says which part is gone for good
+  (``commands.handle_ack``: unrecoverable gap + ``data_lost`` alert).
 
 Client choice, measured on this 2-core machine (Mosquitto 2, loopback,
-QoS 1, 71-byte CBOR readings, ``bench/headend_ingest.py --bare-only``):
-see BARE_RATES below.  Decoding goes through ``headend.fastdecode`` (cbor2,
-with firmware.protocol.messages deciding every doubtful payload); gmqtt is used on this hot path, paho-mqtt in tools
-and tests.  Invalid uplinks (bad CBOR, schema, topic/body mismatch, unknown
-meter, wrong unit) go to ``dead_letters`` byte for byte with the reason.
+QoS 1, 71-byte CBOR readings, ``bench/headend_ingest.py``): the default is
+``headend.mqtt_fast`` (our own asyncio.Protocol subscriber: one parse loop
+per socket read, one PUBACK write per committed batch); gmqtt (one task and
+one PUBACK write per message) stays selectable with ``client="gmqtt"``.  In
+the same runs the worker spent ~60 us less CPU per reading with mqtt_fast
+(see BARE_RATES and docs/SCALING.md).  Decoding goes through
+``headend.fastdecode`` (cbor2, with firmware.protocol.messages deciding
+every doubtful payload); paho-mqtt is for tools and tests.  Invalid uplinks
+(bad CBOR, schema, topic/body mismatch, unknown meter, wrong unit) go to
+``dead_letters`` byte for byte with the reason.
+
 Ingest lag = commit time - the message's ``t`` (whole seconds on the wire,
 so the lag carries up to 1 s of rounding).
 """
@@ -48,17 +66,24 @@ from gmqtt.mqtt.constants import MQTTv50
 from firmware.protocol import messages
 from headend.db import make_engine
 from headend.fastdecode import decode_uplink
-from headend.store import UplinkStore, known_meters, open_gaps, scan_gaps
+from headend.mqtt_fast import FastSubscriber
+from headend.store import UplinkStore, known_meters, open_gaps, request_backfills, scan_gaps
 
 log = logging.getLogger("urja.ingest")
 
 # Bare broker rate (4 QoS 1 publisher connections -> one discarding MQTT v5 subscriber,
-# same run, same 2 cores), msgs/s, bench/headend_ingest.py: gmqtt 42334 / 47252,
-# paho-mqtt 13257 / 18509 (two runs; gmqtt 26745 in a third, noisy one).  gmqtt
-# is ~2.5-3x faster at receiving, so the worker uses it.
+# same run, same 2 cores), msgs/s, bench/headend_ingest.py.  Earlier quiet runs: gmqtt
+# 42334 / 47252, paho-mqtt 13257 / 18509.  2026-11-27, machine shared with other
+# jobs (load average 4-6): mqtt_fast 6047 / 5374 / 13409, gmqtt 4910 / 4666 / 15737 in
+# the same runs: the load generator, not the subscriber, sets the bare rate then.
 BARE_RATES = {"gmqtt": (42334, 47252), "paho": (13257, 18509)}
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+CLIENTS = ("fast", "gmqtt")  # headend.mqtt_fast (default) or gmqtt
+# A gap may close by itself: another worker's batch holding the missing uplink
+# is still uncommitted, or the meter's outbox is still re-sending after a
+# reconnect.  Only a gap open this long is worth a backfill downlink.
+DEFAULT_BACKFILL_GRACE_S = 300
 
 # Mosquitto settings the ingest relies on.  Defaults would silently drop: Mosquitto
 # keeps at most max_queued_messages (1000) QoS 1 messages per offline or slow
@@ -95,7 +120,10 @@ class Counters:
         self.commit_errors = 0
         self.gaps_opened = 0
         self.gaps_closed = 0
+        self.backfills_requested = 0
+        self.gaps_unrecoverable = 0
         self.broker_dropped = 0
+        self.subscribes = 0      # SUBACKs: one per (re)connect
         self.lags_s = collections.deque(maxlen=lag_window)
 
     def lag_percentile_ms(self, p):
@@ -110,18 +138,21 @@ class Counters:
                 "duplicates": self.duplicates, "dead_lettered": self.dead_lettered,
                 "batches": self.batches, "commit_errors": self.commit_errors,
                 "gaps_opened": self.gaps_opened, "gaps_closed": self.gaps_closed,
-                "broker_dropped": self.broker_dropped,
+                "backfills_requested": self.backfills_requested,
+                "gaps_unrecoverable": self.gaps_unrecoverable,
+                "broker_dropped": self.broker_dropped, "subscribes": self.subscribes,
                 "lag_p50_ms": self.lag_percentile_ms(50), "lag_p99_ms": self.lag_percentile_ms(99)}
 
 
 class _Batch:
-    __slots__ = ("bodies", "dead", "done", "opened")
+    __slots__ = ("bodies", "dead", "done", "opened", "acks")
 
     def __init__(self):
         self.bodies = []
         self.dead = []
         self.done = asyncio.get_running_loop().create_future()
         self.opened = time.monotonic()
+        self.acks = {}  # mqtt_fast connection -> QoS 1 packet ids to PUBACK after the commit
 
     def __len__(self):
         return len(self.bodies) + len(self.dead)
@@ -136,12 +167,19 @@ class IngestWorker:
 
     def __init__(self, engine, host, port, client_id, group="ingest", batch_max=5000,
                  batch_ms=50, gap_scan_s=1.0, session_expiry_s=7 * 86400, clock=time.time,
-                 after_commit=None):
+                 after_commit=None, backfill_grace_s=None, client="fast"):
         self.engine = engine
         self.store = UplinkStore(engine)
         self.host, self.port, self.client_id, self.group = host, port, client_id, group
         self.batch_max, self.batch_ms = batch_max, batch_ms
         self.gap_scan_s = gap_scan_s
+        # None (the default for embedders such as the simulator): never ask meters to
+        # backfill; the ``python -m headend.ingest`` program defaults to
+        # DEFAULT_BACKFILL_GRACE_S
+        self.backfill_grace_s = backfill_grace_s
+        if client not in CLIENTS:
+            raise ValueError("client must be one of %s, got %r" % (", ".join(CLIENTS), client))
+        self.client_kind = client
         self.session_expiry_s = session_expiry_s
         self.clock = clock
         self.after_commit = after_commit  # called with (WriteResult, bodies, commit_time)
@@ -183,6 +221,34 @@ class IngestWorker:
             return None, "reading.u: meter %r counts in %s, message says %r" % (
                 body["m"], unit, body["u"])
         return body, None
+
+    def _on_messages(self, conn, pubs):
+        """mqtt_fast: every PUBLISH of one socket read, in one call; acks wait for the commit."""
+        batch = self._batch
+        was_empty = not len(batch)
+        classify = self.classify
+        ids = batch.acks.get(conn)
+        if ids is None:
+            ids = batch.acks[conn] = []
+        received = 0
+        for p in pubs:
+            if p.topic == DROPPED_TOPIC:
+                try:
+                    self.counters.broker_dropped = int(p.payload)
+                except ValueError:
+                    pass
+                continue
+            received += 1
+            body, reason = classify(p.topic, p.payload)
+            if body is not None:
+                batch.bodies.append(body)
+            else:
+                batch.dead.append((p.topic, p.payload, reason))
+            if p.qos:
+                ids.append(p.packet_id)
+        self.counters.received += received
+        if (was_empty and len(batch)) or len(batch) >= self.batch_max:
+            self._wake.set()
 
     async def _on_message(self, client, topic, payload, qos, properties):
         if topic == DROPPED_TOPIC:
@@ -253,6 +319,8 @@ class IngestWorker:
         for m, _s in result.stored_keys:
             self._touched.add(m)
         batch.done.set_result(True)
+        for conn, ids in batch.acks.items():  # mqtt_fast: one write per batch
+            self._client.ack_all(conn, ids)
         if self.after_commit is not None:
             self.after_commit(result, batch.bodies, committed)
 
@@ -266,12 +334,18 @@ class IngestWorker:
         """
         touched, self._touched = self._touched, set()
         touched |= await asyncio.to_thread(
-            lambda: {meter_id for meter_id, _first, _last in open_gaps(self.engine)})
+            lambda: {meter_id for meter_id, _first, _last
+                     in open_gaps(self.engine, unrecoverable=False)})
         if touched:
             opened, closed = await asyncio.to_thread(scan_gaps, self.engine, sorted(touched),
                                                      int(self.clock()), self._low_marks)
             self.counters.gaps_opened += opened
             self.counters.gaps_closed += closed
+        if self.backfill_grace_s is not None:
+            requested, lost = await asyncio.to_thread(
+                request_backfills, self.engine, int(self.clock()), self.backfill_grace_s)
+            self.counters.backfills_requested += requested
+            self.counters.gaps_unrecoverable += lost
 
     async def _gap_scanner(self, stop):
         while not stop.is_set():
@@ -286,13 +360,19 @@ class IngestWorker:
 
     # --- lifecycle -----------------------------------------------------------
 
-    async def run(self, stop):
-        """Run until ``stop`` (an asyncio.Event) is set; then commit what is pending and leave."""
-        self._batch = _Batch()
-        self._wake = asyncio.Event()
-        self.connected = self.connected or asyncio.Event()
-        self._meters = await asyncio.to_thread(known_meters, self.engine)
-        self._meters_loaded = time.monotonic()
+    def _subscribed(self):
+        self.counters.subscribes += 1
+        self.connected.set()
+
+    async def _connect_fast(self):
+        # subscribes again on every (re)connect (see mqtt_fast's module doc)
+        self._client = FastSubscriber(
+            self.host, self.port, self.client_id,
+            [(self.subscription, 1), (DROPPED_TOPIC, 0)], self._on_messages, self._subscribed,
+            keepalive_s=30, session_expiry_s=self.session_expiry_s, receive_maximum=65535)
+        await self._client.start()
+
+    async def _connect_gmqtt(self):
         client = gmqtt.Client(self.client_id, clean_session=False,
                               optimistic_acknowledgement=False,
                               session_expiry_interval=self.session_expiry_s,
@@ -300,17 +380,32 @@ class IngestWorker:
         client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         client.on_message = self._on_message
 
-        def on_connect(cl, flags, rc, properties):
+        def on_connect(cl, session_present, rc, properties):
+            # Subscribe on every (re)connect, even when the broker says the session is
+            # present: Mosquitto 2.0.11 restores a persistent session after a restart
+            # but not its shared subscriptions ($share/...), so trusting
+            # session_present would leave this worker connected and deaf
+            # (headend/tests/test_ingest_restart.py, broker restart test).
             cl.subscribe([gmqtt.Subscription(self.subscription, qos=1),
                           gmqtt.Subscription(DROPPED_TOPIC, qos=0)])
 
-        def on_subscribe(cl, mid, qos, properties):
-            self.connected.set()
-
         client.on_connect = on_connect
-        client.on_subscribe = on_subscribe
+        client.on_subscribe = lambda cl, mid, qos, properties: self._subscribed()
         self._client = client
         await client.connect(self.host, self.port, version=MQTTv50, keepalive=30)
+
+
+    async def run(self, stop):
+        """Run until ``stop`` (an asyncio.Event) is set; then commit what is pending and leave."""
+        self._batch = _Batch()
+        self._wake = asyncio.Event()
+        self.connected = self.connected or asyncio.Event()
+        self._meters = await asyncio.to_thread(known_meters, self.engine)
+        self._meters_loaded = time.monotonic()
+        if self.client_kind == "fast":
+            await self._connect_fast()
+        else:
+            await self._connect_gmqtt()
         flusher = asyncio.ensure_future(self._flusher(stop))
         scanner = asyncio.ensure_future(self._gap_scanner(stop))
         try:
@@ -321,7 +416,10 @@ class IngestWorker:
             flusher.cancel()
             await asyncio.sleep(0)  # let PUBACKs of the last batch go out
             try:
-                await client.disconnect()
+                if self.client_kind == "fast":
+                    await self._client.stop()
+                else:
+                    await self._client.disconnect()
             except Exception:
                 log.exception("disconnect failed")
         await self.scan_gaps_now()
@@ -342,6 +440,13 @@ def parse_args(argv):
     p.add_argument("--db-schema", default=None, help="PostgreSQL schema (search_path)")
     p.add_argument("--batch-max", type=int, default=5000)
     p.add_argument("--batch-ms", type=int, default=50)
+    p.add_argument("--backfill-grace-s", type=int,
+                   default=int(os.environ.get("URJA_BACKFILL_GRACE_S",
+                                              str(DEFAULT_BACKFILL_GRACE_S))),
+                   help="queue a backfill command for a sequence gap still open this many "
+                        "seconds after it was seen (default %(default)s; -1: never)")
+    p.add_argument("--client", choices=CLIENTS, default="fast",
+                   help="MQTT client: fast (headend.mqtt_fast, default) or gmqtt")
     p.add_argument("--stats-s", type=float, default=0.0,
                    help="print counters as one JSON line every N seconds (0: only at exit)")
     p.add_argument("--print-mosquitto-conf", action="store_true",
@@ -363,7 +468,10 @@ async def _main(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     worker = IngestWorker(engine_for(args.db, args.db_schema), args.host, args.port,
-                          args.client_id, args.group, args.batch_max, args.batch_ms)
+                          args.client_id, args.group, args.batch_max, args.batch_ms,
+                          backfill_grace_s=(None if args.backfill_grace_s < 0
+                                            else args.backfill_grace_s),
+                          client=args.client)
     worker.connected = asyncio.Event()
 
     async def report():

@@ -7,7 +7,8 @@ Two sources, because ingest workers are separate processes:
   uplinks stored per second and ingest lag (``received_at - t``) p50/p99
   over the last ``metrics_window_s``; command queue depth by state; meters
   communicating vs silent for ``comm_loss_after_s`` per tenant; dead letters;
-  open sequence gaps; requests waiting for a second approver.
+  open sequence gaps (and those the meter can no longer backfill); requests
+  waiting for a second approver.
   Percentiles use ORDER BY ... LIMIT 1 OFFSET k, one row per query, the same
   SQL on SQLite and PostgreSQL.
 - ``IngestCountersCollector`` exposes an in-process ``headend.ingest.Counters``
@@ -95,11 +96,18 @@ class FleetCollector:
                               "Uplinks dead-lettered within the metrics window")
         g.add_metric([], dead)
         yield g
-        gaps = conn.scalar(select(func.count()).select_from(M.SeqGap)
-                           .where(M.SeqGap.closed_at.is_(None)))
+        gaps = dict(conn.execute(
+            select(M.SeqGap.unrecoverable_at.is_not(None), func.count())
+            .where(M.SeqGap.closed_at.is_(None))
+            .group_by(M.SeqGap.unrecoverable_at.is_not(None))).all())
         g = GaugeMetricFamily("urja_ingest_open_sequence_gaps",
                               "Runs of missing uplink sequence numbers not yet filled")
-        g.add_metric([], gaps)
+        g.add_metric([], sum(gaps.values()))
+        yield g
+        g = GaugeMetricFamily("urja_ingest_unrecoverable_sequence_gaps",
+                              "Unfilled gaps the meter no longer holds (backfill answered lo "
+                              "above them)")
+        g.add_metric([], gaps.get(True, 0))
         yield g
 
     def _commands(self, conn):
@@ -155,7 +163,8 @@ class IngestCountersCollector:
     """An in-process ``headend.ingest.Counters`` as Prometheus counters."""
 
     TOTALS = ("received", "stored", "readings", "duplicates", "dead_lettered", "batches",
-              "commit_errors", "gaps_opened", "gaps_closed")
+              "commit_errors", "gaps_opened", "gaps_closed", "backfills_requested",
+              "gaps_unrecoverable")
 
     def __init__(self, counters, worker="0"):
         self.counters, self.worker = counters, worker

@@ -149,8 +149,15 @@ class SeqGap(Base):
     """A run of missing uplink sequence numbers [first_seq, last_seq] of one meter.
 
     ``closed_at`` is set when the missing messages arrived after all (late or
-    redelivered); an open gap that stays open is lost data: ask the meter to
-    backfill.
+    redelivered, or re-sent by the meter for a ``backfill`` command).  A gap
+    still open after the ingest's grace period gets a ``backfill`` command
+    (``backfill_command_id``, the latest of ``backfill_attempts``;
+    ``headend.store.request_backfills`` asks again, up to a limit, when a
+    finished one did not fill it); the meter's ack says how many uplinks it
+    re-queued (``backfill_n``) and the oldest ``s`` it still holds
+    (``held_from``).  When that is above the gap
+    the data is gone for good: ``unrecoverable_at`` is set, the gap stays
+    unfilled (``closed_at`` NULL) and is never requested again.
     """
     __tablename__ = "seq_gaps"
     __table_args__ = (UniqueConstraint("meter_id", "first_seq", "last_seq"),)
@@ -160,6 +167,12 @@ class SeqGap(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger)
     detected_at: Mapped[int] = mapped_column(BigInteger)
     closed_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    backfill_command_id: Mapped[str | None] = mapped_column(String(64), default=None,
+                                                             index=True)
+    backfill_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    backfill_n: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    held_from: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    unrecoverable_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
     @property
     def missing(self):

@@ -18,16 +18,20 @@ Everything else, and SQLite, goes through SQLAlchemy's "insertmanyvalues".
 Gap detection reads ``uplinks_seen`` (the set of sequence numbers actually
 stored) with a LEAD() window: a run of missing ``s`` between two stored ones
 is a gap.  Gaps are recorded in ``seq_gaps``; one that later fills (a late or
-redelivered message) gets ``closed_at``.
+redelivered message) gets ``closed_at``.  One still open after a grace period
+gets a ``backfill`` downlink through the command queue (``request_backfills``);
+the meter's ack marks it unrecoverable when the meter no longer holds it.
 
 >>> from headend.db import make_engine
 >>> store = UplinkStore(make_engine("sqlite://"))            # doctest: +SKIP
 >>> store.write([body, ...], dead=[("topic", b"..", "reason")], now=1795737600)   # doctest: +SKIP
 WriteResult(uplinks=..., duplicates=..., readings=..., dead=...)
 """
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
+from firmware.core.events import TOPUP_APPLIED
 from headend import models as M
 
 
@@ -84,16 +88,37 @@ _PG_HOT = {
 }
 
 
+def _text_array(values, sql_type):
+    r"""A PostgreSQL array literal (text format) of one column.
+
+    psycopg's binary array dumper packs every element in Python (~10 us per
+    uplink for the three hot tables); ``",".join`` over ``str`` runs in C and
+    the server parses the literal in C.  Text elements are always quoted
+    (meter ids may hold ``,`` ``"`` ``{`` or a backslash); None is NULL.
+
+    >>> _text_array([1, None, 3], "bigint"), _text_array(['a"b', "c"], "text")
+    ('{1,NULL,3}', '{"a\\"b","c"}')
+    """
+    if sql_type == "text":
+        return "{%s}" % ",".join(
+            '"%s"' % v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    if sql_type == "boolean":
+        return "{%s}" % ",".join("t" if v else "f" for v in values)
+    if None in values:
+        return "{%s}" % ",".join("NULL" if v is None else str(v) for v in values)
+    return "{%s}" % ",".join(map(str, values))
+
+
 def _pg_unnest_insert(conn, table, rows, returning=None):
     """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING [RETURNING]; PostgreSQL only."""
     cols = _PG_HOT[table]
     sql = "INSERT INTO %s (%s) SELECT * FROM unnest(%s) ON CONFLICT DO NOTHING" % (
-        table, ", ".join(c for c, _ in cols), ", ".join("%%b::%s[]" % t for _, t in cols))
+        table, ", ".join(c for c, _ in cols), ", ".join("%%s::%s[]" % t for _, t in cols))
     if returning:
         sql += " RETURNING " + returning
     cur = conn.connection.driver_connection.cursor()  # same connection, same transaction
     try:
-        cur.execute(sql, [[r[c] for r in rows] for c, _ in cols])
+        cur.execute(sql, [_text_array([r[c] for r in rows], t) for c, t in cols])
         return cur.fetchall() if returning else None
     finally:
         cur.close()
@@ -202,6 +227,9 @@ class UplinkStore:
             conn.execute(self._registers, rows["register"])
         if rows["event"]:
             conn.execute(self._events, rows["event"])
+            topped_up = sorted({r["meter_id"] for r in rows["event"] if r["code"] == TOPUP_APPLIED})
+            if topped_up:
+                _book_token_topups(conn, topped_up, now)
         if rows["status"]:
             conn.execute(self._status, rows["status"])
             latest = {}
@@ -214,6 +242,23 @@ class UplinkStore:
             if rows[kind]:
                 conn.execute(stmt, rows[kind])
         return readings
+
+
+def _book_token_topups(conn, meter_ids, now):
+    """Mark STS tokens applied from TOPUP_APPLIED events, in the batch's own transaction.
+
+    ``headend.tokens.match_meter_events`` books a token's TOPUP_APPLIED on the
+    ledger once the meter reports an event of its value; doing it where the
+    events are stored means the booking commits (or not) with the events, and
+    a replayed event uplink (claimed already) never gets here twice.
+    """
+    from headend import tokens  # late: tokens pulls in commands, ledger, STS vending
+    with Session(bind=conn, autoflush=False) as session:  # joins conn's transaction
+        if not tokens.tables_ready(session):
+            return
+        for meter_id in meter_ids:
+            tokens.match_meter_events(session, meter_id, now)
+        session.flush()
 
 
 # --- sequence gaps ---------------------------------------------------------
@@ -242,7 +287,8 @@ def scan_gaps(engine, meter_ids, now, low_marks=None):
     ``low_marks`` (meter -> a sequence number known to be stored) bounds the scan
     so it does not re-read a meter's whole history; the caller keeps it
     between scans (``IngestWorker`` does).  Open gaps below the mark are
-    always re-checked, so a late message closes its gap.
+    always re-checked, so a late message closes its gap; gaps marked
+    unrecoverable are re-checked only when they lie inside the scanned range.
     """
     low_marks = low_marks if low_marks is not None else {}
     gaps = M.SeqGap.__table__
@@ -250,14 +296,16 @@ def scan_gaps(engine, meter_ids, now, low_marks=None):
     with engine.begin() as conn:
         for meter_id in meter_ids:
             open_rows = conn.execute(
-                select(gaps.c.id, gaps.c.first_seq, gaps.c.last_seq)
+                select(gaps.c.id, gaps.c.first_seq, gaps.c.last_seq, gaps.c.unrecoverable_at)
                 .where(gaps.c.meter_id == meter_id, gaps.c.closed_at.is_(None))).all()
             low = low_marks.get(meter_id, 0)
-            if open_rows:
-                low = min(low, min(r.first_seq for r in open_rows) - 1)
+            pending = [r.first_seq for r in open_rows if r.unrecoverable_at is None]
+            if pending:
+                low = min(low, min(pending) - 1)
             found = set(current_gaps(conn, meter_id, low))
             for row in open_rows:
-                if (row.first_seq, row.last_seq) not in found:
+                # a gap starting above ``low`` is in ``found`` if it is still missing whole
+                if row.first_seq > low and (row.first_seq, row.last_seq) not in found:
                     conn.execute(update(gaps).where(gaps.c.id == row.id).values(closed_at=now))
                     closed += 1
             known = {(r.first_seq, r.last_seq) for r in open_rows}
@@ -273,14 +321,96 @@ def scan_gaps(engine, meter_ids, now, low_marks=None):
     return opened, closed
 
 
-def open_gaps(engine, meter_id=None):
-    """Open gaps as [(meter_id, first_seq, last_seq)], oldest first."""
+def open_gaps(engine, meter_id=None, unrecoverable=True):
+    """Unfilled gaps as [(meter_id, first_seq, last_seq)], oldest first.
+
+    ``unrecoverable=False`` leaves out the gaps the meter can no longer fill.
+    """
     gaps = M.SeqGap.__table__
     q = select(gaps.c.meter_id, gaps.c.first_seq, gaps.c.last_seq).where(gaps.c.closed_at.is_(None))
     if meter_id is not None:
         q = q.where(gaps.c.meter_id == meter_id)
+    if not unrecoverable:
+        q = q.where(gaps.c.unrecoverable_at.is_(None))
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(q.order_by(gaps.c.meter_id, gaps.c.first_seq))]
+
+
+MAX_BACKFILL_ATTEMPTS = 3
+
+
+def request_backfills(engine, now, grace_s, limit=500, max_attempts=MAX_BACKFILL_ATTEMPTS):
+    """Queue a ``backfill`` command for each gap still open ``grace_s`` after it was detected.
+
+    Returns (requested, unrecoverable).  The command (kind ``backfill``,
+    fields ``[BF-<gap id>-<attempt>, first_s, last_s]``, docs/protocol.md)
+    goes through the durable queue (``headend.commands``); the dispatcher
+    signs, sends and retries it, and ``commands.handle_ack`` records the
+    meter's answer on the gap.
+
+    - A gap below the oldest sequence the meter said it still holds
+      (``held_from`` of an earlier answer) is marked unrecoverable instead.
+    - A gap whose last command finished (applied, failed or expired) more
+      than ``grace_s`` ago and is still open is asked for again, up to
+      ``max_attempts`` commands: the meter keeps queued ranges in RAM only,
+      so a reset between its ack and the re-sent uplinks loses the request.
+    - The gap row is claimed (``UPDATE ... WHERE backfill_command_id`` is still
+      what we read) in the transaction that queues the command, so several
+      ingest workers never queue two for one gap.
+    - A gap longer than the meter accepts in one command asks for its newest
+      ``BACKFILL_MAX_SPAN``; what stays missing becomes a new gap, asked for
+      in its turn.
+
+    >>> request_backfills(engine, now=1795737600, grace_s=300)    # doctest: +SKIP
+    (1, 0)
+    """
+    from headend import commands as C  # late: commands imports the firmware auth code
+    gaps = M.SeqGap.__table__
+    cmds = C.Command.__table__
+    requested = lost = 0
+    with Session(engine) as session:
+        rows = session.execute(
+            select(gaps.c.id, gaps.c.meter_id, gaps.c.first_seq, gaps.c.last_seq,
+                   gaps.c.backfill_command_id, gaps.c.backfill_attempts, cmds.c.state,
+                   cmds.c.finished_at)
+            .select_from(gaps.outerjoin(cmds, cmds.c.id == gaps.c.backfill_command_id))
+            .where(gaps.c.closed_at.is_(None), gaps.c.unrecoverable_at.is_(None),
+                   gaps.c.detected_at <= now - grace_s, gaps.c.backfill_attempts < max_attempts)
+            .order_by(gaps.c.id).limit(limit)).all()
+        rows = [r for r in rows if r.backfill_command_id is None or (
+            r.state in C.FINAL_STATES and (r.finished_at or 0) <= now - grace_s)]
+        if not rows:
+            return 0, 0
+        meters = sorted({r.meter_id for r in rows})
+        held_from = dict(session.execute(
+            select(gaps.c.meter_id, func.max(gaps.c.held_from))
+            .where(gaps.c.meter_id.in_(meters), gaps.c.held_from.is_not(None))
+            .group_by(gaps.c.meter_id)).all())
+        for row in rows:
+            as_read = gaps.c.backfill_command_id.is_(None) if row.backfill_command_id is None \
+                else gaps.c.backfill_command_id == row.backfill_command_id
+            still = (gaps.c.id == row.id, gaps.c.closed_at.is_(None),
+                     gaps.c.unrecoverable_at.is_(None), as_read)
+            floor = held_from.get(row.meter_id)
+            if floor is not None and row.last_seq < floor:
+                if session.execute(update(gaps).where(*still).values(
+                        unrecoverable_at=now, held_from=floor)).rowcount:
+                    lost += 1
+                    C.raise_alert(session, now, row.meter_id, None, "data_lost",
+                                  "uplinks s %d..%d are gone: the meter holds s >= %d only"
+                                  % (row.first_seq, row.last_seq, floor))
+                continue
+            attempt = row.backfill_attempts + 1
+            command_id = "BF-%d-%d" % (row.id, attempt)
+            if not session.execute(update(gaps).where(*still).values(
+                    backfill_command_id=command_id, backfill_attempts=attempt)).rowcount:
+                continue  # another worker took it, or it closed meanwhile
+            first = max(row.first_seq, row.last_seq - (C.BACKFILL_MAX_SPAN - 1))
+            C.enqueue(session, row.meter_id, C.BACKFILL, [first, row.last_seq], now,
+                      command_id=command_id)
+            requested += 1
+        session.commit()
+    return requested, lost
 
 
 def known_meters(engine):

@@ -20,10 +20,12 @@ CONFLICT       (``check_incoming``) a re-sent record with a DIFFERENT energy: th
 =============  ==============================================================
 
 Gaps (``find_gaps``): intervals no record covers.  A POWER_OFF record covers
-its whole span, so an outage is not a gap.  Each gap becomes a
-``BackfillRequest`` (proposed downlink ``backfill``: ``fields [id, from_t,
-to_t]``, the meter re-sends its stored records in [from_t, to_t)), closed
-when actual records cover it.
+its whole span, so an outage is not a gap.  Each gap is tracked as a
+``BackfillRequest`` row (interval time range), closed when actual records
+cover it.  Recovery itself goes by uplink sequence number, not by time: the
+ingest's sequence-gap scanner sends the ``backfill [id, first_s, last_s]``
+downlink (``store.request_backfills``, docs/protocol.md), and the re-sent
+readings close these interval gaps when they land.
 
 Estimation fills gaps in a separate table (``EstimatedReading``, flagged with
 its method), never in ``readings``: an actual record always wins, also when
@@ -39,7 +41,6 @@ from sqlalchemy import (BigInteger, Boolean, ForeignKey, Integer, String, Text,
                         UniqueConstraint, select)
 from sqlalchemy.orm import Mapped, mapped_column
 
-from firmware.core import auth
 from firmware.core.metering import PROFILE_AFTER_GAP, PROFILE_POWER_OFF
 from headend import models as M
 from headend.db import Base
@@ -58,7 +59,6 @@ CONFLICT = "CONFLICT"
 LINEAR = "linear"
 PROFILE = "profile"
 
-BACKFILL = "backfill"  # proposed downlink kind, fields [id, from_t, to_t]
 OPEN = "OPEN"
 SATISFIED = "SATISFIED"
 
@@ -361,18 +361,6 @@ def settle_backfills(session, meter_id, now, interval_s=900):
             EstimatedReading.start_t.in_(
                 select(M.Reading.start_t).where(M.Reading.meter_id == meter_id))))
     return done
-
-
-def backfill_command(key, meter_id, counter, expires_at, request):
-    """The signed ``backfill`` downlink for a request (canonical bytes as every command).
-
-    >>> cmd = backfill_command(b"k" * 32, "UJ-1", 7, 1795740000, BackfillRequest(
-    ...     id=3, meter_id="UJ-1", from_t=1795737600, to_t=1795739400))
-    >>> cmd["kind"], cmd["fields"]
-    ('backfill', ['BF-3', 1795737600, 1795739400])
-    """
-    return auth.make_command(key, BACKFILL, meter_id, counter, expires_at,
-                             ["BF-%d" % request.id, request.from_t, request.to_t])
 
 
 def estimate_gaps(session, meter_id, gaps, now, method=LINEAR, interval_s=900, config=None):

@@ -307,3 +307,19 @@ def test_consumer_alert_goes_by_sms_in_hindi_and_storm_to_the_operator_webhook(e
     finally:
         sms.close()
         hook.close()
+
+
+def test_low_credit_forecast_is_in_the_alert_catalogue_without_importing_the_forecast():
+    # a fresh interpreter: nothing but headend.alerts loaded, so no module can have patched it
+    import subprocess
+    import sys
+    code = ("import sys; from headend import alerts; "
+            "print('headend.forecast' in sys.modules, alerts.LOW_CREDIT_FORECAST in alerts.KINDS, "
+            "alerts.SEVERITY[alerts.LOW_CREDIT_FORECAST])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "info"]
+
+
+def test_the_forecast_raises_the_catalogue_kind():
+    from headend import forecast
+    assert forecast.LOW_CREDIT_FORECAST is alerts.LOW_CREDIT_FORECAST == "low_credit_forecast"

@@ -265,3 +265,12 @@ def test_topic_and_body_meter_mismatch_is_rejected_by_both():
 def test_unknown_kind_topic_is_rejected_by_both():
     ref = same_verdict("urja/v1/UJ-1/up/weather", heartbeat(""))
     assert ref[0] == "error" and ref[2].startswith("topic:")
+
+
+@given(st.dictionaries(
+    st.one_of(st.text(max_size=3), st.integers(-2**65, 2**65), st.binary(max_size=2)),
+    st.one_of(cbor_values, st.lists(st.lists(cbor_values, max_size=6), max_size=3),
+              st.integers(-2**65, 2**65)), max_size=6))
+@settings(**SETTINGS)
+def test_the_unrolled_plain_check_agrees_with_the_recursive_one(body):
+    assert fastdecode._plain_body(body) == fastdecode._plain(body, 0)

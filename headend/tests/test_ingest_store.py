@@ -40,6 +40,19 @@ def test_a_replayed_batch_stores_nothing_new(engine):
     assert count(engine, "readings") == 5
 
 
+def test_meter_ids_with_array_syntax_characters_are_stored_exactly(engine):
+    # PostgreSQL's hot path sends columns as array literals: quoting must hold
+    ids = ['UJ,"{1}"', "UJ\\x", "UJ-NULL", "NULL", "UJ'q"]
+    register_meters(engine, ids)
+    result = UplinkStore(engine).write([reading(m, 1, T0, 7) for m in ids], now=T0)
+    assert (result.uplinks, result.readings) == (5, 5)
+    with engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT meter_id FROM readings")).scalars()) == \
+            sorted(ids)
+        assert sorted(conn.execute(text("SELECT meter_id FROM uplinks_seen")).scalars()) == \
+            sorted(ids)
+
+
 def test_a_duplicate_inside_one_batch_is_counted_and_stored_once(engine):
     register_meters(engine, ["UJ-1"])
     r = reading("UJ-1", 1, T0, 10)

@@ -2,8 +2,6 @@
 
 Expected values are worked by hand in the comments.
 """
-import hashlib
-import hmac
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -110,16 +108,6 @@ def test_profile_estimate_is_the_mean_of_the_same_interval_on_previous_days():
     assert vee.estimate_profile(hist, s, 7) == 40  # (30 + 40 + 50) // 3; day 3 unknown
     assert vee.estimate_profile(hist, s, 1) == 30
     assert vee.estimate_profile({}, s, 7) is None
-
-
-def test_backfill_command_is_signed_over_the_documented_canonical_bytes():
-    key = b"k" * 32
-    req = vee.BackfillRequest(id=3, meter_id="UJ-1", from_t=T0, to_t=T0 + 2 * IV)
-    cmd = vee.backfill_command(key, "UJ-1", 7, T0 + 3600, req)
-    # docs/protocol.md: URJA1|<kind>|<meter_id>|<counter>|<expires_at>|<field0>|... HMAC-SHA256
-    canonical = b"URJA1|backfill|UJ-1|7|1795741200|BF-3|1795737600|1795739400"
-    assert cmd["mac"] == hmac.new(key, canonical, hashlib.sha256).hexdigest()
-    assert cmd["fields"] == ["BF-3", T0, T0 + 2 * IV]
 
 
 # --- with the database -------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Periodic jobs that ``urja-headend serve`` runs next to the API.
+
+Each job is one ``step`` (a short transaction, all state in the database, so
+a restarted service just carries on) repeated every ``interval_s`` in a
+daemon thread; a failing step is logged and tried again next round.
+"""
+import logging
+import threading
+import time
+
+from sqlalchemy.orm import Session
+
+log = logging.getLogger("urja.jobs")
+
+
+class PeriodicJob:
+    """Call ``step()`` every ``interval_s`` seconds until ``stop()``."""
+
+    name = "job"
+
+    def __init__(self, interval_s):
+        self.interval_s = interval_s
+        self.runs = 0
+        self.failures = 0
+        self.last = None  # what the last successful step returned
+        self._stop = threading.Event()
+        self._thread = None
+
+    def step(self):
+        raise NotImplementedError
+
+    def run(self):
+        while not self._stop.is_set():
+            try:
+                self.last = self.step()
+                self.runs += 1
+                log.info("%s: %s", self.name, self.last)
+            except Exception:  # database down: next round tries again, nothing is lost
+                self.failures += 1
+                log.exception("%s failed; retrying in %ss", self.name, self.interval_s)
+            self._stop.wait(self.interval_s)
+
+    def start(self):
+        self._thread = threading.Thread(target=self.run, name="urja-" + self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s=30.0):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+class AlertChecksJob(PeriodicJob):
+    """The detectors of ``headend.alerts.run_checks`` (credit, tamper, comm loss,
+    leak), then the notifications their outcomes ask for.  An alert already open
+    is folded by ``raise_alert``, so running often does not repeat messages."""
+
+    name = "alert-checks"
+
+    def __init__(self, engine, interval_s=300, clock=time.time, policy=None,
+                 consumer=None, operator=None):
+        super().__init__(interval_s)
+        self.engine, self.clock, self.policy = engine, clock, policy
+        self.consumer, self.operator = consumer, operator
+
+    def step(self):
+        from headend import alerts, notify
+        now = int(self.clock())
+        with Session(self.engine) as session:
+            outcomes = alerts.run_checks(session, now, self.policy)
+            session.flush()
+            sent = notify.notify_outcomes(session, outcomes, consumer=self.consumer,
+                                          operator=self.operator)
+            session.commit()
+        return {"at": now, "alerts": len(outcomes), "sent": len(sent)}
+
+
+def jobs_from_settings(engine, settings, clock=time.time):
+    """Every periodic job ``serve`` runs, as configured (switched-off ones left out)."""
+    from headend import forecast, notify
+    jobs = []
+    fc = forecast.job_from_settings(engine, settings, clock)
+    if fc is not None:
+        jobs.append(fc)
+    if settings.alert_checks_interval_s:
+        jobs.append(AlertChecksJob(engine, settings.alert_checks_interval_s, clock,
+                                   consumer=notify.consumer_notifier_from_env(),
+                                   operator=notify.operator_notifier_from_env()))
+    return jobs
