@@ -186,7 +186,10 @@ PAYMENT_BODY_DOC = {"requestBody": {"required": True, "content": {"application/j
                    "payer_vpa": {"type": "string", "example": "asha@upi"},
                    "txn_ref": {"type": "string", "maxLength": 64},
                    "meter_id": {"type": "string", "maxLength": 64},
-                   "gateway": {"type": "string", "maxLength": 32}}}}}}}
+                   "gateway": {"type": "string", "maxLength": 32},
+                   "tr": {"type": "string", "pattern": "^[A-Za-z0-9]{1,35}$",
+                          "description": "the UPI link's payee reference, when the payment "
+                                         "came from a channel recharge link"}}}}}}}
 
 
 # --- the app ----------------------------------------------------------------
@@ -590,6 +593,7 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
 
     app.include_router(importlib.import_module("headend.dashboard").make_router(sessions, settings, policy, enqueue, now))  # noqa: E501 - operator pages (issue 9)
     app.include_router(importlib.import_module("headend.channel").make_router(sessions, clock=clock))  # noqa: E501 - consumer SMS/WhatsApp channel (issue 9)
+    app.include_router(importlib.import_module("headend.consumer_web").make_router(sessions, clock=clock))  # noqa: E501 - consumer mobile web page (issue 9)
     return app
 
 

@@ -27,6 +27,13 @@ first message over it gets one polite refusal, later ones get no reply
 Opt-out: after STOP the number gets the confirmation and then silence until
 START (``opted_out(session, phone)`` lets the alert sender honour it too).
 
+Payment matching: the ``tr`` of a recharge link names its ``RechargeRequest``.
+When the payment webhook later arrives with that ``tr`` (headend/payments.py),
+``check_payment_reference`` refuses it if the request was for another meter,
+and ``send_payment_receipt`` sends the receipt to the number that asked for the
+link, in its language (unless it sent STOP), through the consumer notifier
+(headend/notify.py); ``recharge_of_payment`` reads the match back.
+
 Webhook (``make_router``): ``POST /channel/webhook`` with a JSON body
 ``{"from": "+919800000001", "text": "balance", "channel": "sms"}`` signed
 like payments (HMAC-SHA256 hex of the raw body in ``X-Urja-Signature``,
@@ -411,10 +418,7 @@ def _receipt_reply(session, meters, phone, lang, policy):
         .limit(1)).first()
     if row is None:
         return Reply(phone, render("receipt_none", lang), lang, "receipt")
-    data = L.receipt_json(session, row[0])
-    text = render("receipt", lang, number=data["number"], amount=data["amount_rupees"],
-                  meter_id=data["meter_id"], when=_when(data["issued_at"], policy.offset_s),
-                  txn_ref=data["txn_ref"], state=data["topup"]["state"])
+    text = receipt_text(session, L.receipt_json(session, row[0]), lang, policy)
     return Reply(phone, text, lang, "receipt")
 
 
@@ -428,6 +432,85 @@ def new_recharge(session, meter, amount_paise, phone, now, policy):
                           link=link, created_at=now)
     session.add(req)
     return req
+
+
+def balance_text(session, meter, now, lang, policy=None):
+    """The ``balance`` reply's line for one meter (also used by the consumer web page)."""
+    return _balance_text(session, meter, now, lang, policy or ChannelPolicy())
+
+
+def usage_text(session, meter, now, lang, policy=None):
+    """The ``usage`` reply's line for one meter (also used by the consumer web page)."""
+    return _usage_text(session, meter, now, lang, policy or ChannelPolicy())
+
+
+def receipt_text(session, receipt_data, lang, policy=None):
+    """The ``receipt`` reply for one receipt (``ledger.receipt_json``)."""
+    policy = policy or ChannelPolicy()
+    return render("receipt", lang, number=receipt_data["number"],
+                  amount=receipt_data["amount_rupees"], meter_id=receipt_data["meter_id"],
+                  when=_when(receipt_data["issued_at"], policy.offset_s),
+                  txn_ref=receipt_data["txn_ref"], state=receipt_data["topup"]["state"])
+
+
+def reply_language(session, phone, consumers):
+    """A number's saved choice (HINDI/ENGLISH), else its consumer's language, else English."""
+    sub = session.get(Subscriber, phone)
+    return ((sub.language if sub else None)
+            or (consumers[0].language if consumers else None) or "en")
+
+
+# --- payments that carry a recharge link's reference ------------------------------------------
+
+def check_payment_reference(session, payload, meter):
+    """``payments.REFERENCE_CHECKS`` hook: a ``tr`` of ours must be paid for its own meter."""
+    ref = payload.get("tr")
+    req = session.get(RechargeRequest, ref) if ref else None
+    if req is not None and req.meter_id != meter.id:
+        return "tr %s was issued for another meter, not %s" % (ref, meter.id)
+    return None
+
+
+# the consumer notifier for receipts; None: headend.notify.consumer_notifier_from_env()
+RECEIPT_NOTIFIER = None
+
+
+def send_payment_receipt(session, payload, receipt, now, notifier=None):
+    """``payments.PAID_LISTENERS`` hook: the receipt goes to the number that asked for the link.
+
+    Returns the (Message, Delivery) sent, or None (no ``tr`` of ours, or the number opted out).
+    """
+    from headend import notify  # notify imports this module
+    ref = payload.get("tr")
+    req = session.get(RechargeRequest, ref) if ref else None
+    if req is None or opted_out(session, req.phone):
+        return None
+    consumers, _meters = consumer_meters(session, req.phone)
+    lang = reply_language(session, req.phone, consumers)
+    text = receipt_text(session, receipt, lang)
+    msg = notify.Message(req.phone, lang, text, "receipt-%s" % receipt["number"], "receipt",
+                         req.meter_id)
+    via = notifier or RECEIPT_NOTIFIER or notify.consumer_notifier_from_env()
+    return msg, via.send(msg)
+
+
+def recharge_of_payment(session, payment_id):
+    """The ``RechargeRequest`` a payment was matched to (its ledger note), or None."""
+    from headend import ledger as L
+    note = session.scalars(select(L.LedgerEntry.note).where(
+        L.LedgerEntry.payment_id == payment_id, L.LedgerEntry.kind == L.PAYMENT_RECEIVED)).first()
+    if not note or not note.startswith("tr="):
+        return None
+    ref = note[3:].split(";", 1)[0]
+    return session.get(RechargeRequest, ref) if upi.REF_RE.match(ref) else None
+
+
+def _register_payment_hooks():
+    from headend import payments as P
+    if check_payment_reference not in P.REFERENCE_CHECKS:
+        P.REFERENCE_CHECKS.append(check_payment_reference)
+    if send_payment_receipt not in P.PAID_LISTENERS:
+        P.PAID_LISTENERS.append(send_payment_receipt)
 
 
 def recharge_qr(session, ref):
@@ -504,3 +587,6 @@ def make_router(sessions, policy=None, secret=None, clock=time.time,
         return Response(png, media_type="image/png")
 
     return router
+
+
+_register_payment_hooks()

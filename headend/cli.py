@@ -53,7 +53,8 @@ def build_parser():
                         help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", parents=[common], help="run the HTTP API (uvicorn)")
+    s = sub.add_parser("serve", parents=[common],
+                       help="run the HTTP API (uvicorn) and the periodic jobs (forecast alert, alert detectors)")
     s.add_argument("--host", dest="api_host")
     s.add_argument("--port", dest="api_port", type=int)
 
@@ -285,9 +286,17 @@ def main(argv=None):
         return 2
     if args.command == "serve":
         import uvicorn
+        from headend import jobs
         from headend.api import create_app
-        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                    log_level=settings.log_level)
+        app = create_app(settings)
+        # periodic jobs (forecast alert, alert detectors) run in this process next to the API
+        running = [job.start() for job in jobs.jobs_from_settings(app.state.engine, settings)]
+        try:
+            uvicorn.run(app, host=settings.api_host, port=settings.api_port,
+                        log_level=settings.log_level)
+        finally:
+            for job in running:
+                job.stop()
         return 0
     from headend.db import make_engine
     engine = make_engine(settings.database_url)

@@ -68,6 +68,15 @@ class Settings:
     payment_signature_header: str = "X-Urja-Signature"
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
+    # rows per page of the dashboard's long lists (meters, comm loss, alerts, commands)
+    ui_page_size: int = 50
+    # the periodic job of ``serve`` raises low_credit_forecast (and tells the consumer)
+    # when a meter's forecast credit lasts fewer than this many days (0: job off)
+    forecast_alert_days: int = 3
+    # how often that job runs
+    forecast_interval_s: int = 3600
+    # how often ``serve`` runs the alert detectors (credit, tamper, comm loss, leak); 0: off
+    alert_checks_interval_s: int = 300
 
     def public(self):
         """The settings as a dict with secrets (passwords in URLs) masked, for logs and ``--json``."""
@@ -94,6 +103,12 @@ _CHECKS = {
     "payment_signature_header": lambda v: None if v else "must not be empty",
     "mqtt_host": lambda v: None if v else "must not be empty",
     "mqtt_port": lambda v: None if 1 <= v <= 65535 else "must be 1..65535, got %d" % v,
+    "ui_page_size": lambda v: None if 5 <= v <= 1000 else "must be 5..1000, got %d" % v,
+    "forecast_alert_days": lambda v: None if 0 <= v <= 60 else "must be 0..60 days, got %d" % v,
+    "forecast_interval_s": lambda v: None if 1 <= v <= 86400 else
+    "must be 1..86400 s, got %d" % v,
+    "alert_checks_interval_s": lambda v: None if v == 0 or 10 <= v <= 86400 else
+    "must be 0 (off) or 10..86400 s, got %d" % v,
 }
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(Settings)}

@@ -18,10 +18,20 @@ operator, technician) get pages; what they may *do* is still
     GET  /ui/login, POST /ui/login, POST /ui/logout
     GET  /ui/                      fleet overview (states, read success, comm loss,
                                    revenue per day, balance distribution, alerts)
-    GET  /ui/meters/{id}           load profile, balance history, events, commands
+                                   top-up latency p50/p99 per day
+    GET  /ui/meters                all meters (state, balance, last heard), paged
+    GET  /ui/meters/{id}           load profile, balance history, events, commands,
+                                   reconciliation status, days of credit left
     GET  /ui/commands, POST /ui/commands      top-up / connect / disconnect form
     POST /ui/requests/{id}/approve|reject     the second approver
     POST /ui/alerts/{id}/ack, POST /ui/tenant
+    GET  /ui/lang/{en|hi}?next=...  page language (cookie), English or Hindi
+
+Long lists (meters, comm loss, alerts, command requests, a meter's commands)
+are paged: ``settings.ui_page_size`` rows, page links ``?<list>_page=N``.
+Words on the pages come from the message catalogue ``templates/ui/<lang>.txt``
+(the same "one file per language" approach as the channel's texts); data
+(meter ids, amounts, times) is shown as is.
 
 >>> rupees_to_paise("200.5"), format_paise(-12345)
 (20050, '-₹123.45')
@@ -30,8 +40,9 @@ import hashlib
 import inspect
 import os
 import re
+import string
 from typing import Annotated
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Path, Request
@@ -43,7 +54,9 @@ from headend import auth as A
 from headend import guardrails as G
 from headend import models as M
 
-COOKIE, TENANT_COOKIE = "urja_session", "urja_tenant"
+COOKIE, TENANT_COOKIE, LANG_COOKIE = "urja_session", "urja_tenant", "urja_lang"
+LANGUAGES = ("en", "hi")
+CATALOGUES = os.path.join(os.path.dirname(__file__), "templates", "ui")
 DAY_S = 86400
 STAFF = (A.ADMIN, A.OPERATOR, A.TECHNICIAN)
 CREDIT_STATES = ("OK", "LOW", "EMERGENCY", "DISCONNECT_PENDING", "DISCONNECTED")
@@ -112,6 +125,104 @@ _templates.filters["ist_clock"] = lambda t: format_time(t)[-5:]  # HH:MM, for ch
 _templates.filters["rupees"] = format_paise
 
 
+# --- the message catalogue (English / Hindi) ------------------------------------
+
+_catalogues = {}
+
+
+def catalogue(lang):
+    """``{key: text}`` of ``templates/ui/<lang>.txt`` (read once); unknown language -> English."""
+    lang = lang if lang in LANGUAGES else "en"
+    if lang not in _catalogues:
+        out = {}
+        with open(os.path.join(CATALOGUES, lang + ".txt"), encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                key, sep, text = line.partition(" = ")
+                if not sep:
+                    raise ValueError("%s.txt line %d: expected 'key = text'" % (lang, n))
+                out[key.strip()] = text
+        _catalogues[lang] = out
+    return _catalogues[lang]
+
+
+def translator(lang):
+    """``t(key, **fields)`` in ``lang``; a key missing in Hindi falls back to English.
+
+    >>> translator("hi")("fleet.alerts", n=3)
+    'खुली चेतावनियाँ: 3'
+    """
+    words, english = catalogue(lang), catalogue("en")
+
+    def t(key, _default=None, **fields):
+        text = words.get(key)
+        if text is None:
+            text = english.get(key, _default)
+        if text is None:
+            raise KeyError("no text %r in the web message catalogue" % key)  # a template bug
+        return string.Template(text).substitute(fields) if fields else text
+    return t
+
+
+def language_of(request):
+    """The page language: ``urja_lang`` cookie, else the browser's Accept-Language, else English."""
+    lang = request.cookies.get(LANG_COOKIE, "")
+    if lang in LANGUAGES:
+        return lang
+    accept = request.headers.get("accept-language", "").lower()
+    return "hi" if accept.startswith("hi") else "en"
+
+
+# --- paging ----------------------------------------------------------------------
+
+def page_number(request, param):
+    """The 1-based page asked for in ``?<param>=N`` (anything else: 1)."""
+    text = request.query_params.get(param, "1")
+    return int(text) if text.isdigit() and 0 < len(text) <= 6 and int(text) > 0 else 1
+
+
+def paginate(total, number, size, base_url="", param="page", params=None):
+    """One page of a list of ``total`` rows: offset, limit and the links to every page.
+
+    ``number`` past the end shows the last page.  ``params`` are the other query
+    parameters to keep in the links.
+
+    >>> p = paginate(45, 2, 20, "/ui/meters")
+    >>> (p["offset"], p["limit"], p["first"], p["last"], p["pages"])
+    (20, 20, 21, 40, 3)
+    >>> [x["url"] for x in p["links"]][:2]
+    ['/ui/meters?page=1', '/ui/meters?page=2']
+    """
+    pages = max((total + size - 1) // size, 1)
+    number = min(max(number, 1), pages)
+    offset = (number - 1) * size
+    keep = {k: v for k, v in (params or {}).items() if k != param}
+
+    def url(n):
+        return base_url + "?" + urlencode(dict(keep, **{param: n}))
+    return {"number": number, "pages": pages, "size": size, "total": total, "offset": offset,
+            "limit": size, "first": offset + 1 if total else 0,
+            "last": min(offset + size, total), "param": param,
+            "links": [{"n": n, "url": url(n), "current": n == number}
+                      for n in range(1, pages + 1)],
+            "prev": url(number - 1) if number > 1 else None,
+            "next": url(number + 1) if number < pages else None}
+
+
+def percentile(sorted_values, pct):
+    """Nearest-rank percentile of an ascending list of integers (no interpolation, no floats).
+
+    >>> percentile(list(range(1, 101)), 99), percentile([3, 7], 50), percentile([], 50)
+    (99, 3, None)
+    """
+    if not sorted_values:
+        return None
+    rank = (pct * len(sorted_values) + 99) // 100      # ceil(pct/100 * n)
+    return sorted_values[max(rank, 1) - 1]
+
+
 def balance_bucket(balance_paise):
     """Index into BALANCE_LABELS for one balance."""
     i = 0
@@ -120,8 +231,9 @@ def balance_bucket(balance_paise):
     return i
 
 
-def bar_chart(values, width=480, height=160, pad=4):
-    """Integer geometry of a bar chart: [{x, y, w, h, value}], tallest bar = ``height``.
+def bar_chart(values, width=480, height=160, pad=4, top=None):
+    """Integer geometry of a bar chart: [{x, y, w, h, value}], tallest bar = ``height``
+    (or the value ``top``, when several series share one scale).
 
     >>> [(b["x"], b["h"]) for b in bar_chart([1, 2], width=100, height=50, pad=0)]
     [(0, 25), (50, 50)]
@@ -129,13 +241,34 @@ def bar_chart(values, width=480, height=160, pad=4):
     n = len(values)
     if n == 0:
         return []
-    top = max(max(values), 1)
+    top = max(top if top is not None else max(values), 1)
     slot = width // n
     out = []
     for i, v in enumerate(values):
         h = max(v, 0) * height // top
         out.append({"x": i * slot + pad // 2, "y": height - h, "w": max(slot - pad, 1), "h": h,
                     "value": v})
+    return out
+
+
+def paired_bar_chart(first, second, width=480, height=160, pad=4):
+    """Two series on one scale, side by side in each slot: [{x, y, w, h, value, series}].
+
+    >>> [(b["x"], b["w"], b["h"], b["series"]) for b in paired_bar_chart([1], [2], 100, 50, 0)]
+    [(0, 50, 25, 0), (50, 50, 50, 1)]
+    """
+    n = len(first)
+    if n == 0:
+        return []
+    top = max([v or 0 for v in first] + [v or 0 for v in second] + [1])
+    slot = width // n
+    half = max((slot - pad) // 2, 1)
+    out = []
+    for i in range(n):
+        for k, v in enumerate((first[i], second[i])):
+            h = max(v or 0, 0) * height // top
+            out.append({"x": i * slot + pad // 2 + k * half, "y": height - h, "w": half, "h": h,
+                        "value": v if v is not None else "–", "series": k})
     return out
 
 
@@ -165,9 +298,18 @@ def make_router(sessions, settings, policy, enqueue, now):
     """
     router = APIRouter(prefix="/ui", include_in_schema=False)
 
-    def render(name, status=200, **ctx):
+    page_size = getattr(settings, "ui_page_size", 50)
+
+    def render(request, name, status=200, **ctx):
+        lang = language_of(request)
         return HTMLResponse(_templates.get_template(name).render(
-            format_paise=format_paise, format_time=format_time, **ctx), status_code=status)
+            format_paise=format_paise, format_time=format_time, lang=lang, t=translator(lang),
+            here=request.url.path + ("?" + request.url.query if request.url.query else ""),
+            **ctx), status_code=status)
+
+    def pager(request, total, param):
+        return paginate(total, page_number(request, param), page_size, request.url.path, param,
+                        dict(request.query_params))
 
     async def form_of(request):
         body = (await request.body()).decode("utf-8", "replace")
@@ -222,9 +364,11 @@ def make_router(sessions, settings, policy, enqueue, now):
                 except LoginRequired:
                     return RedirectResponse("/ui/login?next=" + quote(request.url.path), 303)
                 except A.Forbidden as err:
-                    return render("error.html", 403, title="Not allowed", message=str(err))
+                    return render(request, "error.html", 403, title_key="error.not_allowed",
+                                  message=str(err))
                 except A.NotVisible as err:
-                    return render("error.html", 404, title="Not found", message=str(err))
+                    return render(request, "error.html", 404, title_key="error.not_found",
+                                  message=str(err))
         page.__name__ = handler.__name__
         P = inspect.Parameter
         page.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -235,8 +379,15 @@ def make_router(sessions, settings, policy, enqueue, now):
     # --- login ------------------------------------------------------------------
 
     @router.get("/login")
-    def login_page(next: str = "/ui/"):  # noqa: A002 - the usual name of the parameter
-        return render("login.html", error=None, next=_safe_next(next))
+    def login_page(request: Request, next: str = "/ui/"):  # noqa: A002 - the usual name
+        return render(request, "login.html", error=None, next=_safe_next(next))
+
+    @router.get("/lang/{lang}")
+    def switch_language(lang: Annotated[str, Path(pattern="^(en|hi)$")], next: str = "/ui/"):  # noqa: A002
+        """Remember the page language (a preference, not a secret: no CSRF needed)."""
+        r = RedirectResponse(_safe_next(next, allow_login=True), 303)
+        r.set_cookie(LANG_COOKIE, lang, max_age=365 * DAY_S, samesite="lax", path="/ui")
+        return r
 
     @router.post("/login")
     async def login_submit(request: Request):
@@ -247,7 +398,7 @@ def make_router(sessions, settings, policy, enqueue, now):
                 token, expires_at = A.login(session, form.get("username", ""),
                                             form.get("password", ""), now(), settings.token_ttl_s)
             except A.AuthError as err:
-                return render("login.html", 401, error=str(err), next=nxt)
+                return render(request, "login.html", 401, error=str(err), next=nxt)
             session.commit()
         r = RedirectResponse(nxt, 303)
         r.set_cookie(COOKIE, token, max_age=expires_at - now(), httponly=True,
@@ -281,7 +432,9 @@ def make_router(sessions, settings, policy, enqueue, now):
         for b in balances:
             by_state[b.state] = by_state.get(b.state, 0) + 1
         by_state["NO DATA"] = active - len(balances)
-        attention = [b for b in balances if b.state in ATTENTION_STATES]
+        attention_all = [b for b in balances if b.state in ATTENTION_STATES]
+        attn_page = pager(request, len(attention_all), "attn_page")
+        attention = attention_all[attn_page["offset"]:attn_page["offset"] + attn_page["limit"]]
 
         buckets = [0] * len(BALANCE_LABELS)
         for b in balances:
@@ -301,24 +454,57 @@ def make_router(sessions, settings, policy, enqueue, now):
 
         revenue = _revenue_per_day(session, meter_ids, days)
 
-        since = t - settings.comm_loss_after_s
-        last_heard = dict(session.execute(
-            select(M.UplinkSeen.meter_id, func.max(M.UplinkSeen.received_at))
-            .where(M.UplinkSeen.meter_id.in_(meter_ids)).group_by(M.UplinkSeen.meter_id)).all())
-        comm_loss = [{"id": m.id, "last": last_heard.get(m.id)}
-                     for m in session.scalars(mq.order_by(M.Meter.id))
-                     if (last_heard.get(m.id) or 0) <= since]
+        latency = _topup_latency(session, meter_ids, days)
 
-        alerts = _open_alerts(session, v)
-        return render("fleet.html", v=v, active=active, by_state=by_state, attention=attention,
+        # silent: no uplink received after ``since`` (counted and paged in SQL: a city
+        # has 100k meters)
+        since = t - settings.comm_loss_after_s
+        heard = select(M.UplinkSeen.meter_id).where(M.UplinkSeen.received_at > since)
+        lost_q = mq.where(M.Meter.id.not_in(heard))
+        lost_total = session.scalar(select(func.count()).select_from(lost_q.subquery()))
+        comm_page = pager(request, lost_total, "comm_page")
+        lost_ids = list(session.scalars(lost_q.with_only_columns(M.Meter.id)
+                                        .order_by(M.Meter.id)
+                                        .offset(comm_page["offset"]).limit(comm_page["limit"])))
+        last_heard = _last_heard(session, lost_ids)
+        comm_loss = [{"id": mid, "last": last_heard.get(mid)} for mid in lost_ids]
+
+        alert_total = _open_alerts(session, v, count=True)
+        alert_page = pager(request, alert_total, "alert_page")
+        alerts = _open_alerts(session, v, offset=alert_page["offset"], limit=alert_page["limit"])
+        return render(request, "fleet.html", v=v, active=active, by_state=by_state,
+                      attention=attention, attn_page=attn_page,
                       balance_bars=bar_chart(buckets), balance_labels=BALANCE_LABELS,
                       read_success=read_success,
                       read_bars=bar_chart([r["pct"] for r in read_success]),
                       revenue=revenue, revenue_bars=bar_chart([r["paise"] for r in revenue]),
-                      comm_loss=comm_loss, comm_loss_after_s=settings.comm_loss_after_s,
-                      alerts=alerts)
+                      latency=latency,
+                      latency_bars=paired_bar_chart([r["p50_s"] for r in latency["days"]],
+                                                    [r["p99_s"] for r in latency["days"]]),
+                      comm_loss=comm_loss, comm_loss_total=lost_total, comm_page=comm_page,
+                      comm_loss_after_s=settings.comm_loss_after_s,
+                      alerts=alerts, alert_total=alert_total, alert_page=alert_page)
 
     router.get("/", response_class=HTMLResponse)(guarded(fleet))
+
+    # --- meters list ---------------------------------------------------------------------
+
+    async def meters_page(request, session):
+        v = view(session, request)
+        q = meters_q(v)
+        total = session.scalar(select(func.count()).select_from(q.subquery()))
+        page = pager(request, total, "page")
+        meters = list(session.scalars(q.order_by(M.Meter.id).offset(page["offset"])
+                                      .limit(page["limit"])))
+        ids = [m.id for m in meters]
+        balances = {b.meter_id: b for b in session.scalars(
+            select(M.MeterBalance).where(M.MeterBalance.meter_id.in_(ids)))} if ids else {}
+        heard = _last_heard(session, ids)
+        rows = [{"meter": m, "balance": balances.get(m.id), "last": heard.get(m.id)}
+                for m in meters]
+        return render(request, "meters.html", v=v, rows=rows, page=page)
+
+    router.get("/meters", response_class=HTMLResponse)(guarded(meters_page))
 
     # --- one meter --------------------------------------------------------------------
 
@@ -335,31 +521,42 @@ def make_router(sessions, settings, policy, enqueue, now):
         events = list(session.scalars(
             select(M.EventRecord).where(M.EventRecord.meter_id == meter.id)
             .order_by(M.EventRecord.event_seq.desc()).limit(50)))
-        commands = _commands_with_lifecycle(session, meter.id)
-        return render("meter.html", v=v, meter=meter, balance=balance, readings=readings,
+        cmd_page = pager(request, _command_count(session, meter.id), "cmd_page")
+        commands = _commands_with_lifecycle(session, meter.id, offset=cmd_page["offset"],
+                                            limit=cmd_page["limit"])
+        reconciliation = _reconciliation(session, meter.id, now())
+        forecast = _forecast(session, meter.id, now())
+        return render(request, "meter.html", v=v, meter=meter, balance=balance,
+                      readings=readings,
                       load_bars=bar_chart([r.energy for r in readings], width=640),
                       statuses=statuses,
                       history_bars=bar_chart([max(s.balance_paise, 0) for s in statuses[::-1]],
                                              width=640, height=100),
-                      events=events, commands=commands)
+                      events=events, commands=commands, cmd_page=cmd_page,
+                      reconciliation=reconciliation, forecast=forecast)
 
     router.get("/meters/{meter_id}", response_class=HTMLResponse)(
         guarded(meter_page, meter_id=MeterIdPath))
 
     # --- commands through the guardrail ---------------------------------------------------------
 
-    def requests_of(session, v):
+    def requests_of(session, v, request):
         q = select(G.CommandRequest)
         if v["tenant_id"] is not None:
             q = q.where(G.CommandRequest.tenant_id == v["tenant_id"])
         elif not v["scope"].all_tenants:
             q = q.where(G.CommandRequest.tenant_id == v["scope"].tenant_id)
-        return list(session.scalars(q.order_by(G.CommandRequest.id.desc()).limit(50)))
+        total = session.scalar(select(func.count()).select_from(q.subquery()))
+        page = pager(request, total, "page")
+        rows = list(session.scalars(q.order_by(G.CommandRequest.id.desc())
+                                    .offset(page["offset"]).limit(page["limit"])))
+        return rows, page
 
     async def commands_page(request, session, result=None, error=None, status=200, form=None):
         v = view(session, request)
         v["principal"].require("commands.read")
-        return render("commands.html", status, v=v, requests=requests_of(session, v),
+        requests, page = requests_of(session, v, request)
+        return render(request, "commands.html", status, v=v, requests=requests, page=page,
                       result=result, error=error,
                       form=form or {"meter_ids": request.query_params.get("meter", ""),
                                     "action": "topup", "amount": ""})
@@ -459,9 +656,22 @@ def make_router(sessions, settings, policy, enqueue, now):
 
 # --- queries kept out of the router for reading ease -------------------------------------------
 
-def _safe_next(nxt):
+def _safe_next(nxt, allow_login=False):
     """Only redirect inside the dashboard after login (no open redirect)."""
-    return nxt if nxt.startswith("/ui/") and not nxt.startswith("//") else "/ui/"
+    ok = nxt.startswith("/ui/") and not nxt.startswith("//") and "\\" not in nxt
+    if ok and not allow_login and nxt.startswith("/ui/login"):
+        ok = False
+    return nxt if ok else "/ui/"
+
+
+def _last_heard(session, meter_ids):
+    """``{meter id: UTC s of the last uplink received}`` for ``meter_ids`` (never heard: absent)."""
+    if not meter_ids:
+        return {}
+    return dict(session.execute(
+        select(M.UplinkSeen.meter_id, func.max(M.UplinkSeen.received_at))
+        .where(M.UplinkSeen.meter_id.in_(list(meter_ids)))
+        .group_by(M.UplinkSeen.meter_id)).all())
 
 
 def _day_label(day):
@@ -488,27 +698,119 @@ def _revenue_per_day(session, meter_ids, days):
     return [out[d] for d in days]
 
 
-def _open_alerts(session, v):
+def _open_alerts(session, v, offset=0, limit=100, count=False):
+    """Open alerts of the viewed tenant(s), newest first (``count``: how many there are)."""
     try:
         from headend import alerts as AL
     except ModuleNotFoundError:
-        return []
+        return 0 if count else []
     q = select(AL.Alert).where(AL.Alert.acknowledged_at.is_(None), AL.Alert.storm_id.is_(None))
     if v["tenant_id"] is not None:
         q = q.where(AL.Alert.tenant_id == v["tenant_id"])
     elif not v["scope"].all_tenants:
         q = q.where(AL.Alert.tenant_id == v["scope"].tenant_id)
-    return list(session.scalars(q.order_by(AL.Alert.id.desc()).limit(100)))
+    if count:
+        return session.scalar(select(func.count()).select_from(q.subquery()))
+    return list(session.scalars(q.order_by(AL.Alert.id.desc()).offset(offset).limit(limit)))
 
 
-def _commands_with_lifecycle(session, meter_id):
-    """The meter's downlinks, newest first, each with its transitions (QUEUED -> SENT -> ...)."""
+def _topup_latency(session, meter_ids, days):
+    """Payment received -> top-up APPLIED on the meter, per IST day of the payment.
+
+    ``{"days": [{day, n, p50_s, p99_s}], "applied": n, "pending": n}``; latency in whole
+    seconds (the stored times are UTC seconds); p50/p99 nearest-rank, None on a day
+    without applied top-ups.  "pending": paid in the window, its command still open.
+    Token-delivered payments (command CANCELLED for an STS token) are not counted.
+    """
+    empty = {"days": [{"day": _day_label(d), "n": 0, "p50_s": None, "p99_s": None}
+                      for d in days], "applied": 0, "pending": 0}
+    try:
+        from headend import commands as C
+        from headend import ledger
+    except ModuleNotFoundError:
+        return empty
+    start = days[0] * DAY_S - IST_OFFSET_S
+    rows = session.execute(
+        select(ledger.Payment.received_at, C.Command.state, C.Command.finished_at)
+        .join(ledger.TopUp, ledger.TopUp.payment_id == ledger.Payment.id)
+        .join(C.Command, C.Command.id == ledger.TopUp.command_id)
+        .where(ledger.Payment.meter_id.in_(meter_ids), ledger.Payment.received_at >= start))
+    per_day = {d: [] for d in days}
+    pending = 0
+    for received_at, state, finished_at in rows:
+        if state == C.APPLIED and finished_at is not None:
+            d = local_day(received_at, IST_OFFSET_S)
+            if d in per_day:
+                per_day[d].append(max(finished_at - received_at, 0))
+        elif state in C.OPEN_STATES:
+            pending += 1
+    out = []
+    for d in days:
+        lat = sorted(per_day[d])
+        out.append({"day": _day_label(d), "n": len(lat), "p50_s": percentile(lat, 50),
+                    "p99_s": percentile(lat, 99)})
+    return {"days": out, "applied": sum(r["n"] for r in out), "pending": pending}
+
+
+def _reconciliation(session, meter_id, now):
+    """The meter's reconciliation for the page (headend/reconcile.py).
+
+    Shows the newest stored ``ReconciliationResult``; when the meter has sent a newer
+    status than the newest result, runs ``reconcile_meter`` first (the same call a
+    batch run makes: one stored row per status, a mismatch alert deduplicated by the
+    alert window) and commits it, so a page never shows a stale comparison.
+    """
+    try:
+        from headend import reconcile as R
+    except ModuleNotFoundError:
+        return {"state": "none"}
+    if session.get(R.ShadowAccount, meter_id) is None:
+        return {"state": "none"}
+    newest_seq = session.scalar(select(func.max(M.StatusRecord.seq))
+                                .where(M.StatusRecord.meter_id == meter_id))
+    res = session.scalars(select(R.ReconciliationResult)
+                          .where(R.ReconciliationResult.meter_id == meter_id)
+                          .order_by(R.ReconciliationResult.status_seq.desc()).limit(1)).first()
+    if newest_seq is not None and (res is None or res.status_seq < newest_seq):
+        try:
+            res = R.reconcile_meter(session, meter_id, now)
+            session.commit()
+        except R.ReconcileError as err:
+            session.rollback()
+            return {"state": "error", "why": str(err)}
+    if res is None:
+        return {"state": "error", "why": "meter %s has sent no status yet" % meter_id}
+    return {"state": "done", "result": res, "explained": res.explanation in R.EXPLAINED}
+
+
+def _forecast(session, meter_id, now):
+    """Days of credit left (headend/forecast.py) or why there is no forecast."""
+    from headend import forecast as F
+    try:
+        f = F.forecast_meter(session, meter_id, now)
+    except F.ForecastError as err:
+        return {"state": "none", "why": str(err)}
+    return {"state": "done", "forecast": f, "horizon_days": F.HORIZON_DAYS}
+
+
+def _command_count(session, meter_id):
+    try:
+        from headend import commands as C
+    except ModuleNotFoundError:
+        return 0
+    return session.scalar(select(func.count()).select_from(C.Command)
+                          .where(C.Command.meter_id == meter_id))
+
+
+def _commands_with_lifecycle(session, meter_id, offset=0, limit=50):
+    """One page of the meter's downlinks, newest first, each with its transitions."""
     try:
         from headend import commands as C
     except ModuleNotFoundError:
         return []
     cmds = list(session.scalars(select(C.Command).where(C.Command.meter_id == meter_id)
-                                .order_by(C.Command.created_at.desc(), C.Command.id).limit(50)))
+                                .order_by(C.Command.created_at.desc(), C.Command.id)
+                                .offset(offset).limit(limit)))
     steps = {}
     if cmds:
         for tr in session.scalars(select(C.CommandTransition)

@@ -28,14 +28,19 @@ ever computed here.
 >>> hours_left(100000, m, 1795737600, 2, 1)   # Rs 1000 / (4000 Wh * 2 paise) = 12.5 days
 300
 """
+import logging
+import threading
+import time
+
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from firmware.core import localtime as LT
 from headend import alerts
 from headend import models as M
 
 DAY_S = LT.DAY_S
-LOW_CREDIT_FORECAST = "low_credit_forecast"
+LOW_CREDIT_FORECAST = alerts.LOW_CREDIT_FORECAST   # the kind lives in the alert catalogue
 HORIZON_DAYS = 120          # beyond this, "plenty": None
 
 
@@ -43,14 +48,7 @@ class ForecastError(ValueError):
     """Not enough data to forecast (no readings in the window, no price)."""
 
 
-def _register_alert_kind():
-    """Make ``raise_alert`` accept the new kind until headend/alerts.py lists it itself."""
-    if LOW_CREDIT_FORECAST not in alerts.KINDS:
-        alerts.KINDS = alerts.KINDS + (LOW_CREDIT_FORECAST,)
-    alerts.SEVERITY.setdefault(LOW_CREDIT_FORECAST, "info")
-
-
-_register_alert_kind()
+log = logging.getLogger("urja.forecast")
 
 
 def daily_use(readings, offset_s=LT.IST_OFFSET_S):
@@ -246,3 +244,79 @@ def check_low_credit_forecast(session, now, threshold_days=3, policy=None, seaso
                 session, meter_id, LOW_CREDIT_FORECAST, now,
                 "%d h" % f.hours_left, policy))
     return outcomes
+
+
+# --- the periodic job (run by ``urja-headend serve``) ------------------------------------
+
+class LowCreditForecastJob:
+    """Every ``interval_s``: raise ``low_credit_forecast`` for meters whose credit lasts fewer
+    than ``threshold_days`` and tell their consumers (headend/notify.py; numbers that sent
+    STOP are skipped there).  State is only in the database (the alert window stops
+    repeats), so a restarted service simply carries on.
+
+    >>> job = LowCreditForecastJob(engine, 3, 3600).start()      # doctest: +SKIP
+    >>> job.stop()                                               # doctest: +SKIP
+    """
+
+    def __init__(self, engine, threshold_days=3, interval_s=3600, clock=time.time,
+                 consumer=None, operator=None, alert_policy=None, season=None):
+        if not isinstance(threshold_days, int) or threshold_days < 1:
+            raise ForecastError("threshold_days: must be an integer >= 1, got %r"
+                                % (threshold_days,))
+        self.engine = engine
+        self.threshold_days, self.interval_s = threshold_days, interval_s
+        self.clock = clock
+        self.consumer, self.operator = consumer, operator
+        self.alert_policy, self.season = alert_policy, season
+        self.runs = 0
+        self.last = None           # what the last run did
+        self._stop = threading.Event()
+        self._thread = None
+
+    def step(self):
+        """One run: ``{"alerts": n raised or repeated, "sent": [(Message, Delivery)]}``."""
+        from headend import notify  # notify -> channel -> forecast: import when running
+        now = int(self.clock())
+        with Session(self.engine) as session:
+            outcomes = check_low_credit_forecast(session, now, self.threshold_days,
+                                                 self.alert_policy, self.season)
+            session.flush()
+            sent = notify.notify_outcomes(session, outcomes, consumer=self.consumer,
+                                          operator=self.operator)
+            session.commit()
+        self.runs += 1
+        self.last = {"at": now, "alerts": len(outcomes), "sent": sent}
+        return self.last
+
+    def run(self):
+        """Run ``step`` every ``interval_s`` until ``stop``; a failing run is logged and retried."""
+        while not self._stop.is_set():
+            try:
+                out = self.step()
+                log.info("low-credit forecast: %d alert(s), %d message(s)", out["alerts"],
+                         len(out["sent"]))
+            except Exception:  # database down: try again next round, nothing is lost
+                log.exception("low-credit forecast run failed")
+            self._stop.wait(self.interval_s)
+
+    def start(self):
+        """Run in a daemon thread; returns self."""
+        self._thread = threading.Thread(target=self.run, name="urja-forecast", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s=30.0):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+def job_from_settings(engine, settings, clock=time.time):
+    """The job ``serve`` starts, or None when ``forecast_alert_days`` is 0 (switched off)."""
+    if not settings.forecast_alert_days:
+        return None
+    from headend import notify
+    return LowCreditForecastJob(engine, settings.forecast_alert_days,
+                                settings.forecast_interval_s, clock,
+                                consumer=notify.consumer_notifier_from_env(),
+                                operator=notify.operator_notifier_from_env())

@@ -23,6 +23,13 @@ Channels (all ``Notifier``: ``send(message) -> Delivery``):
   package and PFython's "WhatsApp Cloud API barebones sender" gist; a
   business-initiated conversation needs an approved template in production.)
 
+Which notifiers the service uses comes from the environment (secrets are not
+settings): ``consumer_notifier_from_env`` picks SMS (``URJA_SMS_URL`` +
+``URJA_SMS_API_KEY``), else WhatsApp (``URJA_WHATSAPP_URL`` +
+``URJA_WHATSAPP_TOKEN``), else a ``LogNotifier`` writing to ``URJA_NOTIFY_LOG``
+(or the log); ``operator_notifier_from_env`` a webhook (``URJA_OPERATOR_WEBHOOK``)
+or the same log.  A number that sent STOP to the channel gets no alert message.
+
 Templates: ``headend/templates/<language>/<name>.txt`` (``string.Template``,
 ``$field``), Hindi (``hi``) and English (``en``); an unknown language falls
 back to English.  Money is shown in rupees from integer paise, no floats.
@@ -38,16 +45,24 @@ import os
 import string
 import time
 
+import re
+
 import httpx
 from sqlalchemy import select
 
 from headend import alerts
+from headend import channel
 from headend import models as M
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 LANGUAGES = ("hi", "en")
 FALLBACK = "en"
 RETRY_STATUS = (429, 500, 502, 503, 504)
+# kinds told to the consumer; the forecast's warning goes only to them (operators
+# see it on the dashboard), the others fall back to the operators without a phone
+CONSUMER_KINDS = alerts.CONSUMER_KINDS + (alerts.LOW_CREDIT_FORECAST,)
+CONSUMER_ONLY_KINDS = (alerts.LOW_CREDIT_FORECAST,)
+_HOURS_RE = re.compile(r"^(\d+) h$")
 
 log = logging.getLogger("urja.notify")
 
@@ -206,20 +221,39 @@ class WhatsAppNotifier(HttpNotifier):
                 "text": {"body": message.text}}
 
 
+def _hours_fields(detail):
+    """``"60 h"`` (the forecast alert's detail) -> days and hours for the template."""
+    m = _HOURS_RE.match(detail or "")
+    hours = int(m.group(1)) if m else 0
+    return {"hours": hours, "days": hours // 24}
+
+
+def consumer_language(session, phone, consumer):
+    """The language a number chose on the channel (HINDI/ENGLISH), else the consumer record's."""
+    try:
+        sub = session.get(channel.Subscriber, channel.normalise_phone(phone))
+    except channel.ChannelError:
+        sub = None
+    return (sub.language if sub is not None and sub.language else None) or consumer.language
+
+
 def messages_for(session, alert):
     """The messages an alert produces: the consumer's (in their language) or the operators'."""
     ref = "alert-%d" % alert.id
     target = alert.meter_id or "tenant %d (storm)" % alert.tenant_id
-    if alert.kind in alerts.CONSUMER_KINDS and alert.meter_id and not alert.storm:
+    if alert.kind in CONSUMER_KINDS and alert.meter_id and not alert.storm:
         meter = session.get(M.Meter, alert.meter_id)
         consumer = session.get(M.Consumer, meter.consumer_id) if meter.consumer_id else None
         if consumer is not None and consumer.phone:
             bal = session.execute(select(M.MeterBalance.balance_paise).where(
                 M.MeterBalance.meter_id == alert.meter_id)).scalar()
-            text = render(alert.kind, consumer.language, meter_id=alert.meter_id,
-                          balance=format_rupees(bal or 0), detail=alert.detail)
-            return [Message(consumer.phone, consumer.language, text, ref, alert.kind,
-                            alert.meter_id)]
+            lang = consumer_language(session, consumer.phone, consumer)
+            text = render(alert.kind, lang, meter_id=alert.meter_id,
+                          balance=format_rupees(bal or 0), detail=alert.detail,
+                          **_hours_fields(alert.detail))
+            return [Message(consumer.phone, lang, text, ref, alert.kind, alert.meter_id)]
+        if alert.kind in CONSUMER_ONLY_KINDS:
+            return []
     text = render("operator", FALLBACK, severity=alert.severity, kind=alert.kind, target=target,
                   detail=alert.detail, opened_at=alert.opened_at, count=alert.count)
     return [Message(None, FALLBACK, text, ref, alert.kind, alert.meter_id)]
@@ -229,8 +263,9 @@ def notify_outcomes(session, outcomes, consumer=None, operator=None):
     """Send what ``raise_alert`` outcomes say should be sent; returns [(Message, Delivery)].
 
     Consumer messages go to ``consumer`` (SMS/WhatsApp), the rest to
-    ``operator`` (webhook); both default to a ``LogNotifier``.  An alert is
-    marked ``notified`` once a channel accepted it.  The caller commits.
+    ``operator`` (webhook); both default to a ``LogNotifier``.  A number that
+    opted out on the channel (STOP) is skipped (its Delivery says so).  An alert
+    is marked ``notified`` once a channel accepted it.  The caller commits.
     """
     consumer = consumer or LogNotifier()
     operator = operator or LogNotifier()
@@ -240,12 +275,42 @@ def notify_outcomes(session, outcomes, consumer=None, operator=None):
             continue
         session.flush()
         for msg in messages_for(session, out.alert):
-            channel = consumer if msg.to else operator
+            if msg.to and is_opted_out(session, msg.to):
+                sent.append((msg, Delivery(False, 0, None, "opted out (sent STOP)")))
+                continue
+            via = consumer if msg.to else operator
             try:
-                d = channel.send(msg)
+                d = via.send(msg)
             except NotifyError as err:
                 d = Delivery(False, 0, None, str(err))
             sent.append((msg, d))
             if d.ok:
                 out.alert.notified = True
     return sent
+
+
+def is_opted_out(session, phone):
+    """True when ``phone`` sent STOP to the channel (a number we cannot parse: not opted out)."""
+    try:
+        return channel.opted_out(session, phone)
+    except channel.ChannelError:
+        return False
+
+
+def consumer_notifier_from_env(environ=None):
+    """The consumers' channel: SMS gateway, else WhatsApp, else a log (module docstring)."""
+    env = os.environ if environ is None else environ
+    if env.get("URJA_SMS_URL") and env.get("URJA_SMS_API_KEY"):
+        return SmsGatewayNotifier(env["URJA_SMS_URL"], env["URJA_SMS_API_KEY"],
+                                  sender=env.get("URJA_SMS_SENDER") or "URJAPP")
+    if env.get("URJA_WHATSAPP_URL") and env.get("URJA_WHATSAPP_TOKEN"):
+        return WhatsAppNotifier(env["URJA_WHATSAPP_URL"], env["URJA_WHATSAPP_TOKEN"])
+    return LogNotifier(env.get("URJA_NOTIFY_LOG") or None)
+
+
+def operator_notifier_from_env(environ=None):
+    """The operators' channel: ``URJA_OPERATOR_WEBHOOK``, else a log."""
+    env = os.environ if environ is None else environ
+    if env.get("URJA_OPERATOR_WEBHOOK"):
+        return WebhookNotifier(env["URJA_OPERATOR_WEBHOOK"])
+    return LogNotifier(env.get("URJA_NOTIFY_LOG") or None)

@@ -21,6 +21,15 @@ the committed row -- PostgreSQL makes the second INSERT wait for the first
 transaction; SQLite has one writer -- and answers 200 with the same receipt.
 The same txn_ref with a different amount or meter answers 409.
 
+Payee reference: a payment for a link the consumer channel handed out
+(``upi://pay?...&tr=<ref>``) may carry that reference as ``"tr"``.  Each
+function in ``REFERENCE_CHECKS`` may refuse it before anything is stored (the
+channel refuses a ``tr`` issued for another meter: 409); the ledger's
+PAYMENT_RECEIVED note starts ``tr=<ref>;`` so the match is kept; and after the
+commit every ``PAID_LISTENERS`` function is called with ``(session, payload,
+receipt, now)`` (the channel sends the receipt to the number that asked for
+the link).  A failing listener is logged; the payment stands.
+
 This is a plain function; ``headend/api.py`` mounts it at ``POST
 /payments/webhook``.
 
@@ -37,6 +46,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import time
 
 from sqlalchemy import select
@@ -55,6 +65,9 @@ SECRETS_ENV = "URJA_PAYMENT_GATEWAY_SECRETS"   # "gateway1:hexsecret,gateway2:he
 MAX_BODY_BYTES = 8192
 MAX_AMOUNT_PAISE = 10 ** 9   # Rs 1 crore: a bigger single recharge is a typo or an attack
 RETRIES = 5                   # lock timeouts / serialisation failures under contention
+TR_RE = re.compile(r"^[A-Za-z0-9]{1,35}$")   # the UPI link's payee reference (headend/upi.py)
+REFERENCE_CHECKS = []         # f(session, payload, meter) -> problem text or None (409)
+PAID_LISTENERS = []           # f(session, payload, receipt_json, now), after the commit
 
 
 def sign_body(secret, raw_body):
@@ -98,6 +111,8 @@ def _validate(p):
         return "txn_ref must be 1..64 printable characters"
     if not _text(p.get("meter_id"), 1, 64):
         return "meter_id must be 1..64 printable characters"
+    if "tr" in p and not (isinstance(p["tr"], str) and TR_RE.match(p["tr"])):
+        return "tr must be the payment link's reference: 1..35 letters and digits"
     if p.get("delivery", TK.AUTO) not in TK.PREFERENCES:
         return "delivery must be one of %s" % ", ".join(TK.PREFERENCES)
     return None
@@ -141,7 +156,8 @@ def _record(session, payload, meter, raw_body, now, ttl_s, master_key=None):
                           payment_id=payment_id, issued_at=now))
     session.add(L.LedgerEntry(meter_id=meter.id, at=now, kind=L.PAYMENT_RECEIVED,
                               amount_paise=row["amount_paise"], payment_id=payment_id,
-                              note="%s %s" % (row["gateway"], row["txn_ref"])))
+                              note=("tr=%s; " % payload["tr"] if payload.get("tr") else "")
+                              + "%s %s" % (row["gateway"], row["txn_ref"])))
     session.flush()
     # exactly one delivery path, chosen now: the MQTT command above, or an STS token
     # (which cancels the never-sent command in this transaction; headend/tokens.py)
@@ -151,13 +167,25 @@ def _record(session, payload, meter, raw_body, now, ttl_s, master_key=None):
     return 201, out
 
 
+def _tell_listeners(session, payload, receipt, now):
+    for listener in PAID_LISTENERS:
+        try:
+            listener(session, payload, receipt, now)
+            session.commit()
+        except Exception:  # noqa: BLE001 - the payment is committed; a listener must not undo it
+            session.rollback()
+            log.exception("payment listener %s failed for %s", getattr(listener, "__name__", "?"),
+                          receipt.get("number"))
+
+
 def handle_payment_webhook(session, raw_body, headers, now=None, secrets=None,
                            signature_header=SIGNATURE_HEADER, ttl_s=None, master_key=None):
     """Verify and record one gateway callback; returns ``(http_status, json_dict)``.
 
     201 new payment (receipt), 200 duplicate (same receipt), 400 not JSON,
     401 unknown gateway or bad signature, 404 unknown or inactive meter,
-    409 txn_ref reused with other data, 413 body too large, 422 bad fields.
+    409 txn_ref reused with other data (or a ``tr`` issued for another meter),
+    413 body too large, 422 bad fields.
     Only 200/201 store anything; the session is committed (201) or rolled
     back.  ``secrets`` defaults to ``gateway_secrets()``; ``ttl_s`` is the
     top-up command's lifetime (default ``commands.DEFAULT_TTL_S``).  An optional
@@ -191,7 +219,15 @@ def handle_payment_webhook(session, raw_body, headers, now=None, secrets=None,
             if meter is None or not meter.active:
                 session.rollback()
                 return _err(404, "no active meter %r" % payload["meter_id"])
-            return _record(session, payload, meter, raw_body, now, ttl_s, master_key)
+            for check in REFERENCE_CHECKS:
+                problem = check(session, payload, meter)
+                if problem:
+                    session.rollback()
+                    return _err(409, problem)
+            status, out = _record(session, payload, meter, raw_body, now, ttl_s, master_key)
+            if status == 201:
+                _tell_listeners(session, payload, out["receipt"], now)
+            return status, out
         except C.CommandError as err:  # a registry meter id the wire format cannot carry
             session.rollback()
             return _err(422, str(err))

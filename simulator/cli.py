@@ -84,14 +84,14 @@ def run_networked(args):
         k = networked.run(sc, plan, engine, broker, progress=progress)
         if bar is not None:
             bar.close()
+        # the same report as fast mode, its KPIs and plots read from the head-end's database
+        jpath, hpath = report.write_networked(out_dir, k, engine, sc, with_plots=not args.no_plots)
+        engine.dispose()
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     text = json.dumps(k, indent=1, sort_keys=True, default=str) + "\n"
-    path = os.path.join(out_dir, "kpis.json")
-    with open(path, "w") as f:
-        f.write(text)
-    print("urja-sim: wrote %s (head-end database %s)" % (path, url), file=sys.stderr)
+    print("urja-sim: wrote %s and %s (head-end database %s)" % (jpath, hpath, url), file=sys.stderr)
     if args.json or not args.report:
         sys.stdout.write(text)
     ok = networked.guardrails_hold(k)

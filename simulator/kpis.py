@@ -7,7 +7,12 @@ document (JSON-able, no wall-clock values: same scenario + seed -> same
 bytes).
 
 The wrongful-disconnection check does not trust the firmware: friendly time
-is recomputed here with ``datetime`` from the scenario's credit rules.
+is recomputed here with ``datetime`` from the scenario's credit rules, at the
+head-end's (true) time of the disconnection, with no tolerance.  Meters
+whose clocks drift are commissioned with the friendly window widened by the
+scenario's ``[clock] tolerance_s`` (``Scenario.meter_credit``), and the
+time sync keeps their error inside it; a meter whose clock got further off
+(no sync reached it) and disconnected inside the window is counted here.
 
 >>> t = Tally(intervals=4); t.add_latency(120); t.add_latency(600)
 >>> percentile(sorted(t.latency_s), 50), percentile(sorted(t.latency_s), 99)
@@ -23,6 +28,7 @@ COUNTERS = (
     "billed_paise", "recon_abs_diff_paise", "recon_meters_off", "negative_meters",
     "negative_paise", "debt_paise", "outages", "meter_power_cuts", "journal_restores",
     "unmetered_wh", "reconnects_over_2h", "leaks_injected", "leaks_detected", "leak_false_alarms",
+    "clock_syncs", "clock_over_tolerance_meters",
 )
 THEFT_KINDS = ("bypass", "magnet", "cover_open")
 
@@ -33,6 +39,7 @@ class Tally:
     def __init__(self, intervals, days=1):
         for name in COUNTERS:
             setattr(self, name, 0)
+        self.clock_max_abs_error_s = 0  # merged with max, not summed
         self.load_pulses = [0] * (intervals + 1)  # electricity pulses per interval index
         self.reads_by_day = [[0, 0] for _ in range(days)]  # [expected, on time] per day
         self.latency_s: list = []
@@ -49,6 +56,7 @@ class Tally:
     def merge(self, other):
         for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.clock_max_abs_error_s = max(self.clock_max_abs_error_s, other.clock_max_abs_error_s)
         for i, v in enumerate(other.load_pulses):
             self.load_pulses[i] += v
         for mine, theirs in zip(self.reads_by_day, other.reads_by_day):
@@ -140,4 +148,13 @@ def summary(t, sc):
                         "false_alarms": t.leak_false_alarms},
         "outages": {"feeder_outages": t.outages, "meter_power_cuts": t.meter_power_cuts,
                     "journal_restores": t.journal_restores},
+        "clock": clock_kpis(t, sc),
     }
+
+
+def clock_kpis(t, sc):
+    """Meter clock drift against the head-end's time sync (``[clock]`` of the scenario)."""
+    return {"drift_ppm": [sc.drift_ppb[0] / 1000, sc.drift_ppb[1] / 1000],
+            "sync_hours": sc.sync_hours, "tolerance_s": sc.clock_tolerance_s,
+            "syncs": t.clock_syncs, "max_abs_error_s": t.clock_max_abs_error_s,
+            "meters_over_tolerance": t.clock_over_tolerance_meters}

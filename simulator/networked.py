@@ -73,13 +73,15 @@ class NetPlan:
     """The ``[networked]`` table of a scenario: acceleration, pump period, network faults."""
 
     FIELDS = ("acceleration", "tick_s", "drain_timeout_s", "ingest_shared", "partitions",
-              "broker_outages", "headend_restarts")
+              "broker_outages", "headend_restarts", "duts")
 
     def __init__(self, d, sc):
         scenario._table(d, "networked", self.FIELDS)
         self.acceleration = scenario._int(d, "acceleration", "networked", 8640, 1, 10 ** 6)
         self.tick_s = scenario._int(d, "tick_s", "networked", 60, 1, sc.interval_s)
         self.drain_timeout_s = scenario._int(d, "drain_timeout_s", "networked", 60, 1, 3600)
+        # real micropython meters beside the simulated ones (simulator/dut_meters.py)
+        self.duts = scenario._int(d, "duts", "networked", 0, 0, 1000)
         self.ingest_shared = d.get("ingest_shared", True)
         if not isinstance(self.ingest_shared, bool):
             scenario._fail("networked.ingest_shared", "must be true or false")
@@ -255,6 +257,7 @@ class NetFeederRun(fleet.FeederRun):
             up.uplink.ack(now, "?", 0, auth.MALFORMED, "MALFORMED", str(e)[:60])
             up.report(now, m, status=False)
             return
+        now = self.meter_now(c, now)  # the meter's own clock
         result, detail = m.apply_command(cmd, now)
         up.uplink.ack(now, cmd["id"], cmd["counter"], result,
                       RESULT_NAMES.get(result, str(result)), detail[:60])
@@ -268,7 +271,10 @@ class NetFeederRun(fleet.FeederRun):
         elif result not in (auth.OK, auth.REPLAYED):
             self.tally.topups_rejected += 1
         if m.account.relay_closed != c.was_closed:
-            self._relay_changed(c, m, now)
+            self._relay_changed(c, m, self.true_time(c, now))
+
+    def can_sync(self, c):
+        return self.may_connect() and self.link.state == "up" and super().can_sync(c)
 
     def outage(self, a, b):
         """Fast mode's feeder outage, plus: the meters' modems lose power with them."""
@@ -303,6 +309,7 @@ class Network:
         self.headend = HeadEnd(engine, self.host, self.port, self.clock, sc.interval_s,
                                ingest_shared=plan.ingest_shared)
         self.fault_log = []  # (sim t, what)
+        self.members = []  # fleet members simulated elsewhere (simulator/dut_meters.py)
 
     def clock(self):
         env = self.env
@@ -385,8 +392,11 @@ class Network:
                     return False
         if self.headend.open_commands():
             return False
+        if not all(m.settled() for m in self.members):
+            return False
         return stored_uplinks(self.engine) >= sum(
-            c.ledger.outbox.next_seq - 1 for r in self.runs for c in r.cons)
+            c.ledger.outbox.next_seq - 1 for r in self.runs for c in r.cons) + sum(
+            m.uplinks_queued() for m in self.members)
 
     def close(self):
         for r in self.runs:
@@ -401,8 +411,13 @@ def stored_uplinks(engine):
 
 # --- run -------------------------------------------------------------------------------
 
-def run(sc, plan, engine, broker, progress=None, before_kpis=None):
+def run(sc, plan, engine, broker, progress=None, before_kpis=None, members=()):
     """Run scenario ``sc`` over the network; returns the KPI document (see ``network_kpis``).
+
+    ``members``: fleet members that are not simulated here, e.g. real firmware
+    processes (``simulator.dut_meters.DutFleet``; ``[networked] duts = N`` adds
+    one); each gets ``attach(net)``, ``start()``, ``settled()``, ``stop()``,
+    ``uplinks_queued()``, ``kpis(engine)`` (merged into the result), ``close()``.
 
     ``engine``: a migrated head-end database (empty); ``broker``: an object with
     ``host``, ``port``, ``running``, ``stop()`` and ``start()`` (the test
@@ -416,11 +431,19 @@ def run(sc, plan, engine, broker, progress=None, before_kpis=None):
     net = Network(sc, plan, engine, broker, env)
     configs = fleet.base_configs(sc)
     net.runs = [NetFeederRun(sc, f, env, tally, configs, net) for f in range(sc.feeders)]
+    net.members = list(members)
+    if plan.duts:
+        from simulator.dut_meters import DutFleet
+        net.members.append(DutFleet(plan.duts))
+    for m in net.members:
+        m.attach(net)
     net.headend.provision(net.accounts, sc.start_t)
     wall0 = time.monotonic()
     try:
         net.headend.start()
         net.connect_all()
+        for m in net.members:
+            m.start()
         env.process(net.ticker())
         for f, a, dur in plan.partitions:
             env.process(net.partition(net.runs[f], a, dur))
@@ -446,12 +469,18 @@ def run(sc, plan, engine, broker, progress=None, before_kpis=None):
             if net.settled() or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
+        for m in net.members:
+            m.stop()
         total_wall = time.monotonic() - wall0
         net.headend.stop()  # commit what is pending before counting
         if before_kpis is not None:
             before_kpis(engine)
         kp = network_kpis(net, tally, sim_wall, total_wall)
+        for m in net.members:
+            kp.update(m.kpis(engine))
     finally:
+        for m in net.members:
+            m.close()
         net.close()
     return kp
 
@@ -468,6 +497,7 @@ def network_kpis(net, tally, sim_wall_s, total_wall_s):
     final_balance_off = 0
     examples = []
     relay_opens_db = 0
+    uplinks_expected += sum(m.uplinks_queued() for m in net.members)
     wrongful_db = []
     with Session(engine) as s:
         for r in net.runs:
@@ -509,9 +539,17 @@ def network_kpis(net, tally, sim_wall_s, total_wall_s):
                         for x in results if x.explanation != R.AGREES]
         applied_db = s.execute(select(func.count()).select_from(M.EventRecord).where(
             M.EventRecord.code == events.TOPUP_APPLIED)).scalar()
+        clock_sets_db = s.execute(select(func.count()).select_from(M.EventRecord).where(
+            M.EventRecord.code == events.CLOCK_SET)).scalar()
         readings_db = s.execute(select(func.count()).select_from(M.Reading)).scalar()
     stored = stored_uplinks(engine)
     gaps = open_gaps(engine)
+    if sc.drifting:
+        for r in net.runs:
+            for c in r.cons:
+                r._observe_clock(c, net.end_t)
+    clock = kpis.clock_kpis(tally, sc)
+    clock["clock_set_events_stored"] = clock_sets_db
     he = net.headend
     lags = he.lags_s
     acc = net.plan.acceleration
@@ -549,6 +587,7 @@ def network_kpis(net, tally, sim_wall_s, total_wall_s):
                    "uplinks_per_s_wall": round(stored / total_wall_s, 1) if total_wall_s else None,
                    "lag_p50_sim_s": _pct(lags, 50), "lag_p99_sim_s": p99,
                    "lag_p99_wall_ms": None if p99 is None else round(p99 * 1000.0 / acc, 1)},
+        "clock": clock,
         "faults": {"feeder_outages": tally.outages, "meter_power_cuts": tally.meter_power_cuts,
                    "headend_restarts": he.restarts,
                    "link_connects": sum(r.link.connects for r in net.runs),

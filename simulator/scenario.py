@@ -6,12 +6,22 @@ file and the dotted field (``quick.toml: fleet.mix: shares must add up to
 100, got 95``).  Tariffs and credit rules are the firmware's own data and are
 validated by ``firmware.core.tariff`` / ``firmware.core.credit``.
 
+``[clock]``: ``drift_ppm = [min, max]`` (each meter's RTC error, drawn per
+meter; default [0, 0]), ``sync_hours`` (the head-end's time sync period,
+0 = never; default 24), ``tolerance_s`` (the allowed clock error; meters are
+commissioned with the daily friendly window widened by it, see
+``Scenario.meter_credit``; default 0).
+
 >>> sc = load("simulator/scenarios/quick.toml", meters=20, days=1)
 >>> sc.meters, sc.days, sc.interval_s
 (20, 1, 900)
 """
 import datetime
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11 (PyPy 3.9 for the bench): the same parser, packaged
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from firmware.core import credit, localtime, tariff
 
@@ -101,7 +111,7 @@ class Scenario:
 
     def __init__(self, data, name="scenario"):
         top = ("name", "description", "seed", "start_date", "days", "interval_s", "fleet",
-               "tariffs", "credit", "opening", "payments", "faults", "detection")
+               "tariffs", "credit", "opening", "payments", "faults", "clock", "detection")
         _table(data, "", top)
         self.name = data.get("name", name)
         if not isinstance(self.name, str) or not self.name:
@@ -191,6 +201,18 @@ class Scenario:
         self.cover_open_pct = _pct(fl, "cover_open_pct", "faults")
         self.water_leak_pct = _pct(fl, "water_leak_pct", "faults")
 
+        ck = _table(data.get("clock", {}), "clock", ("drift_ppm", "sync_hours", "tolerance_s"))
+        drift = ck.get("drift_ppm", [0, 0])
+        if (not isinstance(drift, list) or len(drift) != 2 or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not -10000 <= x <= 10000
+                for x in drift) or drift[0] > drift[1]):
+            _fail("clock.drift_ppm", "must be [min, max] numbers in [-10000, 10000] ppm with "
+                  "min <= max, got %r" % (drift,))
+        # integer parts per billion: the simulator's clock arithmetic stays integer
+        self.drift_ppb = (int(round(drift[0] * 1000)), int(round(drift[1] * 1000)))
+        self.sync_hours = _int(ck, "sync_hours", "clock", 24, 0, 8760)
+        self.clock_tolerance_s = _int(ck, "tolerance_s", "clock", 0, 0, 3600)
+
         de = _table(data.get("detection", {}), "detection", ("bypass_drop_pct",))
         self.bypass_drop_pct = _int(de, "bypass_drop_pct", "detection", 35, 1, 99)
         self._check_outage_feeders()
@@ -200,6 +222,30 @@ class Scenario:
             if o.feeder >= self.feeders:
                 _fail("faults.outages[%d].feeder" % i,
                       "feeder %d does not exist (the fleet has %d)" % (o.feeder, self.feeders))
+
+    @property
+    def drifting(self):
+        """True when meters' clocks drift (``[clock] drift_ppm`` other than [0, 0])."""
+        return self.drift_ppb != (0, 0)
+
+    def meter_credit(self):
+        """The credit rules the meters are commissioned with: the scenario's (the
+        regulation's), with the daily friendly window widened by ``[clock] tolerance_s``
+        on both sides, so a meter whose clock is off by up to the tolerance still never
+        disconnects inside the window by the head-end's clock."""
+        tol = self.clock_tolerance_s
+        start = self.credit_config.friendly_start_s
+        end = self.credit_config.friendly_end_s
+        if not tol or start == end:
+            return self.credit
+        span = (end - start) % 86400 + 2 * tol
+        d = dict(self.credit)
+        if span >= 86400:  # the guard band closes the gap: friendly all day
+            d["friendly_start_s"], d["friendly_end_s"] = 0, 86400
+        else:
+            d["friendly_start_s"] = (start - tol) % 86400
+            d["friendly_end_s"] = (end + tol) % 86400 or 86400
+        return d
 
     @property
     def feeders(self):

@@ -391,3 +391,80 @@ def test_webhook_without_a_configured_secret_refuses_everyone(db, monkeypatch):
 def test_unknown_qr_reference_is_404(client):
     assert client.get("/channel/qr/URDEADBEEF.png").status_code == 404
     assert client.get("/channel/qr/..%2Fetc.png").status_code == 404
+
+
+# --- a payment carrying the recharge link's reference ------------------------------------------
+
+def pay(engine, meter_id, amount, txn, tr=None):
+    body = {"amount_paise": amount, "payer_vpa": "x@upi", "txn_ref": txn, "meter_id": meter_id,
+            "gateway": "upi-gw"}
+    if tr is not None:
+        body["tr"] = tr
+    raw = json.dumps(body).encode()
+    with Session(engine, expire_on_commit=False) as s:
+        return P.handle_payment_webhook(s, raw, {"X-Urja-Signature": P.sign_body(b"gw", raw)},
+                                        now=NOW + 120, secrets={"upi-gw": b"gw"})
+
+
+@pytest.fixture
+def receipts_out(tmp_path, monkeypatch):
+    """Where the channel's receipt messages go: a real LogNotifier file, read back."""
+    from headend import notify
+    path = tmp_path / "receipts.jsonl"
+    monkeypatch.setattr(CH, "RECEIPT_NOTIFIER", notify.LogNotifier(str(path)))
+    return lambda: [json.loads(x) for x in path.read_text("utf-8").splitlines()] \
+        if path.exists() else []
+
+
+def test_payment_with_the_links_reference_sends_the_receipt_to_the_number_that_asked(
+        db, receipts_out):
+    # Ravi (Hindi) asks on WhatsApp for a Rs 150 link for UJ-2; the gateway pays it with tr
+    link_reply = say(db, RAVI, "रिचार्ज 150 UJ-2")
+    ref = upi_params(link_reply.text.split(": ", 1)[1].split("  QR")[0])["tr"]
+    status, out = pay(db, "UJ-2", 15000, "UPI-777", tr=ref)
+    assert status == 201
+    [msg] = receipts_out()
+    number = out["receipt"]["number"]
+    # to Ravi's number as the channel stores it (E.164), in his language, this payment's receipt
+    assert (msg["to"], msg["language"], msg["kind"]) == ("+919800000002", "hi", "receipt")
+    assert msg["text"] == ("रसीद %s: मीटर UJ-2 के लिए ₹150.00, 27-11-2026 05:32, UPI संदर्भ "
+                           "UPI-777, रिचार्ज स्थिति QUEUED।" % number)
+    with Session(db) as s:
+        pid = s.scalars(select(L.Payment.id).where(L.Payment.txn_ref == "UPI-777")).one()
+        req = CH.recharge_of_payment(s, pid)
+        assert (req.ref, req.phone, req.meter_id) == (ref, "+919800000002", "UJ-2")
+    # a gateway retry is a duplicate: same receipt, no second message
+    assert pay(db, "UJ-2", 15000, "UPI-777", tr=ref)[0] == 200
+    assert len(receipts_out()) == 1
+
+
+def test_payment_with_a_reference_issued_for_another_meter_is_refused(db, receipts_out):
+    ref = upi_params(say(db, ASHA, "recharge 200").text.split(": ", 1)[1]
+                     .split("  QR")[0])["tr"]
+    status, out = pay(db, "UJ-9", 20000, "UPI-778", tr=ref)
+    assert status == 409 and "another meter" in out["error"]
+    with Session(db) as s:
+        assert s.scalar(select(func.count()).select_from(L.Payment)) == 0
+    assert receipts_out() == []
+
+
+def test_payment_without_our_reference_is_recorded_and_sends_nothing(db, receipts_out):
+    assert pay(db, "UJ-1", 20000, "UPI-779")[0] == 201
+    assert pay(db, "UJ-1", 20000, "UPI-780", tr="SOMEOTHERREF1")[0] == 201
+    assert receipts_out() == []
+    with Session(db) as s:
+        ids = s.scalars(select(L.Payment.id).order_by(L.Payment.id)).all()
+        assert [CH.recharge_of_payment(s, i) for i in ids] == [None, None]
+
+
+def test_receipt_is_not_sent_to_a_number_that_opted_out(db, receipts_out):
+    ref = upi_params(say(db, ASHA, "recharge 200").text.split(": ", 1)[1]
+                     .split("  QR")[0])["tr"]
+    say(db, ASHA, "STOP", NOW + 1)
+    assert pay(db, "UJ-1", 20000, "UPI-781", tr=ref)[0] == 201
+    assert receipts_out() == []
+
+
+def test_a_malformed_reference_is_a_bad_field(db):
+    status, out = pay(db, "UJ-1", 20000, "UPI-782", tr="has space")
+    assert status == 422 and "tr must be" in out["error"]

@@ -333,3 +333,257 @@ def test_bar_chart_scales_to_the_tallest_bar():
     bars = D.bar_chart([0, 50, 100], width=300, height=100, pad=4)
     assert [(b["x"], b["w"], b["h"], b["y"]) for b in bars] == [
         (2, 96, 0, 100), (102, 96, 50, 50), (202, 96, 100, 0)]
+
+
+# --- reconciliation and days of credit left on the meter page ------------------------------
+
+FLAT = {"id": "F", "version": 1, "service": "electricity", "unit_size": 1000,
+        "slabs": [[None, 1000]], "fixed_paise_per_day": 0}   # 1000 paise per kWh = 1 paisa per Wh
+
+
+def add_status(s, meter_id, seq, t, balance, topups, charges, state="OK"):
+    s.add(M.StatusRecord(meter_id=meter_id, seq=seq, t=t, balance_paise=balance,
+                         credit_paise=max(balance, 0), emergency_paise=0, debt_paise=0,
+                         state=state, relay_closed=True, limiter="NORMAL", tariff_version=1,
+                         topups_total_paise=topups, charges_total_paise=charges))
+
+
+def test_meter_page_shows_reconciliation_that_agrees_to_the_paisa(world):
+    from headend import reconcile as R
+    # A-01's records: 100 + 101 + 102 + 103 = 406 Wh at 1 paisa/Wh = 406 paise, all closed by
+    # NOW; opening Rs 100 = 10000 p, no top-ups -> shadow 10000 - 406 = 9594 = the meter's
+    with Session(world.engine) as s:
+        R.open_account(s, "A-01", 10000, NOW - 7200, [FLAT])
+        add_status(s, "A-01", 20, NOW, 9594, 0, 406)
+        s.commit()
+    part = section(browser(world, "op-a").get("/ui/meters/A-01").text, "reconciliation")
+    assert 'data-explanation="AGREES"' in part and "explained" in part
+    assert '<td class="num" id="reconcile-diff">0</td>' in part
+    assert "₹95.94" in part
+    with Session(world.engine) as s:   # the page stored the comparison it showed
+        assert [(r.status_seq, r.difference_paise) for r in s.scalars(
+            select(R.ReconciliationResult))] == [(20, 0)]
+
+
+def test_meter_page_shows_an_unexplained_difference_and_raises_the_alert(world):
+    from headend import reconcile as R
+    # the meter says it charged 1000 p for the same 406 Wh: balance 10000 - 1000 = 9000,
+    # shadow 9594 -> difference 9000 - 9594 = -594 paise, not explained by open intervals
+    with Session(world.engine) as s:
+        R.open_account(s, "A-01", 10000, NOW - 7200, [FLAT])
+        add_status(s, "A-01", 20, NOW, 9000, 0, 1000)
+        s.commit()
+    part = section(browser(world, "op-a").get("/ui/meters/A-01").text, "reconciliation")
+    assert 'data-explanation="MISMATCH"' in part and "unexplained" in part
+    assert '<td class="num" id="reconcile-diff">-594</td>' in part
+    with Session(world.engine) as s:
+        assert [a.kind for a in s.scalars(select(AL.Alert).where(
+            AL.Alert.meter_id == "A-01"))] == [AL.RECONCILIATION]
+
+
+def test_meter_page_without_shadow_account_says_nothing_to_reconcile(world):
+    part = section(browser(world, "op-a").get("/ui/meters/A-01").text, "reconciliation")
+    assert 'data-explanation="none"' in part and "No shadow account" in part
+
+
+def test_meter_page_shows_days_of_credit_left_from_the_forecast(world):
+    # A-03: 4800 Wh on each of the 28 IST days before today, charged 1 paisa/Wh (status
+    # totals 0 -> 28 * 4800); balance 12000 p at 4800 p a day from 05:30 IST: the rest of
+    # today (18.5 h = 3700 p) + 1 day (4800 p) + 3500 p = 17.5 h -> 18.5 + 24 + 17.5 = 60 h
+    from firmware.core import localtime as LT
+    today = LT.local_day(NOW, LT.IST_OFFSET_S)
+    with Session(world.engine) as s:
+        for d in range(today - 28, today):
+            s.add(M.Reading(meter_id="A-03", start_t=LT.local_midnight_utc(d, LT.IST_OFFSET_S),
+                            energy=4800, span_s=86400, flags=0, received_at=NOW))
+        add_status(s, "A-03", 1, LT.local_midnight_utc(today - 28, LT.IST_OFFSET_S), 0, 0, 0)
+        add_status(s, "A-03", 2, LT.local_midnight_utc(today, LT.IST_OFFSET_S), 0, 0,
+                   28 * 4800)
+        s.add(M.MeterBalance(meter_id="A-03", seq=2, t=NOW - 60, balance_paise=12000,
+                             credit_paise=12000, emergency_paise=0, debt_paise=0, state="OK",
+                             relay_closed=True, limiter="NORMAL", tariff_version=1,
+                             topups_total_paise=0, charges_total_paise=28 * 4800))
+        s.commit()
+    c = browser(world, "op-a")
+    part = section(c.get("/ui/meters/A-03").text, "forecast")
+    assert 'data-days-left="2" data-hours-left="60"' in part
+    assert "About 2 day(s) (60 h) of credit left at the recent use of 4800 Wh a day." in part
+    # A-01 has readings only from today: no complete day to learn from
+    none = section(c.get("/ui/meters/A-01").text, "forecast")
+    assert 'data-days-left="none"' in none and "no readings in the last 28 days" in none
+
+
+# --- top-up latency ----------------------------------------------------------------------
+
+def add_topup(s, ref, meter_id, tenant_id, received_at, latency_s):
+    """A paid top-up whose command the meter applied ``latency_s`` later (None: still queued)."""
+    p = L.Payment(gateway="upi", txn_ref=ref, tenant_id=tenant_id, meter_id=meter_id,
+                  amount_paise=1000, payer_vpa="x@upi", received_at=received_at,
+                  body_sha256="0" * 64)
+    s.add(p)
+    s.flush()
+    cmd = C.enqueue(s, meter_id, "topup", [1000], received_at, command_id=L.topup_command_id(p.id))
+    s.add(L.TopUp(payment_id=p.id, meter_id=meter_id, amount_paise=1000, command_id=cmd.id,
+                  created_at=received_at))
+    if latency_s is not None:
+        cmd.state, cmd.finished_at = C.APPLIED, received_at + latency_s
+
+
+def test_topup_latency_plot_shows_p50_and_p99_per_ist_day(world):
+    # 27 Nov IST: 10 top-ups applied after 1..10 s -> nearest rank p50 = 5th = 5 s,
+    # p99 = ceil(9.9) = 10th = 10 s.  26 Nov IST (NOW - 6 h): one after 30 s -> 30, 30.
+    # One paid at NOW - 30 not applied yet.  B's top-up (99 s) is another tenant's.
+    with Session(world.engine) as s:
+        ta, tb = s.get(M.Meter, "A-01").tenant_id, s.get(M.Meter, "B-01").tenant_id
+        for k in range(10):
+            add_topup(s, "L%d" % k, "A-%02d" % (k + 6), ta, NOW - 600 + k, k + 1)
+        add_topup(s, "L26", "A-06", ta, NOW - 21600, 30)
+        add_topup(s, "LQ", "A-07", ta, NOW - 30, None)
+        add_topup(s, "LB", "B-01", tb, NOW - 600, 99)
+        s.commit()
+    part = section(browser(world, "op-a").get("/ui/").text, "topup-latency")
+    rows = re.findall(r'<tr data-day="(\d\d-\d\d)"><td>[^<]*</td><td class="num">(\d+)</td>'
+                      r'<td class="num">([^<]+)</td><td class="num">([^<]+)</td>', part)
+    assert rows[-2:] == [("26-11", "1", "30", "30"), ("27-11", "10", "5", "10")]
+    assert rows[0] == ("21-11", "0", "–", "–")
+    svg = re.search(r'<svg id="latency-chart".*?</svg>', part, re.S).group(0)
+    p50 = re.findall(r'data-series="p50" data-value="([^"]+)"', svg)
+    p99 = re.findall(r'data-series="p99" data-value="([^"]+)"', svg)
+    assert p50 == ["–"] * 5 + ["30", "5"] and p99 == ["–"] * 5 + ["30", "10"]
+    # bar heights on one scale (30 s = 160 px): 10 s -> 53 px, 5 s -> 26 px
+    assert 'height="53" data-series="p99" data-value="10"' in svg
+    assert 'height="26" data-series="p50" data-value="5"' in svg
+    assert "11 top-ups applied in the last 7 days; 1 paid but not applied yet." in part
+
+
+def test_percentile_is_nearest_rank():
+    assert D.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 50) == 5
+    assert D.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 99) == 10
+    assert D.percentile([7], 99) == 7
+
+
+# --- pagination -------------------------------------------------------------------------
+
+@pytest.fixture
+def small_pages(engine):
+    """The dashboard world with 5 rows per page."""
+    w = make_world(engine, real_queue=True, disconnect_approval_pct=5, disconnect_window_s=3600,
+                   ui_page_size=5)
+    seed_dashboard(engine)
+    yield w
+    w.client.close()
+
+
+def pager_of(html, param):
+    m = re.search(r'<nav class="pager"[^>]*data-param="%s" data-page="(\d+)" data-pages="(\d+)">'
+                  r'(.*?)</nav>' % param, html, re.S)
+    assert m, "no pager for %s" % param
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQL paths run on both above
+def test_meter_list_pages_through_all_meters_of_the_tenant(small_pages):
+    c = browser(small_pages, "op-a")
+    # tenant A: 20 meters, 5 a page -> 4 pages; page 2 = A-06 .. A-10
+    html = c.get("/ui/meters?page=2").text
+    assert re.findall(r'<tr data-meter="([^"]+)">', html) == ["A-06", "A-07", "A-08", "A-09",
+                                                              "A-10"]
+    number, pages, nav = pager_of(html, "page")
+    assert (number, pages) == (2, 4) and "6–10 of 20" in nav
+    assert 'href="/ui/meters?page=3"' in nav and 'rel="prev" href="/ui/meters?page=1"' in nav
+    seen = []
+    for n in range(1, 5):
+        seen += re.findall(r'<tr data-meter="([^"]+)">', c.get("/ui/meters?page=%d" % n).text)
+    assert seen == ["A-%02d" % i for i in range(1, 21)]
+    # past the end: the last page; garbage: the first
+    assert re.findall(r'<tr data-meter="([^"]+)">', c.get("/ui/meters?page=99").text)[0] == "A-16"
+    assert re.findall(r'<tr data-meter="([^"]+)">', c.get("/ui/meters?page=x").text)[0] == "A-01"
+
+
+def test_comm_loss_and_alert_lists_page_independently(small_pages):
+    with Session(small_pages.engine) as s:
+        # 7 alerts -> 2 pages of 5 (7 kinds, so no storm summary folds them together)
+        for i, kind in enumerate((AL.TAMPER, AL.LEAK, AL.COMM_LOSS, AL.DATA_GAP,
+                                  AL.COMMAND_EXPIRED, AL.LOW_CREDIT, AL.DISCONNECTED)):
+            AL.raise_alert(s, "A-%02d" % (i + 6), kind, NOW - 100 + i, "detail")
+        s.commit()
+    c = browser(small_pages, "op-a")
+    html = c.get("/ui/?comm_page=4&alert_page=2").text
+    comm = section(html, "comm-loss")
+    # 19 silent meters (A-02..A-20 minus none heard: A-01 talks) -> 4 pages; page 4 = 16..19
+    assert re.findall(r">(A-\d\d)</a>", comm) == ["A-17", "A-18", "A-19", "A-20"]
+    assert "): 19</h2>" in comm
+    assert pager_of(comm, "comm_page")[:2] == (4, 4)
+    alerts = section(html, "alerts")
+    assert len(re.findall(r'data-alert="\d+"', alerts)) == 2      # the 2 oldest of 7
+    assert "Open alerts: 7" in alerts
+    _, _, nav = pager_of(alerts, "alert_page")
+    # a link keeps the other list's page
+    assert 'href="/ui/?comm_page=4&amp;alert_page=1"' in nav
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQL paths run on both above
+def test_command_requests_and_a_meters_commands_are_paged(small_pages):
+    c = browser(small_pages, "op-a")
+    token = csrf(c.get("/ui/commands").text)
+    for k in range(7):
+        r = c.post("/ui/commands", data={"csrf": token, "meter_ids": "A-03", "action": "topup",
+                                         "amount": str(10 + k)})
+        assert r.status_code == 201
+    page2 = section(c.get("/ui/commands?page=2").text, "requests")
+    assert len(re.findall(r'data-request="\d+"', page2)) == 2
+    assert pager_of(page2, "page")[:2] == (2, 2)
+    meter = section(c.get("/ui/meters/A-03?cmd_page=2").text, "commands")
+    assert len(re.findall(r'data-command="', meter)) == 2 and "6–7 of 7" in meter
+
+
+# --- Hindi ------------------------------------------------------------------------------
+
+def test_catalogues_have_the_same_keys_and_hindi_is_hindi():
+    en, hi = D.catalogue("en"), D.catalogue("hi")
+    assert sorted(en) == sorted(hi)
+    # every Hindi text that is not a symbol or a code carries Devanagari
+    latin_ok = {"col.pct", "col.p50", "col.p99", "consumer.language"}
+    assert [k for k, v in hi.items() if k not in latin_ok
+            and not any("\u0900" <= ch <= "\u097f" for ch in v)] == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQL paths run on both above
+def test_language_switch_renders_the_fleet_and_meter_pages_in_hindi(world):
+    c = browser(world, "op-a")
+    r = c.get("/ui/lang/hi?next=/ui/meters/A-04", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/meters/A-04"
+    fleet = c.get("/ui/").text
+    assert '<html lang="hi">' in fleet
+    for text in ("मीटर बेड़े का सारांश", "क्रेडिट स्थिति के अनुसार मीटर (20 सक्रिय)",
+                 "कम बैलेंस और कटे हुए मीटर", "खुली चेतावनियाँ: 0", "लॉग आउट", "कटा हुआ"):
+        assert text in fleet, text
+    assert "Fleet overview" not in fleet
+    meter = c.get("/ui/meters/A-04").text
+    assert "मीटर A-04" in meter and "बचे हुए क्रेडिट के दिन" in meter and "घटनाएँ" in meter
+    # data stays as it is: amounts and ids
+    assert "₹50.00" in meter
+    # and back
+    c.get("/ui/lang/en?next=/ui/")
+    assert "Fleet overview" in c.get("/ui/").text
+
+
+@pytest.fixture
+def no_data():
+    """The app on an empty in-memory database: for pages that read nothing."""
+    from headend.api import create_app
+    from headend.config import Settings
+    with TestClient(create_app(Settings(database_url="sqlite://"))) as client:
+        yield client
+
+
+def test_login_page_follows_the_browsers_language(no_data):
+    html = no_data.get("/ui/login", headers={"Accept-Language": "hi-IN,hi;q=0.9"}).text
+    assert "ऊर्जा ऑपरेटर लॉग इन" in html and "पासवर्ड" in html
+    assert "Urja operator login" in no_data.get("/ui/login").text
+
+
+def test_language_switch_does_not_redirect_off_site(no_data):
+    for bad in ("//evil.example/", "https://evil.example/ui/", "/ui\\evil"):
+        r = no_data.get("/ui/lang/hi", params={"next": bad}, follow_redirects=False)
+        assert r.headers["location"] == "/ui/", bad

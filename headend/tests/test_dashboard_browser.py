@@ -9,8 +9,10 @@ Needs the Debian packages ``chromium`` (and the PyPI package ``playwright``;
 its own browser download is not used).  A missing browser is a failure that
 says how to install it, never a skip.
 """
+import json
 import os
 import pathlib
+import re
 import socket
 import threading
 import time
@@ -153,4 +155,59 @@ def test_operator_logs_in_tops_up_and_mass_disconnect_waits_for_approval(served)
     assert queued == [("A-04", "topup", "[20000]")]
     for name in ("01-login", "02-fleet", "03-meter", "04-topup-queued",
                  "04b-meter-command-queued", "05-mass-disconnect-held"):
+        assert (SHOTS / (name + ".png")).stat().st_size > 1000
+
+
+def test_consumer_logs_in_on_a_phone_sees_balance_and_gets_a_upi_qr(served, tmp_path, monkeypatch):
+    """The consumer page at a phone's viewport: number, code from the SMS outbox, balance,
+    recharge -> UPI link and its QR image (screenshots 06-09)."""
+    base, world = served
+    outbox = tmp_path / "sms.jsonl"
+    monkeypatch.setenv("URJA_NOTIFY_LOG", str(outbox))   # the consumer notifier: a log file
+    for key in ("URJA_SMS_URL", "URJA_WHATSAPP_URL"):
+        monkeypatch.delenv(key, raising=False)
+    with Session(world.engine) as s:   # Ravi (Hindi) owns A-01 and A-02; give him a number
+        s.get(M.Consumer, world.consumer["ravi"]).phone = "9800000002"
+        s.commit()
+    sync_playwright = sync_playwright_or_fail()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            ctx = browser.new_context(viewport={"width": 390, "height": 844},
+                                      device_scale_factor=2, is_mobile=True, has_touch=True,
+                                      locale="hi-IN")
+            page = ctx.new_page()
+            page.set_default_timeout(15000)
+            page.goto(base + "/my/")
+            assert page.url == base + "/my/login"
+            page.screenshot(path=str(SHOTS / "06-consumer-login.png"), full_page=True)
+            page.fill("#phone", "98000 00002")
+            page.click("#login-form button")
+            page.wait_for_selector("#code-form")
+            code = re.search(r"\b(\d{6})\b", json.loads(outbox.read_text("utf-8")
+                                                        .splitlines()[-1])["text"]).group(1)
+            page.fill("#code", code)
+            page.screenshot(path=str(SHOTS / "07-consumer-code.png"), full_page=True)
+            page.click("#code-form button")
+            page.wait_for_selector("#meter-A-01")
+            # Ravi's record says Hindi: A-01's balance 12345 p = ₹123.45, and only his meters
+            assert "मीटर A-01: शेष राशि ₹123.45 (OK)" in page.inner_text("#meter-A-01")
+            assert page.locator("section[data-meter]").count() == 2
+            # one column that fits the phone: no horizontal scrolling
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.screenshot(path=str(SHOTS / "08-consumer-balance.png"), full_page=True)
+            page.fill("#amount-A-01", "200")
+            page.click("#meter-A-01 button")
+            page.wait_for_selector("#upi-qr")
+            link = page.get_attribute("#upi-link", "href")
+            assert link.startswith("upi://pay?") and "am=200.00" in link
+            assert page.inner_text("#upi-text") == link
+            # the QR image loaded (the browser decoded the PNG the channel serves)
+            assert page.evaluate("document.getElementById('upi-qr').naturalWidth") > 100
+            page.screenshot(path=str(SHOTS / "09-consumer-upi-qr.png"), full_page=True)
+        finally:
+            browser.close()
+    for name in ("06-consumer-login", "07-consumer-code", "08-consumer-balance",
+                 "09-consumer-upi-qr"):
         assert (SHOTS / (name + ".png")).stat().st_size > 1000

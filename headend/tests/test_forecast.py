@@ -7,16 +7,29 @@ class x weekday x month tables, a per-consumer scale) with the fleet's noise
 The season table is fitted on consumers with seeds 0..39; the error is
 measured on consumers with seeds 1000..1059, never seen by the fit.
 """
+import json
+import os
+import pathlib
 import random
+import re
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware.core import localtime as LT
 from headend import alerts
+from headend import channel as CH
 from headend import forecast as F
+from headend import migrations
 from headend import models as M
-from headend.db import Base
+from headend import notify
+from headend.db import Base, make_engine
+from headend.tests.conftest import wait_until
 from simulator import consumers as SC
 
 IST = LT.IST_OFFSET_S
@@ -206,3 +219,143 @@ def test_check_low_credit_forecast_raises_the_new_alert_kind(db):
         again = F.check_low_credit_forecast(s, NOW + 600, threshold_days=3)
         assert [(o.notify, o.suppressed, o.alert.count) for o in again] == [(False, True, 2)]
         assert F.LOW_CREDIT_FORECAST in alerts.KINDS
+
+
+# --- the periodic job: raises the alert and tells the consumer by itself -------------------
+
+def price_use(s, now):
+    """Status history charging UJ-LOW and UJ-OK 1 paisa per Wh over the fit window."""
+    since = LT.local_midnight_utc(LT.local_day(now, IST) - 28, IST)
+    for mid in ("UJ-LOW", "UJ-OK"):
+        for seq, (t, c) in enumerate(((since, 0), (now - 1, 28 * 4800)), 10):
+            s.add(M.StatusRecord(meter_id=mid, seq=seq, t=t, balance_paise=0, credit_paise=0,
+                                 emergency_paise=0, debt_paise=0, state="OK", relay_closed=True,
+                                 limiter="off", tariff_version=1, topups_total_paise=0,
+                                 charges_total_paise=c))
+
+
+def give_consumer(s, meter_id, phone, language):
+    meter = s.get(M.Meter, meter_id)
+    c = M.Consumer(tenant_id=meter.tenant_id, account_no="ACC-" + meter_id, name="Asha",
+                   phone=phone, language=language)
+    s.add(c)
+    s.flush()
+    meter.consumer_id = c.id
+
+
+def sent_lines(path):
+    return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+
+def test_periodic_job_raises_the_alert_and_tells_the_consumer_once(db, tmp_path):
+    with Session(db) as s:
+        price_use(s, NOW)
+        give_consumer(s, "UJ-LOW", "98000 00001", "hi")
+        give_consumer(s, "UJ-OK", "98000 00002", "en")
+        s.commit()
+    out = tmp_path / "sms.jsonl"
+    job = F.LowCreditForecastJob(db, threshold_days=3, interval_s=0.05, clock=lambda: NOW,
+                                 consumer=notify.LogNotifier(str(out))).start()
+    try:
+        wait_until(lambda: job.runs >= 3, 30, "three runs of the job")
+    finally:
+        job.stop()
+    # UJ-LOW: 12000 p at 4800 p/day = 60 h < 3 days -> one Hindi SMS, though the job ran 3
+    # times (the alert window folds the repeats); UJ-OK (25 days) gets nothing
+    assert [(m["to"], m["kind"], m["text"]) for m in sent_lines(out)] == [
+        ("98000 00001", F.LOW_CREDIT_FORECAST,
+         "ऊर्जा: हाल की खपत पर मीटर UJ-LOW का बैलेंस (₹120.00) लगभग 2 दिन (60 घंटे) चलेगा। "
+         "कनेक्शन कटने से बचने के लिए कृपया समय पर रिचार्ज करें।")]
+    with Session(db) as s:
+        [alert] = s.scalars(select(alerts.Alert)).all()
+        assert (alert.meter_id, alert.kind, alert.count, alert.notified) == (
+            "UJ-LOW", F.LOW_CREDIT_FORECAST, job.runs, True)
+
+
+def test_periodic_job_skips_a_number_that_sent_stop(db, tmp_path):
+    with Session(db) as s:
+        price_use(s, NOW)
+        give_consumer(s, "UJ-LOW", "+919800000001", "en")
+        s.add(CH.Subscriber(phone="+919800000001", opted_out=True, updated_at=NOW - 10))
+        s.commit()
+    out = tmp_path / "sms.jsonl"
+    job = F.LowCreditForecastJob(db, 3, 3600, clock=lambda: NOW,
+                                 consumer=notify.LogNotifier(str(out)))
+    result = job.step()
+    assert result["alerts"] == 1
+    assert [(m.to, d.ok, d.error) for m, d in result["sent"]] == [
+        ("+919800000001", False, "opted out (sent STOP)")]
+    assert sent_lines(out) == []
+
+
+def test_forecast_alert_without_a_consumer_phone_tells_nobody(db, tmp_path):
+    # operators see it on the dashboard's alert list; no operator message per meter
+    with Session(db) as s:
+        price_use(s, NOW)
+        s.commit()
+    out = tmp_path / "ops.jsonl"
+    job = F.LowCreditForecastJob(db, 3, 3600, clock=lambda: NOW,
+                                 consumer=notify.LogNotifier(str(out)),
+                                 operator=notify.LogNotifier(str(out)))
+    assert job.step()["alerts"] == 1 and sent_lines(out) == []
+
+
+def test_serve_runs_the_forecast_job_in_the_service(tmp_path):
+    """``urja-headend serve`` (a real process, real clock) sends the forecast SMS by itself."""
+    url = "sqlite:///%s" % (tmp_path / "urja.db")
+    migrations.upgrade(url)
+    engine = make_engine(url)
+    now = int(time.time())
+    today = LT.local_day(now, IST)
+    with Session(engine) as s:
+        t = M.Tenant(code="PMC", name="Pune")
+        s.add(t)
+        s.flush()
+        c = M.Consumer(tenant_id=t.id, account_no="A-1", name="Asha", phone="+919800000001",
+                       language="en")
+        s.add(c)
+        s.flush()
+        s.add(M.Meter(id="UJ-LOW", tenant_id=t.id, consumer_id=c.id, service="electricity"))
+        s.flush()
+        for d in range(today - 28, today):      # 4800 Wh a day
+            s.add(M.Reading(meter_id="UJ-LOW", start_t=LT.local_midnight_utc(d, IST),
+                            energy=4800, span_s=DAY, received_at=now))
+        for seq, (t_, charges) in enumerate(((LT.local_midnight_utc(today - 28, IST), 0),
+                                             (now - 1, 28 * 4800)), 1):
+            s.add(M.StatusRecord(meter_id="UJ-LOW", seq=seq, t=t_, balance_paise=0,
+                                 credit_paise=0, emergency_paise=0, debt_paise=0, state="OK",
+                                 relay_closed=True, limiter="off", tariff_version=1,
+                                 topups_total_paise=0, charges_total_paise=charges))
+        s.add(M.MeterBalance(meter_id="UJ-LOW", seq=2, t=now, balance_paise=3000,
+                             credit_paise=3000, emergency_paise=0, debt_paise=0, state="OK",
+                             relay_closed=True, limiter="off", tariff_version=1,
+                             topups_total_paise=0, charges_total_paise=28 * 4800))
+        s.commit()
+    engine.dispose()
+    out = tmp_path / "sms.jsonl"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, URJA_NOTIFY_LOG=str(out), URJA_FORECAST_INTERVAL_S="1",
+               URJA_FORECAST_ALERT_DAYS="3")
+    for key in ("URJA_SMS_URL", "URJA_WHATSAPP_URL", "URJA_CONFIG"):
+        env.pop(key, None)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "headend.cli", "--database-url", url,
+                             "serve", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT,
+                            cwd=pathlib.Path(__file__).resolve().parents[2])
+    try:
+        lines = wait_until(lambda: sent_lines(out), 60, "the forecast SMS from the service")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+    # Rs 30.00 at 4800 p a day: 3000 / 4800 * 24 h = 15 h (14 on a float's bad day)
+    assert [(m["to"], m["kind"], m["meter_id"]) for m in lines] == [
+        ("+919800000001", F.LOW_CREDIT_FORECAST, "UJ-LOW")]
+    assert re.search(r"\(Rs 30\.00\) lasts about 0 day\(s\) \(1[45] h\)", lines[0]["text"])
