@@ -135,15 +135,19 @@ def test_a_reading_missing_from_the_database_is_counted_as_lost(sqlite_engine, b
     assert not networked.guardrails_hold(k)
 
 
-def test_with_a_shared_ingest_subscription_a_broker_restart_loses_uplinks_visibly(sqlite_engine, broker):
+def test_with_a_shared_ingest_subscription_a_broker_restart_never_loses_uplinks_silently(
+        sqlite_engine, broker):
     # Mosquitto 2.0.11 does not restore a persistent session's $share subscription after a
     # restart (the symptom of eclipse-mosquitto/mosquitto#769): uplinks PUBACKed to meters
-    # between the restart and the ingest's reconnect reach nobody.  What matters here is
-    # that the head-end SEES it: the loss shows as open sequence gaps, never silent.
+    # between the restart and the ingest's re-subscription reach nobody.  Whether any are
+    # sent in that window depends on who reconnects first (the ingest now re-subscribes on
+    # every connect), so the test holds the invariant that matters: any loss shows as open
+    # sequence gaps (which the head-end then asks the meter to backfill), never silently.
     k = run("broker_outage_net.toml", sqlite_engine, broker, meters=10, ingest_shared=True,
             headend_restarts=[], drain_timeout_s=3, hours=12)
-    assert k["readings"]["lost"] > 0
-    assert k["uplinks"]["open_seq_gaps"] > 0
+    if k["readings"]["lost"]:
+        assert k["uplinks"]["open_seq_gaps"] > 0, k["uplinks"]
+    assert k["readings"]["duplicated"] == 0
 
 
 def test_networked_table_errors_name_the_field(tmp_path):
