@@ -189,5 +189,7 @@ def test_outbox_survives_random_power_cuts_without_loss_duplication_or_resurrect
              model.last_seq - model.released))
     if cycles >= 200:
         # otherwise the run never exercised recovery or eviction and proves little
-        assert torn > 0, "no kill landed mid-append"
+        # A SIGKILL rarely tears one write() to a local file, so a run may find no torn
+        # tail at all; torn records at every byte offset are covered deterministically by
+        # test_outbox.py (test_torn_*).  Eviction must still have happened:
         assert model.evicted > 0, "the ring never filled"
