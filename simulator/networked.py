@@ -47,7 +47,7 @@ import simpy.rt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from firmware.app.uplink import Uplink
+from firmware.app.uplink import Uplink, records_end_cum
 from firmware.core import auth, events
 from firmware.core.meter import RESULT_NAMES
 from firmware.core.outbox import Outbox, RamSegments, RamSlots
@@ -186,7 +186,7 @@ class NetUplink:
         for r in rows:
             self.produced[r[0]] = (r[2], r[1], r[6])
         if rows:
-            self.uplink.readings(now, self.interval_s, meter.energy_units, rows)
+            self.uplink.readings(now, self.interval_s, records_end_cum(meter), rows)
         for kind, snap in records:
             if kind != "interval":
                 self.uplink.snapshot(now, snap)
