@@ -2,22 +2,12 @@
 from firmware.core import auth, journal, localtime
 from firmware.core.meter import (BAD_VALUE, EXAMPLE_CONFIG, MAX_BACKFILL_SPAN, RESULT_NAMES, Meter,
                                  MeterConfig, backfill_range)
+from firmware.core.outbox import RamSlots
 from firmware.tests.check import eq
 
 T0 = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 27), localtime.IST_OFFSET_S)
 KEY = bytes.fromhex(EXAMPLE_CONFIG["key_hex"])
 MID = EXAMPLE_CONFIG["meter_id"]
-
-
-class MemSlots:
-    def __init__(self):
-        self.slots = [None, None]
-
-    def read(self, slot):
-        return self.slots[slot]
-
-    def write(self, slot, data):
-        self.slots[slot] = bytes(data)
 
 
 def meter(slots=None):
@@ -49,7 +39,7 @@ def test_authentic_backfill_is_applied_with_its_range_in_the_detail():
 
 
 def test_backfill_with_a_bad_range_is_bad_value_and_changes_nothing():
-    slots = MemSlots()
+    slots = RamSlots()
     m = meter(slots)
     before = (m.guard.last_counter, m.commits, slots.slots[:])
     for i, (first, last) in enumerate(((9, 3), (1, 10001), (-5, 3))):
@@ -60,7 +50,7 @@ def test_backfill_with_a_bad_range_is_bad_value_and_changes_nothing():
 
 
 def test_backfill_counter_is_journaled_so_a_resent_command_is_replayed_after_a_restart():
-    slots = MemSlots()
+    slots = RamSlots()
     m = meter(slots)
     commits = m.commits
     cmd = backfill(1, 1, 20)

@@ -6,22 +6,12 @@ moves the board clock (``firmware/app/main.py`` ``App.set_clock``).
 from firmware.core import auth, events, journal, localtime
 from firmware.core.meter import (BAD_VALUE, CLOCK_EPOCH_T, EXAMPLE_CONFIG, MAX_CLOCK_STEP_S, Meter,
                                  MeterConfig, clock_sync_time)
+from firmware.core.outbox import RamSlots
 from firmware.tests.check import eq
 
 T0 = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 27), localtime.IST_OFFSET_S)
 KEY = bytes.fromhex(EXAMPLE_CONFIG["key_hex"])
 MID = EXAMPLE_CONFIG["meter_id"]
-
-
-class MemSlots:
-    def __init__(self):
-        self.slots = [None, None]
-
-    def read(self, slot):
-        return self.slots[slot]
-
-    def write(self, slot, data):
-        self.slots[slot] = bytes(data)
 
 
 def meter(slots=None, now=T0):
@@ -46,7 +36,7 @@ def test_time_fields_are_an_int_utc_second_after_the_epoch_and_an_optional_force
 
 
 def test_time_within_the_limit_is_applied_once_and_logs_clock_set_with_the_step():
-    slots = MemSlots()
+    slots = RamSlots()
     m = meter(slots)
     commits = m.commits
     eq(m.apply_command(time_cmd(1, T0 + 3600 + 42), T0 + 3600),
@@ -68,7 +58,7 @@ def test_backward_step_is_negative_in_the_event():
 
 
 def test_time_before_the_epoch_is_bad_value_and_changes_nothing():
-    slots = MemSlots()
+    slots = RamSlots()
     m = meter(slots)
     before = (m.guard.last_counter, m.commits, slots.slots[:], m.log.last_seq)
     result, detail = m.apply_command(time_cmd(1, CLOCK_EPOCH_T - 1), T0 + 60)
