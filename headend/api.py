@@ -168,6 +168,53 @@ class CommandRequestOut(BaseModel):
     targets: list[TargetOut]
 
 
+class CampaignIn(Strict):
+    kind: Literal["tariff", "config", "firmware"]
+    meter_ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = Field(
+        default=None, min_length=1, max_length=100000,
+        description="default: every active meter of the tenant")
+    tenant_id: int | None = Field(default=None, ge=1, le=MAX_INT,
+                                  description="only a platform admin names it; others use their own")
+    args: list[Annotated[str, Field(max_length=20000, pattern=TEXT_PATTERN)]] = Field(
+        min_length=1, max_length=2,
+        description='tariff: [tariff JSON]; config: [setting, value]; firmware: [version]')
+    stages: list[Annotated[int, Field(ge=1, le=100)]] | None = Field(
+        default=None, min_length=1, max_length=20,
+        description="cumulative percent per stage, ending at 100 (default campaign_stages)")
+    success_pct: int | None = Field(default=None, ge=1, le=100)
+    failure_pct: int | None = Field(default=None, ge=0, le=100)
+
+
+class StageOut(BaseModel):
+    stage: int
+    share_pct: int
+    size: int
+    WAITING: int
+    ACTIVE: int
+    DONE: int
+    FAILED: int
+    SKIPPED: int
+
+
+class CampaignOut(BaseModel):
+    id: int
+    tenant_id: int
+    kind: str
+    args: list
+    stages: list[int]
+    success_pct: int
+    failure_pct: int
+    state: str
+    stage: int
+    created_by: str
+    created_at: int
+    decided_by: str | None
+    decided_at: int | None
+    updated_at: int
+    reason: str | None
+    progress: list[StageOut]
+
+
 class ProblemOut(BaseModel):
     """An error answer: FastAPI's ``detail`` or the payment handler's ``error``."""
     detail: str | list | None = None
@@ -484,6 +531,101 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
             scope.meter(session, meter_id)
         return command_queue.list_commands(commands_mod, session, scope.meter_ids(), meter_id,
                                            limit, offset)
+
+    # --- campaigns (headend/campaigns.py) ---------------------------------------------------
+
+    from headend import campaigns as CP
+
+    def campaign_out(session, campaign):
+        return dict(campaign.as_dict(), progress=CP.stage_summary(session, campaign))
+
+    def visible_campaign(session, principal, campaign_id):
+        campaign = session.get(CP.Campaign, campaign_id)
+        if campaign is None or not A.Scope(principal).sees_tenant(campaign.tenant_id):
+            raise A.NotVisible("no campaign %r" % campaign_id)
+        return campaign
+
+    @app.post("/campaigns", response_model=CampaignOut, status_code=201, tags=["campaigns"],
+              responses={202: {"model": CampaignOut, "description": "firmware: held for a "
+                                                                     "second approver"},
+                         404: {"description": "a meter or tenant is not the caller's"}})
+    def create_campaign(body: CampaignIn, session: Session_,
+                        principal: Annotated[A.Principal, allowed(CP.PERMISSION["create"])]):
+        """Roll a tariff, configuration or firmware change out over the tenant's meters in
+        stages (e.g. 1 % -> 10 % -> 100 %); a stage starts once the previous one reached
+        success_pct, a failed share above failure_pct halts the campaign.  A firmware
+        campaign waits (202) for another operator's approval."""
+        scope = A.Scope(principal)
+        if body.meter_ids is not None:
+            meters = [scope.meter(session, mid) for mid in sorted(set(body.meter_ids))]
+            tenants = {m.tenant_id for m in meters}
+            if len(tenants) != 1 or (body.tenant_id is not None and body.tenant_id not in tenants):
+                raise invalid("all meters of a campaign must belong to one tenant",
+                              "body", "meter_ids")
+            tenant_id, meter_ids = tenants.pop(), [m.id for m in meters]
+        else:
+            try:
+                tenant_id = scope.tenant_for_write(body.tenant_id)
+            except ValueError as err:
+                raise invalid(str(err), "body", "tenant_id")
+            if session.get(M.Tenant, tenant_id) is None:
+                raise A.NotVisible("no tenant %r" % tenant_id)
+            meter_ids = None
+        rules = CP.StageRules.from_settings(settings, body.stages, body.success_pct,
+                                            body.failure_pct)
+        campaign = CP.create(session, principal, tenant_id, body.kind, meter_ids,
+                             list(body.args), now(), rules)
+        session.commit()
+        return JSONResponse(campaign_out(session, campaign),
+                            status_code=202 if campaign.state == CP.PENDING_APPROVAL else 201)
+
+    @app.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
+    def list_campaigns(session: Session_,
+                       principal: Annotated[A.Principal, allowed(CP.PERMISSION["read"])],
+                       state: Literal[CP.STATES] | None = None,
+                       limit: Limit = 100, offset: Offset = 0):
+        """Campaigns of the caller's tenant, newest first, with per-stage progress."""
+        q = select(CP.Campaign)
+        scope = A.Scope(principal)
+        if not scope.all_tenants:
+            q = q.where(CP.Campaign.tenant_id == scope.tenant_id)
+        if state:
+            q = q.where(CP.Campaign.state == state)
+        q = q.order_by(CP.Campaign.id.desc()).limit(limit).offset(offset)
+        return [campaign_out(session, c) for c in session.scalars(q)]
+
+    @app.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"],
+             responses={404: {"description": "no such campaign for this caller"}})
+    def get_campaign(campaign_id: Annotated[int, Path(ge=1, le=MAX_INT)], session: Session_,
+                     principal: Annotated[A.Principal, allowed(CP.PERMISSION["read"])]):
+        return campaign_out(session, visible_campaign(session, principal, campaign_id))
+
+    def campaign_decision(verdict, permission):
+        # a closure, not default arguments: FastAPI would publish those as query parameters
+        def decide_campaign(campaign_id: Annotated[int, Path(ge=1, le=MAX_INT)],
+                            session: Session_, principal: Caller,
+                            body: DecisionIn | None = None):
+            principal.require(CP.PERMISSION[permission])
+            campaign = visible_campaign(session, principal, campaign_id)
+            try:
+                CP.decide(session, principal, campaign, verdict, now(),
+                          reason=body.reason if body else None)
+            except G.GuardrailError:
+                session.commit()  # keep the audit row of the refusal
+                raise
+            session.commit()
+            return campaign_out(session, campaign)
+        return decide_campaign
+
+    for c_verdict, c_permission in (("approve", "approve"), ("reject", "approve"),
+                                    ("cancel", "create")):
+        app.post("/campaigns/{campaign_id}/%s" % c_verdict, response_model=CampaignOut,
+                 tags=["campaigns"], summary="%s a campaign" % c_verdict.capitalize(),
+                 responses={403: {"description": "the creator may not approve their own "
+                                                 "campaign, or the role may not"},
+                            404: {"description": "no such campaign for this caller"},
+                            409: {"description": "not allowed in the campaign's state"}}
+                 )(campaign_decision(c_verdict, c_permission))
 
     # --- payments, receipts, alerts, audit -------------------------------------------------
 

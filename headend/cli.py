@@ -29,6 +29,21 @@ EXAMPLES = """examples:
   urja-headend topup UJ-0001 50000                      queue a Rs 500.00 top-up (paise)
   urja-headend commands --meter UJ-0001 --state QUEUED
   urja-headend report --json                            fleet health for a cron job
+  urja-headend campaigns --help                         staged tariff/config/firmware roll-outs
+"""
+
+CAMPAIGN_EXAMPLES = """examples:
+  urja-headend campaigns image-add build/fw-1.1.0.bin --version 1.1.0
+  urja-headend campaigns create --tenant PMC --kind config --args heartbeat_s 600
+  urja-headend campaigns create --tenant PMC --kind tariff --args "$(cat tariff.json)" \\
+      --stages 1,10,100 --success-pct 95 --failure-pct 5
+  urja-headend campaigns create --tenant PMC --kind firmware --args 1.1.0 --as asha
+  urja-headend campaigns approve 3 --as ravi            a firmware campaign needs a second person
+  urja-headend campaigns list --tenant PMC --state RUNNING --json
+  urja-headend campaigns show 3 --json                  per-stage progress
+  urja-headend campaigns advance                        one round now (serve does it every
+                                                        campaign_interval_s)
+  urja-headend campaigns cancel 3 --reason "wrong tariff"
 """
 
 
@@ -100,6 +115,46 @@ def build_parser():
 
     sub.add_parser("report", parents=[common],
                    help="fleet summary: comm health, command queue, approvals, dead letters")
+
+    cp = sub.add_parser("campaigns", parents=[common], epilog=CAMPAIGN_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="staged tariff, config and firmware campaigns",
+                        description="Staged roll-outs over a tenant's meters "
+                                    "(headend/campaigns.py).  --as USER acts as a registered "
+                                    "user (role and tenant from the users table); without it "
+                                    "the shell user acts as a platform admin.")
+    cpsub = cp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cl = cpsub.add_parser("list", parents=[common], help="list campaigns")
+    cl.add_argument("--tenant", help="tenant code")
+    cl.add_argument("--state", choices=("PENDING_APPROVAL", "RUNNING", "HALTED", "COMPLETED",
+                                        "REJECTED", "CANCELLED"))
+    cl.add_argument("--limit", type=int, default=50)
+    cs = cpsub.add_parser("show", parents=[common], help="one campaign with per-stage progress")
+    cs.add_argument("campaign_id", type=int)
+    cc = cpsub.add_parser("create", parents=[common], help="create a campaign")
+    cc.add_argument("--tenant", required=True, help="tenant code")
+    cc.add_argument("--kind", required=True, choices=("tariff", "config", "firmware"))
+    cc.add_argument("--args", nargs="+", required=True,
+                    help="tariff: JSON; config: SETTING VALUE; firmware: VERSION")
+    cc.add_argument("--meters", help="comma-separated meter ids (default: all active meters)")
+    cc.add_argument("--stages", help="cumulative percentages, e.g. 1,10,100 "
+                                     "(default campaign_stages)")
+    cc.add_argument("--success-pct", type=int)
+    cc.add_argument("--failure-pct", type=int)
+    cc.add_argument("--as", dest="as_user", help="act as this registered user")
+    for name, text in (("approve", "approve a firmware campaign (not its creator)"),
+                       ("reject", "reject a campaign waiting for approval"),
+                       ("cancel", "cancel a campaign: no further stage starts")):
+        d = cpsub.add_parser(name, parents=[common], help=text)
+        d.add_argument("campaign_id", type=int)
+        d.add_argument("--reason")
+        d.add_argument("--as", dest="as_user", help="act as this registered user")
+    cpsub.add_parser("advance", parents=[common],
+                     help="advance running campaigns once (confirmations, stages, halts)")
+    ci = cpsub.add_parser("image-add", parents=[common], help="store a firmware image for OTA")
+    ci.add_argument("path")
+    ci.add_argument("--version", required=True, help="what the meter's heartbeat fw will say")
+    cpsub.add_parser("images", parents=[common], help="list stored firmware images")
     return p
 
 
@@ -255,6 +310,94 @@ def cmd_report(settings, args, engine):
             "awaiting_approval": pending, "dead_letters_24h": dead}, 0
 
 
+def _campaign_principal(session, args):
+    if not getattr(args, "as_user", None):
+        return _cli_principal()
+    user = session.scalars(select(A.User).where(A.User.username == args.as_user,
+                                                A.User.active.is_(True))).first()
+    if user is None:
+        raise CliError("no active user %r" % args.as_user)
+    return A.Principal(user.id, user.username, user.role, user.tenant_id, user.consumer_id)
+
+
+def cmd_campaigns(settings, args, engine):
+    from headend import campaigns as CP
+    from headend import ota
+    now = int(time.time())
+    with Session(engine) as s:
+        def out(c):
+            return dict(c.as_dict(), progress=CP.stage_summary(s, c))
+
+        def visible(principal):
+            c = s.get(CP.Campaign, args.campaign_id)
+            if c is None or not A.Scope(principal).sees_tenant(c.tenant_id):
+                raise CliError("no campaign %d" % args.campaign_id)
+            return c
+        if args.action == "list":
+            q = select(CP.Campaign).order_by(CP.Campaign.id.desc()).limit(args.limit)
+            if args.tenant:
+                q = q.where(CP.Campaign.tenant_id == _tenant(s, args.tenant).id)
+            if args.state:
+                q = q.where(CP.Campaign.state == args.state)
+            return [out(c) for c in s.scalars(q)], 0
+        if args.action == "show":
+            return out(visible(_cli_principal())), 0
+        if args.action == "images":
+            return [i.as_dict() for i in s.scalars(select(M.FirmwareImage)
+                                                    .order_by(M.FirmwareImage.created_at))], 0
+        if args.action == "image-add":
+            try:
+                with open(args.path, "rb") as f:
+                    data = f.read()
+                image = ota.add_image(s, args.version, data, now, _cli_principal().username)
+            except (OSError, ota.OtaError) as err:
+                raise CliError(str(err), 2 if isinstance(err, OSError) else 1)
+            G.audit(s, _cli_principal(), "firmware.add", "ok", now, version=args.version,
+                    size=image.size, sha256=image.sha256)
+            s.commit()
+            return image.as_dict(), 0
+        if args.action == "advance":
+            moved = CP.advance(s, now)
+            s.commit()
+            return {"at": now, "moved": [{"campaign_id": c, "what": w} for c, w in moved]}, 0
+        principal = _campaign_principal(s, args)
+        try:
+            if args.action == "create":
+                principal.require(CP.PERMISSION["create"])
+                tenant = _tenant(s, args.tenant)
+                scope = A.Scope(principal)
+                if not scope.sees_tenant(tenant.id):
+                    raise CliError("no tenant %r" % args.tenant)
+                meter_ids = None
+                if args.meters:
+                    meter_ids = [m.strip() for m in args.meters.split(",") if m.strip()]
+                    for mid in meter_ids:
+                        meter = s.get(M.Meter, mid)
+                        if meter is None or meter.tenant_id != tenant.id:
+                            raise CliError("no meter %r in tenant %s" % (mid, tenant.code))
+                try:
+                    stages = [int(p) for p in args.stages.split(",")] if args.stages else None
+                except ValueError:
+                    raise CliError("--stages: comma-separated whole percentages", 2)
+                rules = CP.StageRules.from_settings(settings, stages, args.success_pct,
+                                                    args.failure_pct)
+                campaign = CP.create(s, principal, tenant.id, args.kind, meter_ids, args.args,
+                                     now, rules)
+                s.commit()
+                return out(campaign), 1 if campaign.state == CP.PENDING_APPROVAL else 0
+            principal.require(CP.PERMISSION["create" if args.action == "cancel" else "approve"])
+            campaign = visible(principal)
+            try:
+                CP.decide(s, principal, campaign, args.action, now, reason=args.reason)
+            finally:
+                s.commit()  # the decision, or the audit row of its refusal
+            return out(campaign), 0
+        except A.Forbidden as err:
+            raise CliError(str(err))
+        except G.GuardrailError as err:
+            raise CliError(str(err), 2 if err.code == "bad_request" else 1)
+
+
 def _print_human(command, data):
     if command == "report":
         print("tenant   active  communicating  silent")
@@ -273,7 +416,8 @@ def _print_human(command, data):
 
 
 COMMANDS = {"migrate": cmd_migrate, "meters": cmd_meters, "users": cmd_users,
-            "topup": cmd_topup, "commands": cmd_commands, "report": cmd_report}
+            "topup": cmd_topup, "commands": cmd_commands, "report": cmd_report,
+            "campaigns": cmd_campaigns}
 
 
 def main(argv=None):

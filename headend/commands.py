@@ -31,6 +31,16 @@ RETURNING last`` in the caller's transaction.  The row lock serialises
 concurrent allocations for one meter on PostgreSQL (SQLite has one writer),
 and the value is in the database, so it survives restarts.
 
+``time`` (clock sync) is queued as ``[id]`` or ``[id, "force"]`` and gets its
+``utc_s`` at *every* send (``_wire``): a meter offline for hours must get the
+head-end's clock when the command goes out, not when it was queued.  Re-sends
+keep the counter and are re-signed; ``queue_time_syncs`` queues one for a
+meter whose heartbeat clock is off by more than a threshold.  ``config`` is
+``[id, setting, value]``, checked at enqueue with the meter's own setting
+rules.  ``ota`` / ``ota_chunk`` name an image of ``firmware_images``
+(``headend.models.FirmwareImage``); the chunk's bytes are put in at the first
+send.  ``headend.ota`` drives one meter's update, chunk after acked chunk.
+
 ``backfill`` commands are queued by the ingest (``headend.store.
 request_backfills``) for sequence gaps that stay open; an OK ack carries
 ``n`` and ``lo``, recorded on the gap, and ``lo`` above the gap marks it
@@ -44,15 +54,17 @@ transaction when a command reaches APPLIED, FAILED or EXPIRED.
 >>> cmd.state                                                                    # doctest: +SKIP
 'QUEUED'
 """
+import base64
 import json
 import logging
 import secrets
 
 from sqlalchemy import (BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        select, update)
+                        func, select, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
+from firmware.app import config as fw_config, downlinks as fw_downlinks
 from firmware.core import auth, meter as fw_meter
 from firmware.protocol import messages
 from headend import models as M
@@ -70,6 +82,7 @@ FINAL_STATES = (APPLIED, FAILED, EXPIRED, CANCELLED)
 SEND, PUBACK, RESEND, ACK_APPLIED, ACK_FAILED, ACK_OUT_OF_ORDER, EXPIRE, REJECT, CANCEL = (
     "send", "puback", "resend", "ack_applied", "ack_failed", "ack_out_of_order", "expire",
     "reject", "cancel")
+ACK_STALE_COPY = "ack_stale_copy"  # ``time`` only: EXPIRED for an older copy (see handle_ack)
 
 TRANSITIONS = {
     (QUEUED, SEND): SENT,
@@ -89,6 +102,8 @@ TRANSITIONS = {
     (DELIVERED, ACK_FAILED): FAILED,
     (DELIVERED, ACK_OUT_OF_ORDER): QUEUED,
     (DELIVERED, EXPIRE): EXPIRED,
+    (SENT, ACK_STALE_COPY): SENT,        # ``time``: a fresher copy may still be applied
+    (DELIVERED, ACK_STALE_COPY): DELIVERED,
     # duplicates: every copy in the broker gets its own ack / PUBACK
     (APPLIED, ACK_APPLIED): APPLIED,
     (APPLIED, PUBACK): APPLIED,
@@ -109,9 +124,17 @@ ACK_EVENTS = {
 RESULT_NAMES = fw_meter.RESULT_NAMES
 
 BACKFILL = "backfill"
-KINDS = ("topup", "relay", "tariff", "reset_lockout", BACKFILL)
+TIME, CONFIG, OTA, OTA_CHUNK = "time", "config", "ota", "ota_chunk"
+KINDS = ("topup", "relay", "tariff", "reset_lockout", BACKFILL, TIME, CONFIG, OTA, OTA_CHUNK)
 DEFAULT_TTL_S = {"topup": 7 * 86400, "relay": 3600, "tariff": 7 * 86400,
-                 "reset_lockout": 3600, BACKFILL: 86400}
+                 "reset_lockout": 3600, BACKFILL: 86400, TIME: 86400, CONFIG: 7 * 86400,
+                 OTA: 7 * 86400, OTA_CHUNK: 86400}
+# A ``time`` command's signed expires_at: utc_s + this + how far the meter's clock is
+# known to run ahead (its newest uplink's t - received_at).  A copy that waited longer
+# than this in the broker (meter offline) is EXPIRED on the meter instead of setting its
+# clock back by the wait; any copy the meter does apply moves it back by at most this.
+TIME_WIRE_LIFETIME_S = 600
+TIME_SYNC_RETRY_S = 6 * 3600  # after a failed/expired ``time``, the sync rule waits this long
 ID_MAX = 64
 BACKFILL_MAX_SPAN = 10000  # the meter answers BAD_VALUE for a longer range (docs/protocol.md)
 
@@ -282,20 +305,81 @@ def allocate_counter(session, meter_id):
                            .returning(table.c.last_counter)).scalar_one()
 
 
+def _check_config(args):
+    """``config`` fields after the id, ``[setting, value]``: the meter's own rules
+    (``firmware.app.downlinks.REMOTE_SETTINGS``, ``firmware.app.config.parse_text``), so
+    what the meter would refuse is refused here.  Returns them with the setting's
+    canonical name.  The meter also re-validates its whole configuration, which the
+    head-end cannot see: that can still answer BAD_VALUE."""
+    if len(args) != 2 or not all(isinstance(a, str) for a in args):
+        raise CommandError("config needs [setting, value] (two strings, the value as the "
+                           "meter CLI's text), got %r" % (args,))
+    try:
+        name = fw_config.canonical_name(args[0])
+    except fw_config.ConfigError as err:
+        raise CommandError("config: %s" % err)
+    if name not in fw_downlinks.REMOTE_SETTINGS:
+        raise CommandError("config: %s is set over the commissioning CLI only; a downlink may "
+                           "set %s" % (name, ", ".join(fw_downlinks.REMOTE_SETTINGS)))
+    try:
+        fw_config.parse_text(name, args[1])
+    except fw_config.ConfigError as err:
+        raise CommandError("config: %s" % err)
+    return [name, args[1]]
+
+
+def _check_ota(session, kind, args):
+    """``ota`` ``[version]`` (expanded to the image's manifest) or the full manifest
+    ``[version, size, sha256_hex, chunk_count]``; ``ota_chunk`` ``[index, version]``.
+    The image must be in ``firmware_images``."""
+    if kind == OTA:
+        if not args or not isinstance(args[0], str):
+            raise CommandError("ota needs [version] or [version, size, sha256_hex, chunk_count]")
+        image = session.get(M.FirmwareImage, args[0])
+        if image is None:
+            raise CommandError("ota: no firmware image %r (add it first)" % (args[0],))
+        if len(args) != 1 and list(args) != image.manifest_fields():
+            raise CommandError("ota: manifest %r does not match image %s %r" % (
+                args, image.version, image.manifest_fields()))
+        if fw_downlinks.ota_manifest(["x"] + image.manifest_fields()) is None:
+            raise CommandError("ota: image %s has chunks the meter refuses (<= %d bytes)" % (
+                image.version, fw_downlinks.OTA_MAX_CHUNK))
+        return image.manifest_fields()
+    if len(args) != 2 or type(args[0]) is not int or not isinstance(args[1], str):
+        raise CommandError("ota_chunk needs [index, version], got %r" % (args,))
+    image = session.get(M.FirmwareImage, args[1])
+    if image is None:
+        raise CommandError("ota_chunk: no firmware image %r" % (args[1],))
+    if not 0 <= args[0] < image.chunk_count:
+        raise CommandError("ota_chunk: index %d outside 0..%d of image %s" % (
+            args[0], image.chunk_count - 1, image.version))
+    return list(args)
+
+
 def _check_args(kind, args):
+    """The kind's fields after the id, checked (and normalised); CommandError otherwise."""
     if kind not in KINDS:
         raise CommandError("kind must be one of %s, got %r" % (", ".join(KINDS), kind))
+    if kind == CONFIG:
+        return _check_config(args)
+    if kind in (OTA, OTA_CHUNK):
+        return args  # needs the image table: enqueue checks it
     ok = {
-        "topup": len(args) == 1 and type(args[0]) is int and args[0] > 0,
-        "relay": len(args) == 1 and args[0] in ("connect", "disconnect"),
-        "tariff": len(args) == 1 and isinstance(args[0], str) and bool(args[0]),
-        "reset_lockout": not args,
-        BACKFILL: (len(args) == 2 and all(type(a) is int and a >= 0 for a in args)
-                   and args[0] <= args[1] and args[1] - args[0] < BACKFILL_MAX_SPAN),
-    }[kind]
+        "topup": lambda: len(args) == 1 and type(args[0]) is int and args[0] > 0,
+        "relay": lambda: len(args) == 1 and args[0] in ("connect", "disconnect"),
+        "tariff": lambda: len(args) == 1 and isinstance(args[0], str) and bool(args[0]),
+        "reset_lockout": lambda: not args,
+        BACKFILL: lambda: (len(args) == 2 and all(type(a) is int and a >= 0 for a in args)
+                           and args[0] <= args[1] and args[1] - args[0] < BACKFILL_MAX_SPAN),
+        # utc_s is put in at send time (see _wire); only the optional "force" is queued
+        TIME: lambda: args in ([], ["force"]),
+    }[kind]()
     if not ok:
-        raise CommandError("bad fields for %s: %r (docs/protocol.md, Downlink commands)"
-                           % (kind, args))
+        hint = ' (time takes [] or ["force"]: utc_s is filled in when it is sent)' \
+            if kind == TIME else ""
+        raise CommandError("bad fields for %s: %r%s (docs/protocol.md, Downlink commands)"
+                           % (kind, args, hint))
+    return args
 
 
 def enqueue(session, meter_id, kind, args, now, ttl_s=None, command_id=None):
@@ -303,15 +387,18 @@ def enqueue(session, meter_id, kind, args, now, ttl_s=None, command_id=None):
 
     ``command_id`` defaults to ``"C-<n>"``; it must be unique and may not
     contain '|'.  The meter must exist.  Expires at ``now + ttl_s`` (default
-    per kind in DEFAULT_TTL_S).
+    per kind in DEFAULT_TTL_S).  ``time`` takes ``[]`` or ``["force"]`` (the
+    clock value is filled in at each send); ``config`` ``[setting, value]``;
+    ``ota`` ``[version]`` of a stored image; ``ota_chunk`` ``[index, version]``.
 
     >>> enqueue(session, "UJ-1", "relay", ["disconnect"], now=T0).state   # doctest: +SKIP
     'QUEUED'
     """
-    args = list(args)
-    _check_args(kind, args)
+    args = _check_args(kind, list(args))
     if session.get(M.Meter, meter_id) is None:
         raise CommandError("no meter %r" % (meter_id,))
+    if kind in (OTA, OTA_CHUNK):
+        args = _check_ota(session, kind, args)
     if command_id is None:
         command_id = "C-" + secrets.token_hex(8)
     try:  # the wire format's rules, checked now rather than at send time
@@ -343,6 +430,8 @@ def transition(session, cmd, event, now, detail=None, alert_hook=None):
     if new in FINAL_STATES and old not in FINAL_STATES or (old == EXPIRED and new == APPLIED):
         cmd.finished_at = now
         cmd.next_attempt_at = None
+        if cmd.kind == OTA_CHUNK:
+            cmd.payload = None  # ~5.5 KB a chunk; the image table can rebuild it
     _record(session, cmd, event, old, now, detail)
     if new in FINAL_STATES and new != old:
         for listener in OUTCOME_LISTENERS:
@@ -365,23 +454,71 @@ def due(session, now, limit=100):
         .with_for_update(skip_locked=True)))
 
 
+_IMAGES = {}  # (version, sha256) -> FirmwareImage bytes: one load per image, not per chunk
+
+
+def _image_bytes(session, version):
+    image = session.get(M.FirmwareImage, version)
+    if image is None:
+        raise CommandError("no firmware image %r" % (version,))
+    key = (image.version, image.sha256)
+    if key not in _IMAGES:
+        if len(_IMAGES) >= 4:
+            _IMAGES.clear()
+        _IMAGES[key] = image
+    return _IMAGES[key]
+
+
+def clock_ahead_s(session, meter_id):
+    """How far the meter's clock ran ahead of ours at its newest uplink (0 if behind/unknown)."""
+    row = session.execute(select(M.UplinkSeen.t, M.UplinkSeen.received_at)
+                          .where(M.UplinkSeen.meter_id == meter_id)
+                          .order_by(M.UplinkSeen.seq.desc()).limit(1)).first()
+    return max(0, row[0] - row[1]) if row is not None else 0
+
+
+def _wire(session, cmd, now):
+    """(fields, expires_at) as signed for this send: what the queue holds, except
+    ``time`` (``utc_s`` = ``now``, short signed lifetime) and ``ota_chunk`` (the
+    chunk's bytes, base64, from the stored image)."""
+    if cmd.kind == TIME:
+        lifetime = TIME_WIRE_LIFETIME_S + clock_ahead_s(session, cmd.meter_id)
+        return [cmd.id, now] + json.loads(cmd.args), min(cmd.expires_at, now + lifetime)
+    if cmd.kind == OTA_CHUNK:
+        index, version = json.loads(cmd.args)
+        data = _image_bytes(session, version).chunk(index)
+        return [cmd.id, index, base64.b64encode(data).decode()], cmd.expires_at
+    return cmd.fields, cmd.expires_at
+
+
 def prepare_send(session, cmd, key, now, policy):
     """Move ``cmd`` to SENT for one publish; returns the CBOR payload to publish.
 
     First send (QUEUED): allocate the meter's next counter and sign with the
     meter's key using ``firmware.core.auth.make_command``.  Re-send: the same
-    signed bytes again.  Commit before publishing, so a crash after the
-    publish still knows the counter.
+    signed bytes again, except ``time``, which is re-signed with the *same
+    counter* and the clock of this send.  Commit before publishing, so a
+    crash after the publish still knows the counter.
+
+    Why re-signing ``time`` is safe: the meter checks the MAC, then REPLAYED
+    (counter equal to its last, or id already applied) before anything else
+    (``DownlinkGuard.check``), so a re-signed copy of a ``time`` it already
+    applied is REPLAYED and moves nothing; one it never got applies with a
+    fresh clock.  Copies already waiting in the broker still carry their old
+    ``utc_s``: their short signed lifetime (TIME_WIRE_LIFETIME_S) bounds how
+    far such a copy can set the clock back, and ``handle_ack`` does not fail
+    the command on the EXPIRED such a copy gets.
     """
     if cmd.state == QUEUED:
         cmd.counter = allocate_counter(session, cmd.meter_id)
-        signed = auth.make_command(key, cmd.kind, cmd.meter_id, cmd.counter, cmd.expires_at,
-                                   cmd.fields)
-        cmd.payload = messages.encode_command(signed)
         cmd.attempts = 0
         event = SEND
     else:
         event = RESEND
+    if event == SEND or cmd.kind == TIME:
+        fields, expires_at = _wire(session, cmd, now)
+        signed = auth.make_command(key, cmd.kind, cmd.meter_id, cmd.counter, expires_at, fields)
+        cmd.payload = messages.encode_command(signed)
     cmd.attempts += 1
     cmd.sent_at = now
     cmd.next_attempt_at = now + policy.puback_timeout_s
@@ -424,6 +561,13 @@ def handle_ack(session, meter_id, ack, now, alert_hook=None):
     code = ack["r"]
     name = RESULT_NAMES.get(code, "R%d" % code)
     event = ACK_EVENTS.get(code, ACK_FAILED)
+    if cmd.kind == TIME and code == auth.EXPIRED and cmd.state in (SENT, DELIVERED) \
+            and ack["c"] == cmd.counter:
+        # every send of a ``time`` is a different copy (fresh utc_s, short lifetime): an
+        # EXPIRED answers an old one that waited in the broker, while a fresher copy may
+        # follow.  Stay open; the retry schedule re-sends, and expiry ends it (with alert).
+        transition(session, cmd, ACK_STALE_COPY, now, detail="EXPIRED: an older copy")
+        return cmd
     if event != ACK_APPLIED and ack["c"] != cmd.counter:
         _record(session, cmd, "stale_ack", cmd.state, now,
                 detail="%s for counter %s, current %s" % (name, ack["c"], cmd.counter))
@@ -509,3 +653,52 @@ def meter_online(session, meter_id, now, policy):
                     .where(Command.meter_id == meter_id, Command.state.in_((SENT, DELIVERED)),
                            Command.next_attempt_at > soon)
                     .values(next_attempt_at=soon))
+
+
+def queue_time_syncs(session, now, threshold_s, window_s, ttl_s=None):
+    """Queue one ``time`` for every active meter whose newest heartbeat, received in
+    (now - window_s, now], carried a clock (``t``) off from its receive time by more
+    than ``threshold_s``.  Returns the queued Commands.
+
+    Never more than one open ``time`` per meter; a heartbeat received before the
+    meter's last ``time`` finished does not count (it shows the old clock); after
+    a FAILED or EXPIRED one the rule waits TIME_SYNC_RETRY_S (a meter that refuses
+    the step, e.g. above its ``clock_max_step_s``, needs a person and a "force").
+    A heartbeat that waited in the meter's outbox looks behind by its wait: the
+    ``time`` then steps a correct clock by about nothing (utc_s is the send time),
+    so a false alarm costs one command, never a wrong clock.
+    """
+    seen = M.UplinkSeen
+    newest = (select(seen.meter_id, func.max(seen.seq).label("seq"))
+              .where(seen.kind == "heartbeat", seen.received_at > now - window_s,
+                     seen.received_at <= now)
+              .group_by(seen.meter_id).subquery())
+    rows = session.execute(
+        select(seen.meter_id, seen.t, seen.received_at)
+        .join(newest, (seen.meter_id == newest.c.meter_id) & (seen.seq == newest.c.seq))
+        .join(M.Meter, M.Meter.id == seen.meter_id)
+        .where(M.Meter.active.is_(True),
+               (seen.t - seen.received_at > threshold_s)
+               | (seen.received_at - seen.t > threshold_s))
+        .order_by(seen.meter_id)).all()
+    out = []
+    for meter_id, t, received_at in rows:
+        last = session.scalars(select(Command).where(Command.meter_id == meter_id,
+                                                     Command.kind == TIME)
+                               .order_by(Command.created_at.desc(), Command.id.desc())
+                               .limit(1)).first()
+        if last is not None:
+            if last.state in OPEN_STATES:
+                continue
+            if last.finished_at is not None and received_at <= last.finished_at:
+                continue
+            if last.state in (FAILED, EXPIRED) \
+                    and now - (last.finished_at or 0) < TIME_SYNC_RETRY_S:
+                continue
+        cmd = enqueue(session, meter_id, TIME, [], now, ttl_s=ttl_s,
+                      command_id="TS-" + secrets.token_hex(8))
+        _record(session, cmd, "time_sync", QUEUED, now,
+                detail="heartbeat t %d received %d: off by %d s" % (
+                    t, received_at, t - received_at))
+        out.append(cmd)
+    return out

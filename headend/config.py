@@ -77,6 +77,18 @@ class Settings:
     forecast_interval_s: int = 3600
     # how often ``serve`` runs the alert detectors (credit, tamper, comm loss, leak); 0: off
     alert_checks_interval_s: int = 300
+    # ``serve`` queues a ``time`` downlink for a meter whose heartbeat clock differs from
+    # the head-end's receive time by more than this (headend.commands.queue_time_syncs)
+    time_sync_threshold_s: int = 300
+    # how often that rule runs; 0: off
+    time_sync_interval_s: int = 600
+    # campaigns: cumulative stage shares in percent, the share of a stage that must be
+    # APPLIED (firmware: confirmed) before the next starts, and the failed share that halts
+    campaign_stages: str = "1,10,100"
+    campaign_success_pct: int = 95
+    campaign_failure_pct: int = 5
+    # how often ``serve`` advances running campaigns; 0: off
+    campaign_interval_s: int = 60
 
     def public(self):
         """The settings as a dict with secrets (passwords in URLs) masked, for logs and ``--json``."""
@@ -109,7 +121,26 @@ _CHECKS = {
     "must be 1..86400 s, got %d" % v,
     "alert_checks_interval_s": lambda v: None if v == 0 or 10 <= v <= 86400 else
     "must be 0 (off) or 10..86400 s, got %d" % v,
+    "time_sync_threshold_s": lambda v: None if 10 <= v <= 86400 else
+    "must be 10..86400 s, got %d" % v,
+    "time_sync_interval_s": lambda v: None if v == 0 or 10 <= v <= 86400 else
+    "must be 0 (off) or 10..86400 s, got %d" % v,
+    "campaign_stages": lambda v: _check_stages(v),
+    "campaign_success_pct": lambda v: None if 1 <= v <= 100 else "must be 1..100, got %d" % v,
+    "campaign_failure_pct": lambda v: None if 0 <= v <= 100 else "must be 0..100, got %d" % v,
+    "campaign_interval_s": lambda v: None if v == 0 or 10 <= v <= 86400 else
+    "must be 0 (off) or 10..86400 s, got %d" % v,
 }
+
+
+def _check_stages(text):
+    try:
+        stages = [int(p, 10) for p in text.split(",")]
+    except ValueError:
+        return "must be comma-separated whole percentages, e.g. 1,10,100; got %r" % text
+    if stages[0] < 1 or stages[-1] != 100 or any(b <= a for a, b in zip(stages, stages[1:])):
+        return "must rise from >= 1 to 100, e.g. 1,10,100; got %r" % text
+    return None
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(Settings)}
 

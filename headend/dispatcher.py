@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from firmware.protocol import messages
 from headend import commands as C
 from headend import ledger  # noqa: F401 - registers the ledger's command-outcome listener
+from headend import ota  # noqa: F401 - registers the OTA jobs' listener (next chunk on each ack)
 from headend import models as M
 from headend.db import make_engine
 

@@ -76,6 +76,46 @@ class AlertChecksJob(PeriodicJob):
         return {"at": now, "alerts": len(outcomes), "sent": len(sent)}
 
 
+class TimeSyncJob(PeriodicJob):
+    """Queue a ``time`` downlink for meters whose heartbeat clock is off by more than
+    ``threshold_s`` (``headend.commands.queue_time_syncs``; heartbeats received within
+    ``window_s``, by default the comm-loss window)."""
+
+    name = "time-sync"
+
+    def __init__(self, engine, threshold_s, interval_s=600, window_s=2700, clock=time.time):
+        super().__init__(interval_s)
+        self.engine, self.clock = engine, clock
+        self.threshold_s, self.window_s = threshold_s, window_s
+
+    def step(self):
+        from headend import commands
+        now = int(self.clock())
+        with Session(self.engine) as session:
+            queued = commands.queue_time_syncs(session, now, self.threshold_s, self.window_s)
+            session.commit()
+        return {"at": now, "queued": len(queued)}
+
+
+class CampaignJob(PeriodicJob):
+    """Advance running campaigns (``headend.campaigns.advance``): confirm OTA jobs,
+    count each stage's outcomes, then halt, start the next stage or complete."""
+
+    name = "campaigns"
+
+    def __init__(self, engine, interval_s=60, clock=time.time):
+        super().__init__(interval_s)
+        self.engine, self.clock = engine, clock
+
+    def step(self):
+        from headend import campaigns
+        now = int(self.clock())
+        with Session(self.engine) as session:
+            moved = campaigns.advance(session, now)
+            session.commit()
+        return {"at": now, "moved": moved}
+
+
 def jobs_from_settings(engine, settings, clock=time.time):
     """Every periodic job ``serve`` runs, as configured (switched-off ones left out)."""
     from headend import forecast, notify
@@ -87,4 +127,9 @@ def jobs_from_settings(engine, settings, clock=time.time):
         jobs.append(AlertChecksJob(engine, settings.alert_checks_interval_s, clock,
                                    consumer=notify.consumer_notifier_from_env(),
                                    operator=notify.operator_notifier_from_env()))
+    if settings.time_sync_interval_s:
+        jobs.append(TimeSyncJob(engine, settings.time_sync_threshold_s,
+                                settings.time_sync_interval_s, settings.comm_loss_after_s, clock))
+    if settings.campaign_interval_s:
+        jobs.append(CampaignJob(engine, settings.campaign_interval_s, clock))
     return jobs

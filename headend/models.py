@@ -304,3 +304,40 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(Text)
     received_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
+
+
+# --- firmware images (OTA) -------------------------------------------------
+
+class FirmwareImage(Base):
+    """A firmware image the head-end can send over the air (``ota`` / ``ota_chunk`` commands).
+
+    ``version`` is what the meter reports in its heartbeat's ``fw`` once the
+    image booted and confirmed; ``chunk_count`` chunks of ``ceil(size /
+    chunk_count)`` bytes (at most ``firmware.app.downlinks.OTA_MAX_CHUNK``).
+    The bytes live in the row, so every head-end node sends the same image.
+    """
+    __tablename__ = "firmware_images"
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    @property
+    def chunk_size(self):
+        return (self.size + self.chunk_count - 1) // self.chunk_count
+
+    def chunk(self, index):
+        """Bytes of chunk ``index`` (0-based; the last one holds the rest)."""
+        return self.data[index * self.chunk_size:(index + 1) * self.chunk_size]
+
+    def manifest_fields(self):
+        """The ``ota`` command's fields after the id: [version, size, sha256_hex, chunk_count]."""
+        return [self.version, self.size, self.sha256, self.chunk_count]
+
+    def as_dict(self):
+        return {"version": self.version, "size": self.size, "sha256": self.sha256,
+                "chunk_count": self.chunk_count, "chunk_size": self.chunk_size,
+                "created_at": self.created_at, "created_by": self.created_by}

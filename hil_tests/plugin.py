@@ -41,9 +41,11 @@ NO_HARDWARE = ("no hardware attached: --board esp32 needs --port (the board's se
 RESULTS = pytest.StashKey()
 LOG_DIRS = pytest.StashKey()
 SUMMARY = pytest.StashKey()
+_CONFIG = []  # pytest_runtest_logreport gets no config argument
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_report_header",
-           "pytest_runtest_makereport", "pytest_sessionfinish", "pytest_terminal_summary",
+           "pytest_runtest_makereport", "pytest_runtest_logreport", "pytest_sessionfinish",
+           "pytest_terminal_summary",
            "hil_log_dir", "dut", "dut_factory",
            "dut_pool", "broker_log"]
 
@@ -86,6 +88,7 @@ def pytest_configure(config):
                             "how the unix-board DUT of this test starts (hil_tests/plugin.py)")
     config.stash[RESULTS] = Results()
     config.stash[LOG_DIRS] = {}
+    _CONFIG[:] = [config]
     # JUnit XML by default when the run is the HIL suite (before junitxml's own configure reads it)
     if getattr(config.option, "xmlpath", None) is None and _only_hil_args(config):
         config.option.xmlpath = os.path.join(_reports_dir(config), "junit.xml")
@@ -97,30 +100,45 @@ def pytest_report_header(config):
         _opt(config, "hil_count", 1), _reports_dir(config))
 
 
-def _is_hil(nodeid, log_dirs):
-    return nodeid.startswith("hil_tests/") or nodeid in log_dirs
+LOG_DIR_PROPERTY = "hil_log_dir"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Carry the test's log folder on its report (a pytest-xdist worker sends it to the controller)."""
     outcome = yield
     report = outcome.get_result()
     config = item.config
-    if RESULTS not in config.stash:
+    log_dir = config.stash[LOG_DIRS].get(report.nodeid) if LOG_DIRS in config.stash else None
+    if log_dir:
+        report.user_properties.append((LOG_DIR_PROPERTY, log_dir))
+
+
+def _is_worker(config):
+    return hasattr(config, "workerinput")  # a pytest-xdist worker: the controller writes the summary
+
+
+def pytest_runtest_logreport(report):
+    """Fold each phase report into the results (runs where the reports are gathered: the only
+    process, or the xdist controller)."""
+    config = _CONFIG[0] if _CONFIG else None
+    if config is None or _is_worker(config) or RESULTS not in config.stash:
         return
-    log_dirs = config.stash[LOG_DIRS]
-    if not _is_hil(report.nodeid, log_dirs):
+    log_dir = dict(report.user_properties).get(LOG_DIR_PROPERTY)
+    if not (report.nodeid.startswith("hil_tests/") or log_dir):
         return
     if report.skipped and isinstance(report.longrepr, tuple):
         message = report.longrepr[2]
     else:
         message = report.longreprtext if report.failed else ""
     config.stash[RESULTS].add(report.nodeid, report.when, report.outcome, report.duration,
-                              message, log_dirs.get(report.nodeid))
+                              message, log_dir)
 
 
 def pytest_sessionfinish(session):
     config = session.config
+    if _is_worker(config):
+        return
     results = config.stash.get(RESULTS, None)
     if results is None or not results.tests:
         return

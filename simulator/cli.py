@@ -39,14 +39,14 @@ def run_networked(args):
     """Networked mode: the fleet speaks MQTT to a private Mosquitto and the real
     head-end (ingest, dispatcher, payments) on ``--db`` (default: SQLite in the
     report folder).  KPIs come from the head-end's database."""
-    import shutil
+    import contextlib
     import tempfile
 
     from headend import migrations
     from headend.db import make_engine
     from headend.ingest import MOSQUITTO_INGEST_CONF
     from simulator import networked
-    from tools.mosquitto import Broker, BrokerError
+    from tools.mosquitto import BrokerError, running_broker
 
     try:
         sc, plan = networked.load(args.scenario, meters=args.meters, days=args.days, seed=args.seed)
@@ -64,14 +64,13 @@ def run_networked(args):
             if os.path.exists(leftover):
                 os.remove(leftover)
         url = "sqlite:///%s" % db_path
-    workdir = tempfile.mkdtemp(prefix="urja-sim-broker-")
-    broker = Broker(workdir, extra_config=MOSQUITTO_INGEST_CONF)
-    try:
-        broker.start()
-    except BrokerError as err:
-        print("urja-sim: %s" % err, file=sys.stderr)
-        return 2
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            broker = stack.enter_context(running_broker(MOSQUITTO_INGEST_CONF,
+                                                        prefix="urja-sim-broker-"))
+        except BrokerError as err:
+            print("urja-sim: %s" % err, file=sys.stderr)
+            return 2
         migrations.upgrade(url)
         engine = make_engine(url)
         hours = sc.days * 24
@@ -87,17 +86,14 @@ def run_networked(args):
         # the same report as fast mode, its KPIs and plots read from the head-end's database
         jpath, hpath = report.write_networked(out_dir, k, engine, sc, with_plots=not args.no_plots)
         engine.dispose()
-    finally:
-        broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     text = json.dumps(k, indent=1, sort_keys=True, default=str) + "\n"
     print("urja-sim: wrote %s and %s (head-end database %s)" % (jpath, hpath, url), file=sys.stderr)
     if args.json or not args.report:
         sys.stdout.write(text)
     ok = networked.guardrails_hold(k)
     if not ok:
-        print("urja-sim: GUARDRAIL FAILED (lost/duplicated readings, reconciliation or "
-              "wrongful disconnections)", file=sys.stderr)
+        print("urja-sim: GUARDRAIL FAILED (lost/duplicated readings, lost uplinks or open "
+              "sequence gaps, reconciliation or wrongful disconnections)", file=sys.stderr)
     return 0 if ok else 1
 
 

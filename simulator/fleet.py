@@ -40,10 +40,10 @@ import random
 
 import simpy
 
-from boards.hal import SlotStorage
 from firmware.core import auth, events
 from firmware.core.journal import Journal
 from firmware.core.meter import Meter, MeterConfig
+from firmware.core.outbox import RamSlots  # two flash slots in RAM: the simulated board's NVS
 from simulator import consumers, faults, kpis, payments
 from simulator.ledger import AccountLedger, tod_slots
 from simulator.scenario import SERVICE_OF
@@ -52,19 +52,6 @@ PULSES_PER_UNIT = {"electricity": 3200, "water": 1, "gas": 1}
 RETRY_S = 300  # the head-end retries an undelivered command every 5 minutes
 TWO_HOURS_S = 7200  # a state rule compensates reconnection later than this
 IST_OFFSET_S = 19800  # scenarios start at IST midnight; load profiles are in IST
-
-
-class RamSlots(SlotStorage):
-    """Two flash slots in RAM (the simulated board's NVS)."""
-
-    def __init__(self):
-        self.slots = [None, None]
-
-    def read(self, slot):
-        return self.slots[slot]
-
-    def write(self, slot, data):
-        self.slots[slot] = bytes(data)
 
 
 class Consumer:
@@ -359,10 +346,10 @@ class FeederRun:
         c.pay_pending = True
         self.env.process(self.pay(c, c.habit.reaction_delay(self.rnd)))
 
-    def pay(self, c, delay):
-        env = self.env
-        yield env.timeout(delay)
-        pay_t = env.now
+    def new_payment(self, c, pay_t):
+        """The consumer pays at ``pay_t``: the amount (with what the meter says is owed),
+        payment counters and the reconnect-latency clock.  Returns the amount (paise);
+        the top-up is ``c.counter``, in flight until applied."""
         m = c.meter
         acc = m.account if m is not None else None
         owed = acc.emergency_used_paise + acc.debt_paise if acc is not None else 0
@@ -370,11 +357,20 @@ class FeederRun:
         if not c.was_closed and c.open_pay_t is None:
             c.open_pay_t = pay_t
         c.counter += 1
-        cmd = auth.make_topup(c.cfg.key, c.cfg.meter_id, c.counter, pay_t + payments.EXPIRY_S,
-                              payments.topup_id(c.cfg.meter_id, c.counter), amount)
         self.tally.payments += 1
         self.tally.paid_paise += amount
         c.in_flight += 1
+        return amount
+
+    def pay(self, c, delay):
+        """Pay after ``delay``; the signed top-up reaches the meter after the network delay
+        (retried while it is unreachable)."""
+        env = self.env
+        yield env.timeout(delay)
+        pay_t = env.now
+        amount = self.new_payment(c, pay_t)
+        cmd = auth.make_topup(c.cfg.key, c.cfg.meter_id, c.counter, pay_t + payments.EXPIRY_S,
+                              payments.topup_id(c.cfg.meter_id, c.counter), amount)
         lo, hi = self.sc.network_delay
         yield env.timeout(self.rnd.randint(lo, hi))
         while self.off or not c.comm_up or c.meter is None:

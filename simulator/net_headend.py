@@ -11,12 +11,22 @@ Payments go in through the real webhook handler (``headend.payments``,
 signed body), which queues the top-up command the dispatcher then signs with
 the meter's sealed key and publishes.
 
+Sequence gaps: the ingest's gap scanner queues a ``backfill`` command for a
+gap still open ``backfill_grace_s`` (simulated seconds; None: never) after it
+saw it, as ``python -m headend.ingest`` does (networked runs pass the
+scenario's, default 300 s); the dispatcher sends it like a top-up.
+``lose_ingest_session()`` stops the ingest and discards its broker session
+(subscription included) until ``start_ingest()``: what the meters publish
+meanwhile is PUBACKed to them and reaches nobody, the loss a broker restart
+causes when it forgets a shared subscription (``PlainIngestWorker``).
+
 >>> he = HeadEnd(engine, "127.0.0.1", 1883, clock=lambda: 1795717800)   # doctest: +SKIP
 >>> he.provision(meters, start_t)                                       # doctest: +SKIP
 >>> he.start(); he.pay("UJ-0000001", 50000, "UPI-UJ-0000001-1", now)   # doctest: +SKIP
 """
 import asyncio
 import json
+import socket
 import threading
 
 from sqlalchemy.orm import Session
@@ -30,6 +40,7 @@ from headend import reconcile as R
 from headend.db import Base
 from headend.dispatcher import Dispatcher
 from headend.ingest import IngestWorker
+from headend.mqtt_fast import connect_packet
 
 TENANT = "SIM"
 GATEWAY = "sim-upi"
@@ -111,8 +122,10 @@ class _IngestThread:
 class HeadEnd:
     """Ingest + dispatcher against ``engine`` and the broker at ``host:port``."""
 
+    INGEST_ID = "sim-ingest-0"
+
     def __init__(self, engine, host, port, clock, interval_s=900, dispatch_every_s=0.05,
-                 ingest_batch_ms=50, ingest_shared=True):
+                 ingest_batch_ms=50, ingest_shared=True, backfill_grace_s=None):
         self.engine = engine
         self.host, self.port = host, port
         self.clock = clock
@@ -120,6 +133,7 @@ class HeadEnd:
         self.dispatch_every_s = dispatch_every_s
         self.ingest_batch_ms = ingest_batch_ms
         self.worker_class = IngestWorker if ingest_shared else PlainIngestWorker
+        self.backfill_grace_s = backfill_grace_s
         self.ingest = None
         self.dispatcher = None
         self._disp_thread = None
@@ -127,6 +141,7 @@ class HeadEnd:
         self.restarts = 0
         self.lags_s = []  # ingest lag samples (simulated seconds) of every worker so far
         self.ingest_totals = {"received": 0, "stored": 0, "duplicates": 0, "dead_lettered": 0}
+        self.sessions_lost = 0
 
     # --- registry --------------------------------------------------------------------
     def provision(self, meters, opened_at):
@@ -152,10 +167,7 @@ class HeadEnd:
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self, timeout_s=15.0):
-        worker = self.worker_class(self.engine, self.host, self.port, "sim-ingest-0",
-                              batch_ms=self.ingest_batch_ms, gap_scan_s=1.0, clock=self.clock)
-        self.ingest = _IngestThread(worker)
-        self.ingest.start(timeout_s)
+        self.start_ingest(timeout_s)
         self.dispatcher = Dispatcher(self.engine, self.host, self.port, MASTER_KEY,
                                      client_id="sim-dispatcher", policy=self.policy,
                                      clock=self.clock).start(timeout_s)
@@ -165,6 +177,13 @@ class HeadEnd:
             name="sim-dispatcher", daemon=True)
         self._disp_thread.start()
         return self
+
+    def start_ingest(self, timeout_s=15.0):
+        worker = self.worker_class(self.engine, self.host, self.port, self.INGEST_ID,
+                                   batch_ms=self.ingest_batch_ms, gap_scan_s=1.0, clock=self.clock,
+                                   backfill_grace_s=self.backfill_grace_s)
+        self.ingest = _IngestThread(worker)
+        self.ingest.start(timeout_s)
 
     @property
     def running(self):
@@ -177,6 +196,9 @@ class HeadEnd:
             self._disp_thread.join(timeout_s)
             self.dispatcher.stop()
             self._disp_thread = None
+        self.stop_ingest(timeout_s)
+
+    def stop_ingest(self, timeout_s=30.0):
         if self.ingest is not None:
             self.ingest.stop(timeout_s)
             c = self.ingest.worker.counters
@@ -184,6 +206,22 @@ class HeadEnd:
             for k in self.ingest_totals:
                 self.ingest_totals[k] += getattr(c, k)
             self.ingest = None
+
+    def lose_ingest_session(self, timeout_s=5.0):
+        """Stop the ingest and discard its persistent session (and so its subscription).
+
+        A clean-start MQTT v5 CONNECT with session expiry 0 under the worker's
+        client id ends the stored session (MQTT 5 section 3.1.2.4); the ingest
+        stays away until ``start_ingest()``.
+        """
+        self.stop_ingest()
+        with socket.create_connection((self.host, self.port), timeout=timeout_s) as sock:
+            sock.sendall(connect_packet(self.INGEST_ID, clean_start=True, session_expiry_s=0))
+            connack = sock.recv(64)
+            if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
+                raise HeadEndError("broker refused the session reset: %r" % (connack,))
+            sock.sendall(b"\xe0\x00")  # DISCONNECT, normal: the session ends with it
+        self.sessions_lost += 1
 
     def restart(self):
         self.stop()

@@ -17,6 +17,18 @@ PUBACK was lost goes again and the head-end dedupes it on (m, s).  The pump
 publishes only while connected: during an outage the readings wait in the
 outboxes, not in a client library queue.
 
+``backfill`` downlinks are answered by the firmware app's own code:
+``FeederLink.backfill`` calls ``firmware.app.main.App.backfill`` on the
+meter's ``MeterPort`` (which carries the attributes that method reads), so
+the ranges queued, the merge at ``MAX_BACKFILLS`` and the ack's ``n`` / ``lo``
+are the app's.  The pump then publishes those ranges first, re-read from the
+outbox's history (``Outbox.history``), as ``App._next_publish`` orders them:
+before newer uplinks and before the ack.  A re-sent uplink's PUBACK releases
+nothing; the queued ranges live in RAM like the app's, so a link loss sends
+the un-PUBACKed part again and a power cut (``MeterPort.reset(reboot=True)``)
+forgets them (the head-end asks again).  Memory: a few ints per queued range,
+at most ``MAX_BACKFILLS`` ranges per meter; the history is the outbox's flash.
+
 Thread rule: paho's network thread only puts events on ``inbox``; the
 simulator thread (``drain``/``pump``) does everything else.
 
@@ -28,6 +40,7 @@ import queue
 
 import paho.mqtt.client as paho
 
+from firmware.app.main import App
 from firmware.app.uplink import split
 from firmware.protocol import messages
 
@@ -35,10 +48,24 @@ PUMP_BATCH = 64  # messages peeked from one meter's outbox per pump call
 MAX_OUTSTANDING = 20000  # published, PUBACK not seen: well below paho's 65535 message ids
 
 
-class MeterPort:
-    """One meter's side of the link: its outbox, what is published and awaiting PUBACK."""
+class _NoWake:
+    """``App.backfill`` wakes the app's pump; ``FeederLink.backfill`` marks the meter instead."""
 
-    __slots__ = ("meter_id", "outbox", "published_upto", "waiting", "acked")
+    @staticmethod
+    def set():
+        pass
+
+
+class MeterPort:
+    """One meter's side of the link: its outbox, what is published and awaiting PUBACK.
+
+    ``_backfills``, ``_published_upto``, ``_outbox_event``: the names
+    ``App.backfill`` reads on the app (see the module docstring).
+    """
+
+    __slots__ = ("meter_id", "outbox", "published_upto", "waiting", "acked", "_backfills",
+                 "resending")
+    _outbox_event = _NoWake()
 
     def __init__(self, meter_id, outbox):
         self.meter_id = meter_id
@@ -46,12 +73,27 @@ class MeterPort:
         self.published_upto = outbox.released
         self.waiting = collections.deque()  # seqs published on this connection, in order
         self.acked = set()
+        self._backfills = []  # [next seq, last seq] ranges to publish again (App._backfills)
+        self.resending = set()  # seqs of _backfills published on this connection, no PUBACK yet
 
-    def reset(self):
-        """Link lost: everything unreleased is sent again on the next connection."""
+    @property
+    def _published_upto(self):
+        """The app's ``_published_upto``: the newest seq whose PUBACK came.  The app
+        publishes one at a time; here the release cursor follows contiguous PUBACKs."""
+        return self.outbox.released
+
+    def reset(self, reboot=False):
+        """Link lost: everything unreleased is sent again on the next connection, and
+        re-sent uplinks without a PUBACK go again (the app advances a range only on a
+        PUBACK).  ``reboot``: the meter restarted, its RAM (queued ranges) is gone."""
         self.published_upto = self.outbox.released
         self.waiting.clear()
         self.acked.clear()
+        if reboot:
+            self._backfills = []
+        elif self.resending:
+            self._backfills.insert(0, [min(self.resending), max(self.resending)])
+        self.resending.clear()
 
 
 class FeederLink:
@@ -67,8 +109,9 @@ class FeederLink:
         self.client = None
         self.gen = 0  # connection generation: events of an old client are ignored
         self.state = "down"  # down | connecting | up
-        self.mids = {}  # paho mid -> (MeterPort, seq) on the current connection
+        self.mids = {}  # paho mid -> (MeterPort, seq, a backfill re-send?) on this connection
         self.published = 0
+        self.republished = 0  # uplinks published again for ``backfill`` (App.republished)
         self.connects = 0
         self.connect_failures = 0
         self.dirty = set(ports)  # meters whose outbox may hold unsent messages
@@ -152,7 +195,10 @@ class FeederLink:
         elif kind == "puback":
             sent = self.mids.pop(item[3], None)
             if sent is not None:
-                port, seq = sent
+                port, seq, again = sent
+                if again:
+                    port.resending.discard(seq)
+                    return None
                 port.acked.add(seq)
                 upto = 0
                 while port.waiting and port.waiting[0] in port.acked:
@@ -168,15 +214,39 @@ class FeederLink:
         """The meter queued something: the next pump looks at its outbox."""
         self.dirty.add(meter_id)
 
+    def backfill(self, meter_id, first, last):
+        """A ``backfill`` the meter's core accepted: ``App.backfill`` on its port; (n, lo).
+
+        >>> link.backfill("UJ-0000001", 40, 49)     # doctest: +SKIP
+        (10, 1)
+        """
+        out = App.backfill(self.ports[meter_id], first, last)
+        self.mark(meter_id)
+        return out
+
     def pump(self):
         """Publish the dirty meters' unsent outbox messages, oldest first; returns how many."""
         if self.state != "up":
             return 0
-        client = self.client
         n = 0
         for meter_id in sorted(self.dirty):
             port = self.ports[meter_id]
             box = port.outbox
+            ranges = port._backfills
+            while ranges:  # App._next_publish: backfill ranges first, from the history
+                if len(self.mids) >= MAX_OUTSTANDING:
+                    self.published += n
+                    return n
+                rng = ranges[0]
+                batch = box.history(rng[0], rng[1], PUMP_BATCH)
+                if not batch:
+                    ranges.pop(0)  # done (or the ring erased the rest meanwhile)
+                    continue
+                for seq, record in batch:
+                    self._publish(port, seq, record, True)
+                    port.resending.add(seq)
+                    rng[0] = seq + 1
+                    self.republished += 1
             while True:
                 if len(self.mids) >= MAX_OUTSTANDING:
                     self.published += n
@@ -185,15 +255,19 @@ class FeederLink:
                 if not batch:
                     break
                 for seq, record in batch:
-                    kind, body = split(record)
-                    info = client.publish(messages.topic(port.meter_id, kind), body, qos=1)
-                    self.mids[info.mid] = (port, seq)
+                    self._publish(port, seq, record, False)
                     port.waiting.append(seq)
                     port.published_upto = seq
                     n += 1
             self.dirty.discard(meter_id)
         self.published += n
         return n
+
+    def _publish(self, port, seq, record, again):
+        """One outbox record on its meter's topic at QoS 1; ``again``: a backfill re-send."""
+        kind, body = split(record)
+        info = self.client.publish(messages.topic(port.meter_id, kind), body, qos=1)
+        self.mids[info.mid] = (port, seq, again)
 
 
 def drain(inbox, links, now, on_command):

@@ -25,14 +25,31 @@ Faults (scenario ``[networked]`` table, times in hours after the start):
 feeder power cuts (fast mode's ``faults.outages``: meters journal, lose
 their link, reboot from flash), ``partitions`` (a feeder's connection is cut
 and no reconnect is allowed for the period), ``broker_outages`` (Mosquitto
-stopped with SIGTERM and started again on the same port) and
+stopped with SIGTERM and started again on the same port),
 ``headend_restarts`` (ingest and dispatcher stopped, started again with the
-same client ids).
+same client ids) and ``ingest_losses`` (the ingest stopped and its broker
+session discarded: what meters publish meanwhile is PUBACKed and reaches
+nobody, as when a broker restart forgets a shared subscription).
+
+Sequence gaps such losses leave are closed the way the product closes them:
+the ingest queues a ``backfill`` downlink for a gap still open
+``backfill_grace_s`` (simulated s, default the ingest's 300; -1: never) after
+it saw it, and each simulated meter answers with the firmware app's own code
+(``net_link``: ``App.backfill`` over the outbox's history).  A gap older than
+the meter's outbox still holds ends unrecoverable (``data_lost`` alert).
+
+Memory per meter: the outbox flash in RAM, ``outbox_segments`` x
+``outbox_segment_bytes`` (default 8 x 4096 = 32 KiB, the firmware's ESP32
+outbox partition), which is also all the history a meter can backfill from
+(released records stay until the ring reuses their segment); a smaller shape
+saves RAM for big fleets and shortens that window.  The answer itself keeps
+at most ``MAX_BACKFILLS`` small ranges per meter.
 
 KPIs come from the head-end's database, checked against the meters' ground
-truth: interval readings lost / duplicated / altered, uplink sequence gaps,
-reconciliation with ``headend/reconcile.py`` (0 paise), wrongful
-disconnections from the RELAY_OPENED events stored (0), top-ups applied.
+truth: interval readings lost / duplicated / altered, uplinks lost, sequence
+gaps (open, closed by backfill, unrecoverable), reconciliation with
+``headend/reconcile.py`` (0 paise), wrongful disconnections from the
+RELAY_OPENED events stored (0), top-ups applied.
 
 >>> sc, plan = load("simulator/scenarios/partition_net.toml", meters=20)   # doctest: +SKIP
 >>> result = run(sc, plan, make_engine(url), broker)                      # doctest: +SKIP
@@ -41,7 +58,6 @@ disconnections from the RELAY_OPENED events stored (0), top-ups applied.
 """
 import queue
 import time
-import tomllib
 
 import simpy.rt
 from sqlalchemy import func, select
@@ -49,12 +65,13 @@ from sqlalchemy.orm import Session
 
 from firmware.app.uplink import Uplink, records_end_cum
 from firmware.core import auth, events
-from firmware.core.meter import RESULT_NAMES
+from firmware.core.meter import RESULT_NAMES, backfill_range
 from firmware.core.outbox import Outbox, RamSegments, RamSlots
 from firmware.protocol import messages
+from headend import commands as C
 from headend import models as M
 from headend import reconcile as R
-from headend.store import open_gaps
+from headend.ingest import DEFAULT_BACKFILL_GRACE_S
 from simulator import fleet, kpis, payments, scenario
 from simulator.net_headend import HeadEnd
 from simulator.net_link import FeederLink, MeterPort, drain
@@ -73,7 +90,8 @@ class NetPlan:
     """The ``[networked]`` table of a scenario: acceleration, pump period, network faults."""
 
     FIELDS = ("acceleration", "tick_s", "drain_timeout_s", "ingest_shared", "partitions",
-              "broker_outages", "headend_restarts", "duts")
+              "broker_outages", "headend_restarts", "ingest_losses", "duts", "backfill_grace_s",
+              "outbox_segments", "outbox_segment_bytes")
 
     def __init__(self, d, sc):
         scenario._table(d, "networked", self.FIELDS)
@@ -82,6 +100,14 @@ class NetPlan:
         self.drain_timeout_s = scenario._int(d, "drain_timeout_s", "networked", 60, 1, 3600)
         # real micropython meters beside the simulated ones (simulator/dut_meters.py)
         self.duts = scenario._int(d, "duts", "networked", 0, 0, 1000)
+        grace = scenario._int(d, "backfill_grace_s", "networked", DEFAULT_BACKFILL_GRACE_S, -1,
+                              30 * 86400)
+        self.backfill_grace_s = None if grace < 0 else grace  # -1: never ask (gaps stay open)
+        # the meters' outbox flash (and so their backfill history); see the module docstring
+        self.outbox_segments = scenario._int(d, "outbox_segments", "networked", OUTBOX_SEGMENTS,
+                                             2, 64)
+        self.outbox_segment_bytes = scenario._int(d, "outbox_segment_bytes", "networked",
+                                                  OUTBOX_SEGMENT_BYTES, 512, 65536)
         self.ingest_shared = d.get("ingest_shared", True)
         if not isinstance(self.ingest_shared, bool):
             scenario._fail("networked.ingest_shared", "must be true or false")
@@ -94,6 +120,7 @@ class NetPlan:
         self.broker_outages = [(s, m) for _p, s, m in self._windows(d, "broker_outages", sc, ())]
         self.headend_restarts = [(s, m) for _p, s, m in
                                  self._windows(d, "headend_restarts", sc, ())]
+        self.ingest_losses = [(s, m) for _p, s, m in self._windows(d, "ingest_losses", sc, ())]
         self.hours = None  # run only the first N hours (benchmarks); None: the whole scenario
 
     def fit(self, sc):
@@ -102,41 +129,24 @@ class NetPlan:
         self.partitions = [p for p in self.partitions if p[0] < sc.feeders and p[1] + p[2] < end]
         self.broker_outages = [w for w in self.broker_outages if w[0] + w[1] < end]
         self.headend_restarts = [w for w in self.headend_restarts if w[0] + w[1] < end]
+        self.ingest_losses = [w for w in self.ingest_losses if w[0] + w[1] < end]
 
     @staticmethod
     def _windows(d, key, sc, extra):
-        items = d.get(key, [])
-        if not isinstance(items, list):
-            scenario._fail("networked." + key, "must be a list of {%s}" % ", ".join(
-                extra + ("start_hour", "minutes")))
         out = []
-        for i, w in enumerate(items):
-            where = "networked.%s[%d]" % (key, i)
-            scenario._table(w, where, extra + ("start_hour", "minutes"))
-            sh = w.get("start_hour")
-            if isinstance(sh, bool) or not isinstance(sh, (int, float)) or sh < 0:
-                scenario._fail(where + ".start_hour", "must be a number >= 0 (hours after the start)")
-            minutes = scenario._int(w, "minutes", where, None, 1)
-            if sh * 3600 + minutes * 60 >= sc.days * 86400:
+        for w, where, start_s, duration_s in scenario._windows(d, key, "networked", extra):
+            if start_s + duration_s >= sc.days * 86400:
                 scenario._fail(where, "must end before the run ends (day %d)" % sc.days)
             if "feeder" in extra:
                 scenario._int(w, "feeder", where, None, 0)
-            out.append((w, int(sh * 3600), minutes * 60))
+            out.append((w, start_s, duration_s))
         return out
 
 
 def load(path, meters=None, days=None, seed=None):
     """A scenario file plus its ``[networked]`` table: ``(Scenario, NetPlan)``."""
-    path = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as err:
-        raise ScenarioError("%s: cannot read (%s)" % (path, err.strerror))
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError("%s: not valid TOML (%s)" % (path, err))
+    data, name = scenario.read(path)
     net = data.pop("networked", {})
-    name = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     try:
         sc = scenario.Scenario(data, name)
         plan = NetPlan(net, sc)
@@ -161,11 +171,12 @@ class NetUplink:
     __slots__ = ("meter_id", "unit", "segments", "slots", "outbox", "uplink", "port", "link",
                  "produced", "interval_s")
 
-    def __init__(self, meter_id, unit, interval_s):
+    def __init__(self, meter_id, unit, interval_s, segments=OUTBOX_SEGMENTS,
+                 segment_bytes=OUTBOX_SEGMENT_BYTES):
         self.meter_id = meter_id
         self.unit = unit
         self.interval_s = interval_s
-        self.segments = RamSegments(OUTBOX_SEGMENTS, OUTBOX_SEGMENT_BYTES)
+        self.segments = RamSegments(segments, segment_bytes)
         self.slots = RamSlots()
         self.link = None
         self.port = None
@@ -178,7 +189,7 @@ class NetUplink:
         self.uplink = Uplink(self.outbox, self.meter_id, self.unit)
         if self.port is not None:
             self.port.outbox = self.outbox
-            self.port.reset()
+            self.port.reset(reboot=True)
 
     def deliver(self, records, now, meter):
         """``Meter.step`` output -> reading / snapshot messages, then events and a status."""
@@ -216,7 +227,8 @@ class NetFeederRun(fleet.FeederRun):
         ports = {}
         for c in self.cons:
             unit = "Wh" if c.cfg.service == "electricity" else "L"
-            up = NetUplink(c.cfg.meter_id, unit, sc.interval_s)
+            up = NetUplink(c.cfg.meter_id, unit, sc.interval_s, net.plan.outbox_segments,
+                           net.plan.outbox_segment_bytes)
             up.port = ports[c.cfg.meter_id] = MeterPort(c.cfg.meter_id, up.outbox)
             net.register(c, up, feeder, c.ledger.opening)
             c.ledger = up
@@ -229,19 +241,9 @@ class NetFeederRun(fleet.FeederRun):
 
     def pay(self, c, delay):
         """The consumer pays through the UPI webhook; the top-up travels as a signed command."""
-        env = self.env
-        yield env.timeout(delay)
-        pay_t = env.now
-        m = c.meter
-        acc = m.account if m is not None else None
-        owed = acc.emergency_used_paise + acc.debt_paise if acc is not None else 0
-        amount = payments.topup_amount(self.rnd, self.sc.amounts, owed)
-        if not c.was_closed and c.open_pay_t is None:
-            c.open_pay_t = pay_t
-        c.counter += 1
-        self.tally.payments += 1
-        self.tally.paid_paise += amount
-        c.in_flight += 1
+        yield self.env.timeout(delay)
+        pay_t = self.env.now
+        amount = self.new_payment(c, pay_t)
         self.net.headend.pay(c.cfg.meter_id, amount, payments.topup_id(c.cfg.meter_id, c.counter),
                              pay_t)
 
@@ -259,17 +261,21 @@ class NetFeederRun(fleet.FeederRun):
             return
         now = self.meter_now(c, now)  # the meter's own clock
         result, detail = m.apply_command(cmd, now)
+        n = lo = None
+        if result == auth.OK and cmd["kind"] == C.BACKFILL:  # the app's answer (net_link)
+            n, lo = self.link.backfill(c.cfg.meter_id, *backfill_range(cmd["fields"]))
         up.uplink.ack(now, cmd["id"], cmd["counter"], result,
-                      RESULT_NAMES.get(result, str(result)), detail[:60])
+                      RESULT_NAMES.get(result, str(result)), detail[:60], n, lo)
         up.report(now, m, status=result == auth.OK)
-        if result == auth.OK and cmd["kind"] == auth.TOPUP:
-            _, amount = auth.read_topup(cmd)
-            self.tally.topups_applied += 1
-            self.tally.topups_applied_paise += amount
-            c.in_flight -= 1
-            c.pay_pending = False
-        elif result not in (auth.OK, auth.REPLAYED):
-            self.tally.topups_rejected += 1
+        if cmd["kind"] == auth.TOPUP:
+            if result == auth.OK:
+                _, amount = auth.read_topup(cmd)
+                self.tally.topups_applied += 1
+                self.tally.topups_applied_paise += amount
+                c.in_flight -= 1
+                c.pay_pending = False
+            elif result != auth.REPLAYED:
+                self.tally.topups_rejected += 1
         if m.account.relay_closed != c.was_closed:
             self._relay_changed(c, m, self.true_time(c, now))
 
@@ -292,6 +298,14 @@ class NetFeederRun(fleet.FeederRun):
     def may_connect(self):
         return self.powered and not self.partitioned
 
+    def cut(self):
+        """Partition: the feeder's connection is cut and may not reconnect until ``heal``."""
+        self.partitioned = True
+        self.link.drop()
+
+    def heal(self):
+        self.partitioned = False
+
 
 # --- the network: links, head-end, broker, faults -------------------------------------
 
@@ -307,7 +321,8 @@ class Network:
         self.runs = []
         self.end_t = sc.start_t + (plan.hours * 3600 if plan.hours else sc.days * 86400)
         self.headend = HeadEnd(engine, self.host, self.port, self.clock, sc.interval_s,
-                               ingest_shared=plan.ingest_shared)
+                               ingest_shared=plan.ingest_shared,
+                               backfill_grace_s=plan.backfill_grace_s)
         self.fault_log = []  # (sim t, what)
         self.members = []  # fleet members simulated elsewhere (simulator/dut_meters.py)
 
@@ -348,28 +363,31 @@ class Network:
                 env.env_start, env.real_start = env.now, time.monotonic()  # re-anchor
             yield env.timeout(self.plan.tick_s)
 
-    def partition(self, run, a, dur):
+    def fault(self, a, dur, what, begin, end):
+        """A fault window: ``begin()`` ``a`` s after the start, ``end()`` ``dur`` s later."""
         yield self.env.timeout(a)
-        self.fault_log.append((self.env.now, "partition feeder %d for %d s" % (run.feeder, dur)))
-        run.partitioned = True
-        run.link.drop()
+        self.fault_log.append((self.env.now, "%s for %d s" % (what, dur)))
+        begin()
         yield self.env.timeout(dur)
-        run.partitioned = False
+        end()
 
-    def broker_outage(self, a, dur):
-        yield self.env.timeout(a)
-        self.fault_log.append((self.env.now, "broker down for %d s" % dur))
-        self.broker.stop()
-        yield self.env.timeout(dur)
-        self.broker.start()
+    def faults(self, plan):
+        """The SimPy processes of the plan's network faults."""
+        he = self.headend
 
-    def headend_restart(self, a, dur):
-        yield self.env.timeout(a)
-        self.fault_log.append((self.env.now, "head-end down for %d s" % dur))
-        self.headend.stop()
-        self.headend.restarts += 1
-        yield self.env.timeout(dur)
-        self.headend.start()
+        def headend_down():
+            he.stop()
+            he.restarts += 1
+
+        out = [self.fault(a, dur, "partition feeder %d" % f, self.runs[f].cut, self.runs[f].heal)
+               for f, a, dur in plan.partitions]
+        out += [self.fault(a, dur, "broker down", self.broker.stop, self.broker.start)
+                for a, dur in plan.broker_outages]
+        out += [self.fault(a, dur, "head-end down", headend_down, he.start)
+                for a, dur in plan.headend_restarts]
+        out += [self.fault(a, dur, "ingest session lost", he.lose_ingest_session, he.start_ingest)
+                for a, dur in plan.ingest_losses]
+        return out
 
     def connect_all(self, timeout_s=15.0):
         for r in self.runs:
@@ -384,17 +402,18 @@ class Network:
             time.sleep(0.01)
 
     def settled(self):
-        """Every outbox empty, no command open, every uplink stored."""
+        """Every outbox empty, no backfill or command open, every uplink stored or in a
+        gap the head-end marked unrecoverable (the meter no longer holds it)."""
         for r in self.runs:
             for c in r.cons:
                 box = c.ledger.outbox
-                if box.released < box.next_seq - 1:
+                if box.released < box.next_seq - 1 or c.ledger.port._backfills:
                     return False
         if self.headend.open_commands():
             return False
         if not all(m.settled() for m in self.members):
             return False
-        return stored_uplinks(self.engine) >= sum(
+        return stored_uplinks(self.engine) + gap_kpis(self.engine)["unrecoverable_uplinks"] >= sum(
             c.ledger.outbox.next_seq - 1 for r in self.runs for c in r.cons) + sum(
             m.uplinks_queued() for m in self.members)
 
@@ -407,6 +426,32 @@ class Network:
 def stored_uplinks(engine):
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(M.UplinkSeen)).scalar()
+
+
+def gap_kpis(engine):
+    """Sequence gaps from the head-end's ``seq_gaps``, backfill commands and alerts.
+
+    ``open``: missing and neither filled nor marked unrecoverable (silently
+    open, or a backfill still under way); ``unrecoverable``: the meter said it
+    no longer holds them (``data_lost`` alerts); ``closed``: filled after all
+    (backfilled, or late).
+    """
+    g = M.SeqGap
+    size = g.last_seq - g.first_seq + 1
+    with Session(engine) as s:
+        opened, closed = s.execute(select(func.count(), func.count(g.closed_at))).one()
+        open_ = s.execute(select(func.count()).where(
+            g.closed_at.is_(None), g.unrecoverable_at.is_(None))).scalar()
+        lost, lost_uplinks = s.execute(select(func.count(), func.coalesce(func.sum(size), 0)).where(
+            g.closed_at.is_(None), g.unrecoverable_at.is_not(None))).one()
+        by_state = dict(s.execute(select(C.Command.state, func.count()).where(
+            C.Command.kind == C.BACKFILL).group_by(C.Command.state)).all())
+        alerts = s.execute(select(func.count()).select_from(C.CommandAlert).where(
+            C.CommandAlert.kind == "data_lost")).scalar()
+    return {"detected": opened, "closed": closed, "open": open_, "unrecoverable": lost,
+            "unrecoverable_uplinks": int(lost_uplinks), "data_lost_alerts": alerts,
+            "backfill_commands": sum(by_state.values()),
+            "backfill_commands_applied": by_state.get(C.APPLIED, 0)}
 
 
 # --- run -------------------------------------------------------------------------------
@@ -445,12 +490,8 @@ def run(sc, plan, engine, broker, progress=None, before_kpis=None, members=()):
         for m in net.members:
             m.start()
         env.process(net.ticker())
-        for f, a, dur in plan.partitions:
-            env.process(net.partition(net.runs[f], a, dur))
-        for a, dur in plan.broker_outages:
-            env.process(net.broker_outage(a, dur))
-        for a, dur in plan.headend_restarts:
-            env.process(net.headend_restart(a, dur))
+        for proc in net.faults(plan):
+            env.process(proc)
         env.sync()
         end = net.end_t
         hour = sc.start_t
@@ -543,7 +584,8 @@ def network_kpis(net, tally, sim_wall_s, total_wall_s):
             M.EventRecord.code == events.CLOCK_SET)).scalar()
         readings_db = s.execute(select(func.count()).select_from(M.Reading)).scalar()
     stored = stored_uplinks(engine)
-    gaps = open_gaps(engine)
+    gaps = gap_kpis(engine)
+    gaps["republished_by_meters"] = sum(r.link.republished for r in net.runs)
     if sc.drifting:
         for r in net.runs:
             for c in r.cons:
@@ -564,13 +606,16 @@ def network_kpis(net, tally, sim_wall_s, total_wall_s):
         "readings": {"produced": sum(len(c.ledger.produced) for r in net.runs for c in r.cons),
                      "stored": readings_db, "lost": lost, "duplicated": dup, "altered": altered,
                      "lost_examples": examples},
-        "uplinks": {"queued": uplinks_expected, "stored": stored, "open_seq_gaps": len(gaps),
+        "uplinks": {"queued": uplinks_expected, "stored": stored,
+                    "lost": max(0, uplinks_expected - stored), "open_seq_gaps": gaps["open"],
+                    "unrecoverable_seq_gaps": gaps["unrecoverable"],
                     "published": sum(r.link.published for r in net.runs),
                     "ingest_received": counters["received"],
                     "ingest_duplicates": counters["duplicates"],
                     "dead_lettered": counters["dead_lettered"],
                     "outbox_dropped": sum(c.ledger.outbox.dropped_total
                                           for r in net.runs for c in r.cons)},
+        "seq_gaps": gaps,
         "reconciliation": {"meters": len(results), "abs_difference_paise": recon_abs,
                            "not_agreeing": len(not_agreeing), "examples": not_agreeing[:10],
                            "final_status_differs_from_meter": final_balance_off},
@@ -589,7 +634,7 @@ def network_kpis(net, tally, sim_wall_s, total_wall_s):
                    "lag_p99_wall_ms": None if p99 is None else round(p99 * 1000.0 / acc, 1)},
         "clock": clock,
         "faults": {"feeder_outages": tally.outages, "meter_power_cuts": tally.meter_power_cuts,
-                   "headend_restarts": he.restarts,
+                   "headend_restarts": he.restarts, "ingest_sessions_lost": he.sessions_lost,
                    "link_connects": sum(r.link.connects for r in net.runs),
                    "link_connect_failures": sum(r.link.connect_failures for r in net.runs),
                    "log": [{"t": t, "what": w} for t, w in net.fault_log]},

@@ -205,7 +205,11 @@ NETWORKED_HEADLINE = (
     ("readings.lost", "Interval readings lost (must be 0)"),
     ("readings.duplicated", "Interval readings duplicated (must be 0)"),
     ("readings.altered", "Interval readings altered (must be 0)"),
-    ("uplinks.open_seq_gaps", "Open uplink sequence gaps"),
+    ("uplinks.lost", "Uplinks lost (must be 0)"),
+    ("uplinks.open_seq_gaps", "Open uplink sequence gaps (must be 0)"),
+    ("uplinks.unrecoverable_seq_gaps", "Sequence gaps the meters no longer hold (data_lost)"),
+    ("seq_gaps.closed", "Sequence gaps closed (backfill or late)"),
+    ("seq_gaps.backfill_commands", "Backfill commands sent"),
     ("reconciliation.abs_difference_paise", "Reconciliation difference, paise (must be 0)"),
     ("wrongful_disconnections", "Wrongful disconnections (must be 0)"),
     ("reconnect_latency_s.p50", "Top-up -> reconnect p50 (s)"),
@@ -215,7 +219,8 @@ NETWORKED_HEADLINE = (
     ("ingest.lag_p99_sim_s", "Ingest lag p99 (simulated s)"),
 )
 MUST_BE_ZERO = ("wrongful_disconnections", "reconciliation.abs_difference_paise", "readings.lost",
-                "readings.duplicated", "readings.altered", "uplinks.open_seq_gaps")
+                "readings.duplicated", "readings.altered", "uplinks.lost", "uplinks.open_seq_gaps",
+                "uplinks.unrecoverable_seq_gaps")
 
 
 def write(out_dir, summary, tally, sc, with_plots=True):

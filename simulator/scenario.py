@@ -88,6 +88,24 @@ def _shares(d, path, names, default):
     return out
 
 
+def _windows(d, key, path, extra=()):
+    """A list of fault windows ``{<extra>, start_hour, minutes}`` under ``key``:
+    ``[(table, where, start_s, duration_s)]``; the caller checks the ``extra`` fields."""
+    fields = extra + ("start_hour", "minutes")
+    items = d.get(key, [])
+    if not isinstance(items, list):
+        _fail("%s.%s" % (path, key), "must be a list of {%s}" % ", ".join(fields))
+    out = []
+    for i, w in enumerate(items):
+        where = "%s.%s[%d]" % (path, key, i)
+        _table(w, where, fields)
+        sh = w.get("start_hour")
+        if isinstance(sh, bool) or not isinstance(sh, (int, float)) or sh < 0:
+            _fail(where + ".start_hour", "must be a number >= 0 (hours after the start)")
+        out.append((w, where, int(sh * 3600), _int(w, "minutes", where, None, 1) * 60))
+    return out
+
+
 def _null_slab(td):
     """TOML has no null: a slab ``upto`` of -1 means "no upper bound" (firmware ``None``)."""
     if isinstance(td, dict) and isinstance(td.get("slabs"), list):
@@ -184,18 +202,9 @@ class Scenario:
             _fail("faults.outage_rate_per_feeder_day", "must be a number in [0, 24], got %r" % (rate,))
         self.outage_rate = float(rate)
         self.outage_minutes = _range(fl, "outage_minutes", "faults", [30, 240], lo=1)
-        self.outages = []
-        outs = fl.get("outages", [])
-        if not isinstance(outs, list):
-            _fail("faults.outages", "must be a list of {feeder, start_hour, minutes}")
-        for i, od in enumerate(outs):
-            where = "faults.outages[%d]" % i
-            _table(od, where, ("feeder", "start_hour", "minutes"))
-            sh = od.get("start_hour")
-            if isinstance(sh, bool) or not isinstance(sh, (int, float)) or sh < 0:
-                _fail(where + ".start_hour", "must be a number >= 0 (hours after the start)")
-            self.outages.append(Outage(_int(od, "feeder", where, None, 0),
-                                       int(sh * 3600), _int(od, "minutes", where, None, 1) * 60))
+        self.outages = [Outage(_int(od, "feeder", where, None, 0), start_s, duration_s)
+                        for od, where, start_s, duration_s in
+                        _windows(fl, "outages", "faults", ("feeder",))]
         self.bypass_pct = _pct(fl, "bypass_pct", "faults")
         self.magnet_pct = _pct(fl, "magnet_pct", "faults")
         self.cover_open_pct = _pct(fl, "cover_open_pct", "faults")
@@ -277,8 +286,8 @@ def from_dict(data, name="scenario"):
     return Scenario(data, name)
 
 
-def load(path, meters=None, days=None, seed=None):
-    """Read and validate a scenario file; raise ``ScenarioError`` naming the field."""
+def read(path):
+    """A scenario file's TOML document and its name (the file name without ``.toml``)."""
     path = str(path)
     try:
         with open(path, "rb") as f:
@@ -287,7 +296,12 @@ def load(path, meters=None, days=None, seed=None):
         raise ScenarioError("%s: cannot read (%s)" % (path, err.strerror))
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError("%s: not valid TOML (%s)" % (path, err))
-    name = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return data, path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def load(path, meters=None, days=None, seed=None):
+    """Read and validate a scenario file; raise ``ScenarioError`` naming the field."""
+    data, name = read(path)
     try:
         sc = Scenario(data, name)
     except ScenarioError as err:

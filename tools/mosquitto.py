@@ -5,12 +5,16 @@ Used by the tests (through ``firmware/tests/host/conftest.py``), by
 owns: ``Broker(workdir)`` writes a config with persistence in ``workdir``,
 ``start()`` waits until it listens, ``stop()`` sends SIGTERM (sessions are
 saved), ``restart()`` keeps the port.  ``host, port = broker`` works.
+``running_broker()`` is the whole life of one: a fresh temp dir, started,
+stopped and removed on exit.
 """
+import contextlib
 import os
 import pathlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 
@@ -106,3 +110,22 @@ class Broker:
 
     def log_text(self):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def running_broker(extra_config="", prefix="urja-mosquitto-"):
+    """A started ``Broker`` in a fresh temp dir; stopped and its dir removed on exit.
+
+    Raises ``BrokerError`` (from ``start``) when Mosquitto is missing or does not listen.
+
+    >>> with running_broker() as broker:          # doctest: +SKIP
+    ...     host, port = broker
+    """
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    broker = Broker(workdir, extra_config=extra_config)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -17,7 +17,8 @@ from headend.db import Base, database_url, make_engine
 # Modules owned by other work streams may not exist yet on a given checkout.
 for _name in ("headend.models", "headend.ledger", "headend.commands", "headend.payments",
               "headend.alerts", "headend.auth", "headend.guardrails", "headend.reconcile",
-              "headend.vee", "headend.tokens", "headend.channel"):
+              "headend.vee", "headend.tokens", "headend.channel", "headend.ota",
+              "headend.campaigns"):
     try:
         importlib.import_module(_name)
     except ModuleNotFoundError as err:

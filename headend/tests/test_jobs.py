@@ -58,6 +58,7 @@ def test_alert_job_runs_in_its_thread_until_stopped_and_survives_a_failing_step(
 
 def test_serve_starts_both_jobs_by_default_and_zero_switches_them_off(engine):
     names = [j.__class__.__name__ for j in jobs.jobs_from_settings(engine, Settings())]
-    assert names == ["LowCreditForecastJob", "AlertChecksJob"]
-    off = Settings(forecast_alert_days=0, alert_checks_interval_s=0)
+    assert names == ["LowCreditForecastJob", "AlertChecksJob", "TimeSyncJob", "CampaignJob"]
+    off = Settings(forecast_alert_days=0, alert_checks_interval_s=0, time_sync_interval_s=0,
+                   campaign_interval_s=0)
     assert jobs.jobs_from_settings(engine, off) == []

@@ -17,54 +17,28 @@ record each meter produced, each meter's own balance):
 The expected values are invariants (conservation, nothing lost), not numbers
 from our own code; ``test_a_reading_missing_from_the_database_is_counted_as_lost``
 shows the checks can fail.
+
+Backfill (``ingest_loss_net.toml``: the ingest's broker session is gone for an
+hour, so every meter's uplinks of that hour reach nobody): the head-end's
+gap scanner asks each meter to backfill, the meters answer with the app's
+code, and the run ends with every gap closed; the same run without backfill
+ends with open gaps and lost readings; with an outbox too small to hold the
+gap until the head-end asks, every gap ends unrecoverable with a
+``data_lost`` alert, never silently open.
 """
 import os
-import shutil
-import tempfile
 
 import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from firmware.tests.host.conftest import Broker
-from headend import migrations
 from headend import models as M
 from headend.db import make_engine
-from headend.ingest import MOSQUITTO_INGEST_CONF
 from headend.tests.conftest import db_url  # noqa: F401 - SQLite and PostgreSQL fixture
 from simulator import networked
 from simulator.scenario import ScenarioError
 
 SCENARIOS = os.path.join(os.path.dirname(__file__), "..", "scenarios")
-
-
-@pytest.fixture
-def broker():
-    """A private Mosquitto with the ingest settings and WORKING persistence.
-
-    Run as root, Mosquitto drops to user ``mosquitto``; in a 0700 temp dir it
-    can then write neither its log nor ``mosquitto.db``, and a restart loses
-    every session.  So the directories are opened up.
-    """
-    workdir = tempfile.mkdtemp(prefix="urja-sim-mqtt-")
-    b = Broker(workdir, extra_config=MOSQUITTO_INGEST_CONF)
-    os.chmod(workdir, 0o777)
-    os.chmod(os.path.join(workdir, "data"), 0o777)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path):
-    url = "sqlite:///%s" % (tmp_path / "urja.db")
-    migrations.upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def run(name, engine, broker, **kw):
@@ -135,19 +109,68 @@ def test_a_reading_missing_from_the_database_is_counted_as_lost(sqlite_engine, b
     assert not networked.guardrails_hold(k)
 
 
-def test_with_a_shared_ingest_subscription_a_broker_restart_never_loses_uplinks_silently(
+def test_with_a_shared_ingest_subscription_a_broker_restart_loses_nothing_thanks_to_backfill(
         sqlite_engine, broker):
     # Mosquitto 2.0.11 does not restore a persistent session's $share subscription after a
     # restart (the symptom of eclipse-mosquitto/mosquitto#769): uplinks PUBACKed to meters
     # between the restart and the ingest's re-subscription reach nobody.  Whether any are
-    # sent in that window depends on who reconnects first (the ingest now re-subscribes on
-    # every connect), so the test holds the invariant that matters: any loss shows as open
-    # sequence gaps (which the head-end then asks the meter to backfill), never silently.
+    # sent in that window depends on who reconnects first, so gaps may or may not open;
+    # either way the meters backfill them and the run ends with nothing lost.  (The whole
+    # day: a gap shows only when a meter's next uplink arrives, so uplinks lost just before
+    # the meters fall silent at the end of a run would stay invisible.)
     k = run("broker_outage_net.toml", sqlite_engine, broker, meters=10, ingest_shared=True,
-            headend_restarts=[], drain_timeout_s=3, hours=12)
-    if k["readings"]["lost"]:
-        assert k["uplinks"]["open_seq_gaps"] > 0, k["uplinks"]
-    assert k["readings"]["duplicated"] == 0
+            headend_restarts=[], drain_timeout_s=30)
+    assert (k["readings"]["lost"], k["readings"]["duplicated"]) == (0, 0), k["readings"]
+    u, g = k["uplinks"], k["seq_gaps"]
+    assert (u["lost"], u["open_seq_gaps"], u["unrecoverable_seq_gaps"]) == (0, 0, 0), (u, g)
+    assert g["closed"] == g["detected"], g
+
+
+def test_uplinks_the_ingest_never_received_are_backfilled_and_no_gap_stays_open(
+        sqlite_engine, broker):
+    # the ingest's session (and subscription) is gone 09:00-10:00: every meter's uplinks of
+    # that hour are PUBACKed by the broker and reach nobody, one gap per meter
+    k = run("ingest_loss_net.toml", sqlite_engine, broker, meters=20)
+    assert k["faults"]["ingest_sessions_lost"] == 1
+    g = k["seq_gaps"]
+    assert g["detected"] == k["meters"], g
+    assert g["closed"] == g["detected"] and g["open"] == 0 and g["unrecoverable"] == 0, g
+    assert g["backfill_commands_applied"] == g["backfill_commands"] >= g["detected"], g
+    assert g["republished_by_meters"] > 0 and g["data_lost_alerts"] == 0, g
+    assert k["uplinks"]["lost"] == 0
+    assert_nothing_lost_and_money_exact(k)
+
+
+def test_without_backfill_the_same_loss_stays_as_open_gaps_and_lost_readings(
+        sqlite_engine, broker):
+    k = run("ingest_loss_net.toml", sqlite_engine, broker, meters=4, backfill_grace_s=None,
+            drain_timeout_s=3)
+    g, u = k["seq_gaps"], k["uplinks"]
+    assert g["open"] == g["detected"] == 4 and g["backfill_commands"] == 0, g
+    assert u["open_seq_gaps"] == 4 and u["lost"] > 0 and k["readings"]["lost"] > 0
+    assert not networked.guardrails_hold(k)
+
+
+def test_a_gap_older_than_the_meters_outbox_holds_ends_unrecoverable_with_a_data_lost_alert(
+        sqlite_engine, broker):
+    # 2 x 1 KiB of outbox flash holds about 3 hours of uplinks; the head-end waits 6 hours
+    # before it asks, so the ring has erased the missing ones when the backfill arrives
+    sc, plan = networked.load(os.path.join(SCENARIOS, "ingest_loss_net.toml"), meters=8)
+    plan.outbox_segments, plan.outbox_segment_bytes = 2, 1024
+    plan.backfill_grace_s = 6 * 3600
+    k = networked.run(sc, plan, sqlite_engine, broker)
+    g, u = k["seq_gaps"], k["uplinks"]
+    assert g["unrecoverable"] == g["detected"] == 8 and g["open"] == 0, g  # none silently open
+    assert g["data_lost_alerts"] == g["unrecoverable"] and g["republished_by_meters"] == 0, g
+    assert u["open_seq_gaps"] == 0 and u["unrecoverable_seq_gaps"] == 8
+    assert u["lost"] == g["unrecoverable_uplinks"] > 0
+    # what is lost is exactly the readings published while nobody listened (09:00-10:00)
+    window = (sc.start_t + 9 * 3600 - sc.interval_s, sc.start_t + 10 * 3600)
+    assert k["readings"]["lost"] == 8 * 4
+    assert all(window[0] <= e["missing_start_t"] < window[1]
+               for e in k["readings"]["lost_examples"])
+    assert u["outbox_dropped"] == 0  # the ring erased released uplinks only
+    assert not networked.guardrails_hold(k)
 
 
 def test_networked_table_errors_name_the_field(tmp_path):
