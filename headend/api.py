@@ -500,10 +500,12 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
                     principal: Annotated[A.Principal, allowed("commands.read")]):
         return visible_request(session, principal, request_id).as_dict()
 
-    for verdict in ("approve", "reject"):
+    def request_decision(verdict):
+        # a closure, not a default argument: FastAPI would publish that as a query
+        # parameter, and ``.../approve?verdict=reject`` would reject
         def decide(request_id: Annotated[int, Path(ge=1, le=MAX_INT)], session: Session_,
                    principal: Annotated[A.Principal, allowed("commands.approve")],
-                   body: DecisionIn | None = None, verdict=verdict):
+                   body: DecisionIn | None = None):
             request = visible_request(session, principal, request_id)
             try:
                 G.decide(session, principal, request, verdict, now(), enqueue,
@@ -513,11 +515,15 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
                 raise
             session.commit()
             return request.as_dict()
+        return decide
+
+    for verdict in ("approve", "reject"):
         app.post("/commands/requests/{request_id}/%s" % verdict,
                  response_model=CommandRequestOut, tags=["commands"],
                  summary="%s a held command request" % verdict.capitalize(),
                  responses={403: {"description": "requester may not approve own request"},
-                            409: {"description": "request is not pending"}})(decide)
+                            409: {"description": "request is not pending"}})(
+            request_decision(verdict))
 
     @app.get("/commands", tags=["commands"])
     def list_commands(session: Session_, principal: Annotated[A.Principal, allowed("commands.read")],

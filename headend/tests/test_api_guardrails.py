@@ -107,6 +107,15 @@ def test_rejected_request_queues_nothing_and_cannot_be_approved(world):
     assert world.queue.calls == []
 
 
+def test_the_verdict_is_the_path_not_a_query_parameter(world):
+    rid = disconnect(world, "op_a", ["A-05", "A-06"]).json()["id"]
+    r = world.post("op_a2", "/commands/requests/%d/approve?verdict=reject" % rid)
+    assert (r.status_code, r.json()["state"]) == (200, "QUEUED")
+    params = world.client.get("/openapi.json").json()["paths"][
+        "/commands/requests/{request_id}/approve"]["post"].get("parameters", [])
+    assert [p["name"] for p in params] == ["request_id"]
+
+
 def test_rejected_disconnects_do_not_use_up_the_share(world):
     rid = disconnect(world, "op_a", ["A-05", "A-06"]).json()["id"]
     world.post("op_a2", "/commands/requests/%d/reject" % rid)
