@@ -28,6 +28,7 @@ _COUNTER_BITS = const(30)  # machine.Counter is unbounded; 30 bits keep reads sm
 CONFIG_NAMESPACE = "urjacfg"  # commissioning settings: an NVS namespace of their own
 METER_JOURNAL_CAPACITY = const(8192 + 15)  # firmware.app.main.METER_JOURNAL_BYTES + framing
 CURSOR_CAPACITY = const(64)  # the outbox cursor journal: 12-byte payload + 15 framing
+OTA_CAPACITY = const(512 + 15)  # boards.esp32.ota_partition.OTA_JOURNAL_BYTES + framing
 
 
 def _pull(name):
@@ -266,11 +267,15 @@ class Esp32Board(hal.Board):
 
     def journal_slots(self, name):
         """NVS key pairs: meter ``j0``/``j1`` and outbox ``o0``/``o1`` in the board's
-        namespace, config ``j0``/``j1`` in ``urjacfg`` (the layout meters already have)."""
+        namespace, config ``j0``/``j1`` in ``urjacfg`` (the layout meters already have);
+        ``ota`` (the firmware update in progress, ``ota_partition.OtaPartitions``):
+        ``u0``/``u1`` in the board's namespace."""
         if name == "config":
             return NvsSlots(CONFIG_NAMESPACE, DEFAULT_CAPACITY)
         if name == "outbox":
             return NvsSlots(self.namespace, CURSOR_CAPACITY, ("o0", "o1"))
+        if name == "ota":
+            return NvsSlots(self.namespace, OTA_CAPACITY, ("u0", "u1"))
         return hal.Board.journal_slots(self, name)
 
     def outbox_segments(self):

@@ -47,9 +47,15 @@ def board_ota(board, ota_dir):
     """The board's A/B firmware slots for the ``ota`` downlink, or None where not wired yet.
 
     The unix board: ``boards.unix.ota_dirs.OtaDirs`` on ``ota_dir`` (the folder
-    the boot selector ran this image from).  Imported only then: a meter not
-    booted through the selector does not pay for it in heap.
+    the boot selector ran this image from).  The ESP32: the partition table's
+    OTA app partitions, ``boards.esp32.ota_partition.OtaPartitions`` with the
+    update journaled in NVS (``ota_dir`` only says the image takes updates);
+    None, said on the console, without OTA partitions.  Imported only then: a
+    meter not booted for A/B does not pay for it in heap.
     """
+    if board.config.get("platform") == "esp32":
+        from boards.esp32.ota_partition import board_ota_slots
+        return board_ota_slots(board)
     if board.config.get("platform") != "unix":
         print("urja: ota: no A/B slots wired for board %s" % board.name)
         return None
