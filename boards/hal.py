@@ -4,6 +4,19 @@ Each platform (``boards/esp32``, ``boards/unix``) implements these classes;
 the firmware receives an instance and calls only the methods documented here.
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
+# The interface classes' methods sit under ``if TYPE_CHECKING:`` blocks: mypy
+# treats any TYPE_CHECKING as true, so it checks every call against them,
+# while MicroPython's compiler drops a block whose condition is a const 0, so
+# they cost no heap on the meter (on CPython they are skipped too).  Each
+# platform implements them all; one it forgot fails with AttributeError.
+TYPE_CHECKING = const(0)
+
 
 class SlotStorage:
     """Two (or more) independently written slots of persistent bytes.
@@ -27,11 +40,12 @@ class SlotStorage:
     ...     def write(self, slot, data): self.slots[slot] = bytes(data)
     """
 
-    def read(self, slot: int):
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def read(self, slot: int):
+            raise NotImplementedError
 
-    def write(self, slot: int, data) -> None:
-        raise NotImplementedError
+        def write(self, slot: int, data) -> None:
+            raise NotImplementedError
 
 
 class PulseCounter:
@@ -48,8 +62,9 @@ class PulseCounter:
 
     bits = 32
 
-    def value(self) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def value(self) -> int:
+            raise NotImplementedError
 
 
 class Relay:
@@ -64,11 +79,12 @@ class Relay:
     False
     """
 
-    def set(self, closed: bool) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def set(self, closed: bool) -> None:
+            raise NotImplementedError
 
-    def closed(self) -> bool:
-        raise NotImplementedError
+        def closed(self) -> bool:
+            raise NotImplementedError
 
 
 class DigitalInput:
@@ -81,8 +97,9 @@ class DigitalInput:
     >>> if board.commissioning.value(): allow_key_provisioning()
     """
 
-    def value(self) -> bool:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def value(self) -> bool:
+            raise NotImplementedError
 
 
 class Uart:
@@ -99,11 +116,12 @@ class Uart:
 
     baud = 9600
 
-    def read(self, n: int) -> bytes:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def read(self, n: int) -> bytes:
+            raise NotImplementedError
 
-    def write(self, data) -> int:
-        raise NotImplementedError
+        def write(self, data) -> int:
+            raise NotImplementedError
 
 
 class Watchdog:
@@ -114,18 +132,20 @@ class Watchdog:
 
     timeout_ms = 0
 
-    def feed(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def feed(self) -> None:
+            raise NotImplementedError
 
 
 class Led:
     """The status LED: ``set(on)``; ``on()`` -> the state last set."""
 
-    def set(self, on: bool) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def set(self, on: bool) -> None:
+            raise NotImplementedError
 
-    def on(self) -> bool:
-        raise NotImplementedError
+        def on(self) -> bool:
+            raise NotImplementedError
 
 
 class Clock:
@@ -138,11 +158,12 @@ class Clock:
     True
     """
 
-    def now(self) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def now(self) -> int:
+            raise NotImplementedError
 
-    def set(self, t: int) -> None:
-        raise NotImplementedError
+        def set(self, t: int) -> None:
+            raise NotImplementedError
 
 
 # The two-slot journals a board keeps apart (``Board.journal_slots``): the meter's
@@ -197,9 +218,10 @@ class Board:
             return (1000, p["imp_per_kwh"])
         return (p["litres_per_imp"], 1)
 
-    def start_watchdog(self):
-        """Start the watchdog with the board's ``watchdog_timeout_ms``; returns a Watchdog."""
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def start_watchdog(self) -> Watchdog:
+            """Start the watchdog with the board's ``watchdog_timeout_ms``; returns a Watchdog."""
+            raise NotImplementedError
 
     def poll(self) -> None:
         """Service board housekeeping without blocking (the unix control socket); call often."""
@@ -244,12 +266,6 @@ class Board:
 BOARD_FILES = {"unix": "unix/board.json", "wroom32": "esp32/wroom32.json"}
 
 
-def _boards_dir():
-    here = globals().get("__file__") or "boards/hal.py"
-    cut = here.replace("\\", "/").rfind("/")
-    return here[:cut] if cut >= 0 else "."
-
-
 def board_path(name_or_path):
     """A board file path: ``"unix"`` / ``"wroom32"`` or any path ending in ``.json``."""
     if name_or_path.endswith(".json"):
@@ -258,7 +274,9 @@ def board_path(name_or_path):
     if rel is None:
         raise ValueError("unknown board %r: give a .json path or one of %s"
                          % (name_or_path, ", ".join(sorted(BOARD_FILES))))
-    return _boards_dir() + "/" + rel
+    here = globals().get("__file__") or "boards/hal.py"  # this package's folder
+    cut = here.replace("\\", "/").rfind("/")
+    return (here[:cut] if cut >= 0 else ".") + "/" + rel
 
 
 def load_board(name_or_path, overrides=None):

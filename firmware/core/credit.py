@@ -1,8 +1,8 @@
 """Prepaid credit state machine and load limiter: the only code that decides the relay.
 
 The credit machine is one transition table, ``CREDIT_TABLE``: rows
-``from_state, guard, to_state`` (three small ints a row, one flat tuple: it
-sits in a 128 KB heap).  After every input (``charge``, ``topup``, ``tick``,
+``from_state, guard, to_state`` (three small ints a row, one flat bytes
+object: it sits in a 128 KB heap).  After every input (``charge``, ``topup``, ``tick``,
 ``power_sample``, ``remote``, ``reset_lockout``) the first row leaving the
 current state whose guard holds fires, and this repeats until no row fires
 (at most ``_MAX_STEPS`` times).  Guards are named conditions over the account
@@ -59,14 +59,11 @@ LOW = const(1)
 EMERGENCY = const(2)
 DISCONNECT_PENDING = const(3)
 DISCONNECTED = const(4)
-STATE_NAMES = {OK: "OK", LOW: "LOW", EMERGENCY: "EMERGENCY",
-               DISCONNECT_PENDING: "DISCONNECT_PENDING", DISCONNECTED: "DISCONNECTED"}
 
 # --- load limiter states ---------------------------------------------------
 NORMAL = const(0)
 TRIPPED = const(1)
 LOCKED_OUT = const(2)
-LOAD_STATE_NAMES = {NORMAL: "NORMAL", TRIPPED: "TRIPPED", LOCKED_OUT: "LOCKED_OUT"}
 
 # --- event codes: the same numbers as core/events.py, so mapping is identity -
 EV_RELAY_OPENED = const(8)
@@ -78,16 +75,29 @@ EV_EMERGENCY_STARTED = const(16)  # value: emergency credit limit paise
 EV_STATE_CHANGED = const(17)  # value: new credit state (events.CREDIT_STATE)
 EV_LOAD_TRIP = const(18)  # value: trips inside the window, this one included
 EV_LOAD_LOCKOUT = const(19)  # value: idem
-EVENT_NAMES = {
-    EV_RELAY_OPENED: "RELAY_OPENED", EV_RELAY_CLOSED: "RELAY_CLOSED",
-    EV_TOPUP_APPLIED: "TOPUP_APPLIED", EV_LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
-    EV_CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED", EV_EMERGENCY_STARTED: "EMERGENCY_STARTED",
-    EV_STATE_CHANGED: "STATE_CHANGED", EV_LOAD_TRIP: "LOAD_TRIP", EV_LOAD_LOCKOUT: "LOAD_LOCKOUT",
-}
 
 _NO_TIME = const(-1)  # "not set" for stored times; valid times are >= 0
 _MAX_STEPS = const(6)  # longest legal chain is OK -> EMERGENCY -> DISCONNECT_PENDING -> DISCONNECTED
 _PCT = const(100)
+
+
+def __getattr__(name):
+    # STATE_NAMES, LOAD_STATE_NAMES, EVENT_NAMES ({code: name}) are built when asked
+    # for (status, logs, the CLI, tests): held from import on, their dicts and
+    # strings would sit in every meter's heap for nothing.
+    if name == "STATE_NAMES":
+        return {OK: "OK", LOW: "LOW", EMERGENCY: "EMERGENCY",
+                DISCONNECT_PENDING: "DISCONNECT_PENDING", DISCONNECTED: "DISCONNECTED"}
+    if name == "LOAD_STATE_NAMES":
+        return {NORMAL: "NORMAL", TRIPPED: "TRIPPED", LOCKED_OUT: "LOCKED_OUT"}
+    if name == "EVENT_NAMES":
+        return {
+            EV_RELAY_OPENED: "RELAY_OPENED", EV_RELAY_CLOSED: "RELAY_CLOSED",
+            EV_TOPUP_APPLIED: "TOPUP_APPLIED", EV_LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
+            EV_CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED", EV_EMERGENCY_STARTED: "EMERGENCY_STARTED",
+            EV_STATE_CHANGED: "STATE_CHANGED", EV_LOAD_TRIP: "LOAD_TRIP", EV_LOAD_LOCKOUT: "LOAD_LOCKOUT",
+        }
+    raise AttributeError(name)
 
 
 class CreditError(ValueError):
@@ -105,27 +115,32 @@ _INTS = const(2)
 _DATES = const(3)
 
 # field, kind, default, lo, hi: five values a row, in a fixed order (to_dict,
-# error messages); one flat tuple, because every tuple costs heap
-_SPEC = (
-    "low_credit_paise", _INT, 5000, 0, None,
-    "emergency_enabled", _BOOL, True, None, None,
-    "emergency_credit_paise", _INT, 5000, 0, None,
-    "disconnect_grace_s", _INT, 0, 0, None,
-    "friendly_start_s", _INT, 18 * 3600, 0, localtime.DAY_S - 1,
-    "friendly_end_s", _INT, 8 * 3600, 0, localtime.DAY_S,
-    "friendly_weekdays", _INTS, (localtime.SUNDAY,), 0, 6,
-    "holidays", _DATES, (), None, None,
-    "grace_days", _INT, 0, 0, 3660,
-    "never_disconnect", _BOOL, False, None, None,
-    "utc_offset_s", _INT, localtime.IST_OFFSET_S, -43200, 50400,
-    "debt_recovery_pct", _INT, 25, 0, _PCT,
-    "warn_pct_of_last_topup", _INTS, (30, 10), 1, _PCT,
-    "load_limit_w", _INT, 0, 0, None,  # 0 = limiter off
-    "overload_s", _INT, 60, 0, None,
-    "reconnect_delay_s", _INT, 300, 0, None,
-    "max_trips", _INT, 3, 1, None,
-    "trip_window_s", _INT, 3600, 1, None,
-)
+# error messages); one flat tuple, built when asked for (it reads localtime, so
+# the compiler cannot make it a constant): validation runs at commissioning and
+# boot, and the table need not sit in the heap in between
+def _spec():
+    return (
+        "low_credit_paise", _INT, 5000, 0, None,
+        "emergency_enabled", _BOOL, True, None, None,
+        "emergency_credit_paise", _INT, 5000, 0, None,
+        "disconnect_grace_s", _INT, 0, 0, None,
+        "friendly_start_s", _INT, 18 * 3600, 0, localtime.DAY_S - 1,
+        "friendly_end_s", _INT, 8 * 3600, 0, localtime.DAY_S,
+        "friendly_weekdays", _INTS, (localtime.SUNDAY,), 0, 6,
+        "holidays", _DATES, (), None, None,
+        "grace_days", _INT, 0, 0, 3660,
+        "never_disconnect", _BOOL, False, None, None,
+        "utc_offset_s", _INT, localtime.IST_OFFSET_S, -43200, 50400,
+        "debt_recovery_pct", _INT, 25, 0, _PCT,
+        "warn_pct_of_last_topup", _INTS, (30, 10), 1, _PCT,
+        "load_limit_w", _INT, 0, 0, None,  # 0 = limiter off
+        "overload_s", _INT, 60, 0, None,
+        "reconnect_delay_s", _INT, 300, 0, None,
+        "max_trips", _INT, 3, 1, None,
+        "trip_window_s", _INT, 3600, 1, None,
+    )
+
+
 _SPEC_ROW = const(5)
 
 
@@ -136,13 +151,6 @@ def _is_int(x):
 def _in_range(name, x, lo, hi):
     if (lo is not None and x < lo) or (hi is not None and x > hi):
         raise CreditConfigError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
-
-
-def _valid_date_key(k):
-    y, md = divmod(k, 10000)
-    m, d = divmod(md, 100)
-    return 1 <= m <= 12 and 1 <= d <= 31 and localtime.civil_from_days(
-        localtime.days_from_civil(y, m, d)) == (y, m, d)
 
 
 def _check_field(name, kind, x, lo, hi):
@@ -161,8 +169,12 @@ def _check_field(name, kind, x, lo, hi):
     for i, v in enumerate(x):
         if not _is_int(v):
             raise CreditConfigError("%s[%d]: must be an integer, got %r" % (name, i, v))
-        if kind == _DATES and not _valid_date_key(v):
-            raise CreditConfigError("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
+        if kind == _DATES:  # a real date YYYYMMDD: it survives a trip through day numbers
+            y, md = divmod(v, 10000)
+            m, day = divmod(md, 100)
+            if not (1 <= m <= 12 and 1 <= day <= 31 and localtime.civil_from_days(
+                    localtime.days_from_civil(y, m, day)) == (y, m, day)):
+                raise CreditConfigError("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
         _in_range("%s[%d]" % (name, i), v, lo, hi)
         if v in out:
             raise CreditConfigError("%s[%d]: duplicate %r" % (name, i, v))
@@ -204,20 +216,22 @@ class CreditConfig:
         """Validate ``d`` (missing fields take defaults); raise CreditConfigError naming the field."""
         if not isinstance(d, dict):
             raise CreditConfigError("credit config: must be a dict, got %r" % (d,))
-        names = [_SPEC[i] for i in range(0, len(_SPEC), _SPEC_ROW)]
+        spec = _spec()
         for k in d:
-            if k not in names:
+            # the field names are the only strings in the spec
+            if not isinstance(k, str) or k not in spec:
                 raise CreditConfigError("%s: unknown field" % (k,))
         v: dict = {}
-        for i in range(0, len(_SPEC), _SPEC_ROW):
-            name, kind, default, lo, hi = _SPEC[i:i + _SPEC_ROW]
+        for i in range(0, len(spec), _SPEC_ROW):
+            name, kind, default, lo, hi = spec[i:i + _SPEC_ROW]
             v[name] = _check_field(name, kind, d.get(name, default), lo, hi)
         return cls(v)
 
     def to_dict(self):
         d = {}
-        for i in range(0, len(_SPEC), _SPEC_ROW):
-            name = str(_SPEC[i])
+        spec = _spec()
+        for i in range(0, len(spec), _SPEC_ROW):
+            name = str(spec[i])
             x = getattr(self, name)
             d[name] = list(x) if isinstance(x, list) else x
         return d
@@ -261,7 +275,9 @@ def _guard(a, g, now):
 
 # First matching row (in this order) wins.  There is deliberately no row
 # EMERGENCY -> DISCONNECTED: disconnection only ever follows DISCONNECT_PENDING.
-CREDIT_TABLE = (
+# Both tables are bytes (every code is < 256): the list is built once at import
+# and let go, so a table costs a short bytes object, not a tuple of 42 ints.
+CREDIT_TABLE = bytes([
     # from               guard                       to
     OK,                  _CREDIT_LOW,                LOW,
     OK,                  _EXHAUSTED_EMERGENCY_LEFT,  EMERGENCY,
@@ -277,14 +293,14 @@ CREDIT_TABLE = (
     DISCONNECT_PENDING,  _DISCONNECT_DUE,            DISCONNECTED,
     DISCONNECTED,        _CREDIT_ABOVE_LOW,          OK,
     DISCONNECTED,        _CREDIT_LOW,                LOW,
-)
+])
 
 # LOCKED_OUT has no row: only reset_lockout() (a technician) leaves it.
-LOAD_TABLE = (
+LOAD_TABLE = bytes([
     NORMAL,   _OVERLOAD_LOCKOUT,  LOCKED_OUT,
     NORMAL,   _OVERLOAD,          TRIPPED,
     TRIPPED,  _RECONNECT_DUE,     NORMAL,
-)
+])
 
 
 def _next_state(table, state, acc, now):
@@ -516,7 +532,10 @@ class CreditAccount:
                 self.tripped_at = now
             if self.over_since > now:
                 self.over_since = now
-            self.trip_times = [t if t <= now else now for t in self.trip_times]
+            times = self.trip_times
+            for i in range(len(times)):
+                if times[i] > now:
+                    times[i] = now
         self.last_now = now
 
     def _settle(self, now):
@@ -554,7 +573,12 @@ class CreditAccount:
             self.load_state = dst
             return
         w = self.config.trip_window_s
-        self.trip_times = [t for t in self.trip_times if now - t < w] + [now]
+        times = []
+        for t in self.trip_times:
+            if now - t < w:
+                times.append(t)
+        times.append(now)
+        self.trip_times = times
         self.tripped_at = now
         self.load_state = dst
         n = len(self.trip_times)
@@ -589,7 +613,8 @@ class CreditAccount:
         for name in _STATE_FIELDS:
             if name not in data:
                 raise CreditError("credit state: missing %s" % name)
-        if data["state"] not in STATE_NAMES or data["load_state"] not in LOAD_STATE_NAMES:
+        if data["state"] not in (OK, LOW, EMERGENCY, DISCONNECT_PENDING, DISCONNECTED) or \
+                data["load_state"] not in (NORMAL, TRIPPED, LOCKED_OUT):
             raise CreditError("credit state: unknown state %r/%r"
                               % (data["state"], data["load_state"]))
         acc = object.__new__(cls)

@@ -59,35 +59,42 @@ FW_ROLLED_BACK = const(27)  # a new image did not confirm; the old one runs: val
 READ_LINK_MODBUS = const(1)
 READ_LINK_DLMS = const(2)
 
-NAMES = {
-    POWER_FAIL: "POWER_FAIL",
-    POWER_RESTORE: "POWER_RESTORE",
-    COVER_OPEN: "COVER_OPEN",
-    COVER_CLOSE: "COVER_CLOSE",
-    MAGNET: "MAGNET",
-    REVERSE_CURRENT: "REVERSE_CURRENT",
-    NEUTRAL_MISSING: "NEUTRAL_MISSING",
-    RELAY_OPENED: "RELAY_OPENED",
-    RELAY_CLOSED: "RELAY_CLOSED",
-    TOPUP_APPLIED: "TOPUP_APPLIED",
-    TOPUP_REJECTED: "TOPUP_REJECTED",
-    TARIFF_CHANGED: "TARIFF_CHANGED",
-    TARIFF_SCHEDULED: "TARIFF_SCHEDULED",
-    LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
-    CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED",
-    EMERGENCY_STARTED: "EMERGENCY_STARTED",
-    CREDIT_STATE: "CREDIT_STATE",
-    LOAD_TRIP: "LOAD_TRIP",
-    LOAD_LOCKOUT: "LOAD_LOCKOUT",
-    REGISTER_DECREASE: "REGISTER_DECREASE",
-    CLOCK_SET: "CLOCK_SET",
-    JOURNAL_RESTORED: "JOURNAL_RESTORED",
-    EVENTS_LOST: "EVENTS_LOST",
-    READ_FAILED: "READ_FAILED",
-    READ_RESTORED: "READ_RESTORED",
-    FW_CONFIRMED: "FW_CONFIRMED",
-    FW_ROLLED_BACK: "FW_ROLLED_BACK",
-}
+
+def __getattr__(name):
+    # NAMES ({code: name}) is built when asked for (the CLI, logs, tests): held
+    # from import on, it would sit in every meter's heap for nothing.
+    if name == "NAMES":
+        return {
+            POWER_FAIL: "POWER_FAIL",
+            POWER_RESTORE: "POWER_RESTORE",
+            COVER_OPEN: "COVER_OPEN",
+            COVER_CLOSE: "COVER_CLOSE",
+            MAGNET: "MAGNET",
+            REVERSE_CURRENT: "REVERSE_CURRENT",
+            NEUTRAL_MISSING: "NEUTRAL_MISSING",
+            RELAY_OPENED: "RELAY_OPENED",
+            RELAY_CLOSED: "RELAY_CLOSED",
+            TOPUP_APPLIED: "TOPUP_APPLIED",
+            TOPUP_REJECTED: "TOPUP_REJECTED",
+            TARIFF_CHANGED: "TARIFF_CHANGED",
+            TARIFF_SCHEDULED: "TARIFF_SCHEDULED",
+            LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
+            CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED",
+            EMERGENCY_STARTED: "EMERGENCY_STARTED",
+            CREDIT_STATE: "CREDIT_STATE",
+            LOAD_TRIP: "LOAD_TRIP",
+            LOAD_LOCKOUT: "LOAD_LOCKOUT",
+            REGISTER_DECREASE: "REGISTER_DECREASE",
+            CLOCK_SET: "CLOCK_SET",
+            JOURNAL_RESTORED: "JOURNAL_RESTORED",
+            EVENTS_LOST: "EVENTS_LOST",
+            READ_FAILED: "READ_FAILED",
+            READ_RESTORED: "READ_RESTORED",
+            FW_CONFIRMED: "FW_CONFIRMED",
+            FW_ROLLED_BACK: "FW_ROLLED_BACK",
+        }
+    raise AttributeError(name)
+
 
 T_MAX = 0xFFFFFFFF  # unsigned 32-bit seconds: good until 2106
 VALUE_MIN = -0x80000000
@@ -147,7 +154,7 @@ class EventLog:
         """Record an event and return its seq."""
         if not _is_int(t) or t < 0 or t > T_MAX:
             raise EventError("t must be UTC seconds in 0..2**32-1, got %r" % (t,))
-        if code not in NAMES or code == EVENTS_LOST:
+        if not _is_int(code) or not POWER_FAIL <= code <= FW_ROLLED_BACK or code == EVENTS_LOST:
             raise EventError("unknown event code %r" % (code,))
         if not _is_int(value) or value < VALUE_MIN or value > VALUE_MAX:
             raise EventError("value must be a signed 32-bit int, got %r" % (value,))

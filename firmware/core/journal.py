@@ -22,10 +22,8 @@ whole (with erased 0xFF tail) still parses.
 b'{"balance_paise": 50000}'
 """
 import binascii
-import io
 import json
 import struct
-import sys
 
 try:
     from micropython import const
@@ -44,10 +42,8 @@ SEQ_MOD = 1 << 32
 _SEQ_HALF = 1 << 31
 DAY_S = const(86400)
 
-# MicroPython's json.dump writes bytes straight into an io.BytesIO (CPython's writes str)
-_JSON_INTO_BYTES = sys.implementation.name == "micropython"
-
 _DEFAULT_MAX_PAYLOAD = const(4096)
+_FIRST_BUF = const(2048)  # commit_members' first record buffer; it grows as needed
 # ESP32 NVS wear, rough: a 24 KiB partition is 6 pages of 126 32-byte entries
 # (one page kept free for garbage collection, so 5 usable), flash endures about
 # 100,000 erases a page.  A 1 KiB record costs about 33 entries, so over 10
@@ -61,7 +57,25 @@ SLOT_SHORT = const(2)  # shorter than its header or its declared length: a torn 
 SLOT_BAD_MAGIC = const(3)
 SLOT_BAD_VERSION = const(4)
 SLOT_BAD_CRC = const(5)
-SLOT_REASON_NAMES = ("valid", "empty", "short", "bad magic", "bad version", "bad crc")
+
+
+def __getattr__(name):
+    # SLOT_REASON_NAMES (index = SLOT_* code, for logs) is made when asked for,
+    # from one string: a tuple of strings held from import on would sit in
+    # every meter's heap for nothing.
+    if name == "SLOT_REASON_NAMES":
+        return tuple("valid,empty,short,bad magic,bad version,bad crc".split(","))
+    raise AttributeError(name)
+
+
+# A str's UTF-8 bytes: a copy on CPython; on MicroPython, where a str is a
+# buffer, a view of the str itself (no second copy of a member's JSON text)
+_utf8 = str.encode
+try:
+    memoryview("")  # type: ignore[arg-type]
+    _utf8 = memoryview  # type: ignore[assignment]
+except TypeError:  # CPython
+    pass
 
 
 class JournalError(ValueError):
@@ -185,8 +199,7 @@ class Journal:
     >>> seq = j.commit_members(iter([("balance_paise", 50000)]), now=1795737660)
 
     ``commit_members`` (the meter's state, every interval) reuses one record
-    buffer and, on MicroPython, one JSON buffer: ``storage.write`` gets a view
-    that is valid during the call only.
+    buffer: ``storage.write`` gets a view that is valid during the call only.
     """
 
     def __init__(self, storage, max_payload=_DEFAULT_MAX_PAYLOAD,
@@ -199,8 +212,6 @@ class Journal:
         self.slot_reasons = [SLOT_EMPTY, SLOT_EMPTY]
         self._loaded = False
         self._buf = None  # the record buffer commit_members reuses
-        self._json = None  # io.BytesIO that commit_members writes into (MicroPython)
-        self._json_cap = 0
 
     def load(self):
         """Payload of the newest valid record, or None when neither slot holds one."""
@@ -239,51 +250,43 @@ class Journal:
 
         >>> seq = j.commit_members(iter([("a", 1), ("b", [2])]), now)  # holds {"a": 1, "b": [2]}
         """
-        if not _JSON_INTO_BYTES:
-            text = "{%s}" % ", ".join("%s: %s" % (json.dumps(k), json.dumps(v)) for k, v in members)
-            return self.commit(text.encode(), now)
-        # MicroPython: the text goes into a reused buffer instead of a new string of
-        # the record's size at every commit: in a 128 KB heap, finding that much
-        # contiguous room is what fails first
-        out = self._json
-        if out is None:
-            out = self._json = io.BytesIO(self._json_cap or 1024)
-        out.seek(0)
-        out.write(b"{")
+        # Each member's JSON goes straight into the reused record buffer: no
+        # buffer of the whole text besides the record (in a 128 KB heap, room
+        # for a second record-sized block is what runs out first), and only
+        # one member's text is alive at a time.
+        pos = self._put(HEADER_LEN, b"{")
         sep = b""
         for k, v in members:
-            out.write(sep)
-            json.dump(k, out)
-            out.write(b": ")
-            json.dump(v, out)
+            pos = self._put(pos, sep)
+            pos = self._put(pos, _utf8(json.dumps(k)))
+            pos = self._put(pos, b": ")
+            pos = self._put(pos, _utf8(json.dumps(v)))
             sep = b", "
-        out.write(b"}")
-        n = out.tell()
-        if n > self._json_cap:
-            # it outgrew its buffer (a BytesIO grows in small steps): a fresh one
-            # next time, with room to spare
-            self._json_cap = (n + 511) & ~255
-            self._json = None
-        buf = self._room(n)
-        out.seek(0)
-        out.readinto(memoryview(buf)[HEADER_LEN:HEADER_LEN + n])
-        return self._write(buf, n, now)
+        n = self._put(pos, b"}") - HEADER_LEN
+        self._check_size(n)
+        return self._write(self._buf, n, now)
+
+    def _put(self, pos, data):
+        """Copy ``data`` into the record buffer at ``pos`` (growing it); returns the end."""
+        end = pos + len(data)
+        buf = self._buf
+        if buf is None or end + _CRC_LEN > len(buf):
+            self._check_size(end - HEADER_LEN)
+            # with 256..511 bytes to spare, so a state that grows a little (events,
+            # top-up ids) does not need a new contiguous block at every commit;
+            # never more than the largest record (end <= max_payload + HEADER_LEN)
+            grown = bytearray(min(max(_FIRST_BUF, (end + _CRC_LEN + 511) & ~255),
+                                  self.max_payload + RECORD_OVERHEAD))
+            if buf is not None:
+                grown[0:pos] = memoryview(buf)[0:pos]
+            buf = self._buf = grown
+        memoryview(buf)[pos:end] = data
+        return end
 
     def _check_size(self, n):
         if n > self.max_payload:
             raise JournalError("journal payload of %d bytes exceeds the %d-byte limit"
                                % (n, self.max_payload))
-
-    def _room(self, n) -> bytearray:
-        """The reused record buffer, checked and grown for an ``n``-byte payload."""
-        self._check_size(n)
-        if self._buf is None or len(self._buf) < n + RECORD_OVERHEAD:
-            # with 256..511 bytes to spare: a state that grows a little (events, top-up ids)
-            # does not need a new contiguous block at every commit; the old buffer
-            # is let go first, so the collector may reuse its room
-            self._buf = None
-            self._buf = bytearray((n + RECORD_OVERHEAD + 511) & ~255)
-        return self._buf
 
     def _write(self, buf, n, now):
         """Seal the ``n``-byte payload in record buffer ``buf`` and write it to the older slot."""

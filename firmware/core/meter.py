@@ -18,7 +18,7 @@ state change, applied downlink and power-fail notice; between commits at most
 one interval's pulses can be lost to a power cut (an ESP32 board with a
 power-fail input calls ``power_fail`` to commit at once).
 
->>> m = Meter(MeterConfig.from_dict(EXAMPLE_CONFIG), now=1795737600, opening_credit_paise=20000)
+>>> m = Meter(MeterConfig.from_dict(example_config()), now=1795737600, opening_credit_paise=20000)
 >>> m.add_pulses(3200, now=1795737660)      # 1 kWh at 3200 imp/kWh
 >>> out = m.step(now=1795737660)
 >>> m.status()["energy_wh"]
@@ -41,10 +41,6 @@ _STATE_FORMAT = const(1)
 REFUSED = const(7)  # authentic but not allowed now (e.g. remote disconnect in friendly hours)
 UNKNOWN_KIND = const(8)
 BAD_VALUE = const(9)  # authentic but its content is invalid (bad tariff, bad amount)
-RESULT_NAMES = dict(auth.REASON_NAMES)
-RESULT_NAMES[REFUSED] = "REFUSED"
-RESULT_NAMES[UNKNOWN_KIND] = "UNKNOWN_KIND"
-RESULT_NAMES[BAD_VALUE] = "BAD_VALUE"
 MAX_BACKFILL_SPAN = const(10000)  # sequence numbers one backfill command may ask for
 CLOCK_EPOCH_T = const(1767225600)  # 2026-01-01 00:00 UTC: no clock this firmware runs on is older
 MAX_CLOCK_STEP_S = const(86400)  # a ``time`` command may move the clock this far unless forced
@@ -88,17 +84,40 @@ def clock_sync_time(fields):
     return t
 
 
-EXAMPLE_CONFIG = {
-    "meter_id": "UJ-DEMO-0001",
-    "service": "electricity",
-    "pulses_per_unit": 3200,  # imp/kWh (water/gas: pulses per litres_per_pulses litres)
-    "interval_s": 900,
-    "key_hex": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-    "tariff": {"id": "DOM-LT1", "version": 1, "service": "electricity", "unit_size": 1000,
-               "slabs": [[100, 350], [300, 450], [None, 650]], "fixed_paise_per_day": 500,
-               "tod": [[64800, 79200, 20], [32400, 57600, -20]], "duty_bp": 500},
-    "credit": {},
-}
+def example_config():
+    """A complete, valid meter configuration (a new dict at every call): for the
+    demo, tests and benchmarks; also as ``EXAMPLE_CONFIG``.
+
+    >>> MeterConfig.from_dict(example_config()).meter_id
+    'UJ-DEMO-0001'
+    """
+    return {
+        "meter_id": "UJ-DEMO-0001",
+        "service": "electricity",
+        "pulses_per_unit": 3200,  # imp/kWh (water/gas: pulses per litres_per_pulses litres)
+        "interval_s": 900,
+        "key_hex": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        "tariff": {"id": "DOM-LT1", "version": 1, "service": "electricity", "unit_size": 1000,
+                   "slabs": [[100, 350], [300, 450], [None, 650]], "fixed_paise_per_day": 500,
+                   "tod": [[64800, 79200, 20], [32400, 57600, -20]], "duty_bp": 500},
+        "credit": {},
+    }
+
+
+def __getattr__(name):
+    # RESULT_NAMES ({result: name}: auth.REASON_NAMES and the three above) and
+    # EXAMPLE_CONFIG are made when asked for, a new dict each time: held from
+    # import on they would sit in every meter's heap, and a meter in the field
+    # never uses EXAMPLE_CONFIG (``from firmware.core.meter import ...`` works the same).
+    if name == "RESULT_NAMES":
+        names = auth.REASON_NAMES
+        names[REFUSED] = "REFUSED"
+        names[UNKNOWN_KIND] = "UNKNOWN_KIND"
+        names[BAD_VALUE] = "BAD_VALUE"
+        return names
+    if name == "EXAMPLE_CONFIG":
+        return example_config()
+    raise AttributeError(name)
 
 
 class MeterConfigError(ValueError):
@@ -110,15 +129,6 @@ def _need_int(d, name, default, lo, hi):
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
         raise MeterConfigError("%s: must be an integer in [%d, %d], got %r" % (name, lo, hi, v))
     return v
-
-
-def _sts_config(d):
-    """Validated STS block (``firmware.sts.meter_tokens.config``), or None when
-    offline tokens are not configured."""
-    if d is None:
-        return None
-    from firmware.sts import meter_tokens
-    return meter_tokens.config(d)
 
 
 def sts_credit_paise(quantity, paise_per_unit, unit_size=1000):
@@ -175,7 +185,11 @@ class MeterConfig:
             self.credit = credit.CreditConfig.from_dict(d.get("credit") or {})
         except credit.CreditConfigError as err:
             raise MeterConfigError("credit." + str(err))
-        self.sts = _sts_config(d.get("sts"))
+        # the validated STS block, or None when offline tokens are not configured
+        self.sts = None
+        if d.get("sts") is not None:
+            from firmware.sts import meter_tokens  # only meters that take tokens
+            self.sts = meter_tokens.config(d["sts"])
 
     @classmethod
     def from_dict(cls, d):
@@ -365,7 +379,7 @@ class Meter:
         if reason != auth.OK:
             if kind == auth.TOPUP:
                 self.log.append(now, events.TOPUP_REJECTED, reason)
-            return reason, RESULT_NAMES[reason]
+            return reason, auth.REASON_NAMES[reason]
         fields = cmd["fields"]
         if kind == auth.TOPUP:
             _, amount = auth.read_topup(cmd)

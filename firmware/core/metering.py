@@ -26,12 +26,6 @@ class MeteringError(ValueError):
     """A caller fed metering something impossible (negative pulses, time going back)."""
 
 
-def _gcd(a, b):
-    while b:
-        a, b = b, a % b
-    return a
-
-
 def _check_int(name, value, minimum):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise MeteringError("%s must be an int >= %d, got %r" % (name, minimum, value))
@@ -43,6 +37,8 @@ def __getattr__(name):
     # ``firmware.core.registers``, loaded on first use: a pulse-only meter never
     # holds them in its heap.  They stay importable from here.  (No list of their
     # names here: every name in a module is interned in RAM when it loads.)
+    if name == "PROFILE_FLAG_NAMES":  # not held in the heap from import on
+        return tuple(zip((PROFILE_POWER_OFF, PROFILE_AFTER_GAP), "POWER_OFF AFTER_GAP".split()))
     from firmware.core import registers
     if name.startswith("_") or not hasattr(registers, name):
         raise AttributeError(name)
@@ -66,7 +62,9 @@ class PulseRegister:
         _check_int("units_num", units_num, 1)
         _check_int("units_den", units_den, 1)
         _check_int("total_pulses", total_pulses, 0)
-        g = _gcd(units_num, units_den)
+        g, b = units_num, units_den  # their greatest common divisor (Euclid)
+        while b:
+            g, b = b, g % b
         self.num = units_num // g
         self.den = units_den // g
         self.total_pulses = total_pulses
@@ -108,7 +106,7 @@ class PulseRegister:
 
 PROFILE_POWER_OFF = const(1)  # no samples: this record covers a gap, energy 0
 PROFILE_AFTER_GAP = const(2)  # energy includes what accrued across the preceding gap
-PROFILE_FLAG_NAMES = ((PROFILE_POWER_OFF, "POWER_OFF"), (PROFILE_AFTER_GAP, "AFTER_GAP"))
+# PROFILE_FLAG_NAMES ((flag, name) pairs, for logs) is made when asked for (__getattr__)
 
 NO_RECORDS = ()  # shared empty result: add_sample allocates nothing when no interval closes
 

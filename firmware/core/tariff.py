@@ -112,6 +112,13 @@ def _check_tod(tod):
     return out
 
 
+def _copy_rows(rows):
+    out = []
+    for row in rows:
+        out.append(list(row))
+    return out
+
+
 class Tariff:
     """Validated, immutable-by-convention tariff data.
 
@@ -132,9 +139,6 @@ class Tariff:
         self.tod = tod
         self.duty_bp = duty_bp
         self.utc_offset_s = utc_offset_s
-        # Slab bounds in smallest units (Wh, litres); None = unbounded.
-        self.bounds = [None if u is None else u * unit_size for u, _ in slabs]
-        self.rates = [r for _, r in slabs]
 
     @classmethod
     def from_dict(cls, d):
@@ -166,9 +170,9 @@ class Tariff:
         return {
             "id": self.id, "version": self.version, "activates_at": self.activates_at,
             "service": self.service, "unit_size": self.unit_size,
-            "slabs": [list(s) for s in self.slabs],
+            "slabs": _copy_rows(self.slabs),
             "fixed_paise_per_day": self.fixed_paise_per_day,
-            "tod": [list(w) for w in self.tod], "duty_bp": self.duty_bp,
+            "tod": _copy_rows(self.tod), "duty_bp": self.duty_bp,
             "utc_offset_s": self.utc_offset_s,
         }
 
@@ -189,12 +193,13 @@ class Tariff:
         total = 0
         lo = 0
         end = mtd + qty
-        for i in range(len(self.rates)):
-            hi = self.bounds[i]
+        for upto, rate in self.slabs:
+            # the slab's bound in smallest units (Wh, litres); None = unbounded
+            hi = None if upto is None else upto * self.unit_size
             a = mtd if mtd > lo else lo
             b = end if hi is None or end < hi else hi
             if b > a:
-                total += (b - a) * self.rates[i]
+                total += (b - a) * rate
             if hi is None or end <= hi:
                 break
             lo = hi

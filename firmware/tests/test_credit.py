@@ -601,3 +601,14 @@ def test_random_walk_of_2000_inputs_keeps_invariants():
         if step % 100 == 0:
             twin = CreditAccount.from_state(cfg, acc.to_state())
             eq(twin.to_state(), acc.to_state(), "round trip at step %d" % step)
+
+
+def test_credit_config_refuses_a_key_that_is_not_a_field_name():
+    raises(cr.CreditConfigError, cr.CreditConfig.from_dict, {5000: 1})  # 5000 is a default, not a name
+    raises(cr.CreditConfigError, cr.CreditConfig.from_dict, {"low_credit": 1})
+
+
+def test_state_tables_name_every_state():
+    eq(cr.STATE_NAMES, {cr.OK: "OK", cr.LOW: "LOW", cr.EMERGENCY: "EMERGENCY",
+                        cr.DISCONNECT_PENDING: "DISCONNECT_PENDING", cr.DISCONNECTED: "DISCONNECTED"})
+    eq(cr.LOAD_STATE_NAMES, {cr.NORMAL: "NORMAL", cr.TRIPPED: "TRIPPED", cr.LOCKED_OUT: "LOCKED_OUT"})

@@ -277,3 +277,50 @@ def test_file_slots_survive_a_new_journal_and_fall_back_from_a_torn_file():
 
 def test_file_slots_rejects_a_third_slot():
     raises(ValueError, FileSlots("/tmp").path, 2)
+
+
+def test_commit_members_writes_the_json_object_of_the_pairs():
+    import json
+    store = RamSlots()
+    j = Journal(store)
+    members = [("format", 1), ("ids", ["T-1", "é"]), ("none", None), ("nested", {"a": [1, 2]})]
+    eq(j.commit_members(iter(members), T0), 1)
+    eq(json.loads(Journal(store).load()), dict(members))
+
+
+def test_commit_members_grows_its_buffer_for_a_larger_state_and_reuses_it():
+    import json
+    store = RamSlots()
+    j = Journal(store)
+    big = "x" * 3000  # larger than the first record buffer
+    j.commit_members(iter([("a", 1)]), T0)
+    j.commit_members(iter([("a", 2), ("big", big)]), T0 + 1)
+    eq(json.loads(Journal(store).load()), {"a": 2, "big": big})
+    buf = j._buf
+    j.commit_members(iter([("a", 3)]), T0 + 2)  # smaller again: the same buffer
+    assert j._buf is buf
+    eq(json.loads(Journal(store).load()), {"a": 3})
+
+
+def test_commit_members_over_the_limit_raises_and_writes_nothing():
+    store = RamSlots()
+    j = Journal(store, max_payload=64)
+    j.commit_members(iter([("a", 1)]), T0)
+    raises(JournalError, j.commit_members, iter([("a", "y" * 100)]), T0 + 1)
+    eq(store.writes, [0])
+    eq(Journal(store).load(), b'{"a": 1}')
+
+
+def test_slot_reason_names_follow_the_codes():
+    names = jr.SLOT_REASON_NAMES
+    eq((names[jr.SLOT_VALID], names[jr.SLOT_BAD_MAGIC], names[jr.SLOT_BAD_CRC]),
+       ("valid", "bad magic", "bad crc"))
+    eq(len(names), jr.SLOT_BAD_CRC + 1)
+
+
+def test_commit_members_buffer_is_never_larger_than_the_largest_record():
+    j = Journal(RamSlots(), max_payload=40)
+    j.commit_members(iter([("a", 1)]), T0)
+    eq(len(j._buf), 40 + jr.RECORD_OVERHEAD)
+    j.commit_members(iter([("a", "y" * 31)]), T0 + 1)  # 40 bytes of JSON: exactly the limit
+    eq(len(j._buf), 40 + jr.RECORD_OVERHEAD)

@@ -305,3 +305,22 @@ def test_stepping_twice_at_the_same_second_is_harmless():
     m.step(T0 + 900)
     eq(m.status()["energy_wh"], 2000)
     eq(m.status()["balance_paise"], 10000 - 1000)
+
+
+def test_example_config_is_a_fresh_dict_at_every_use():
+    from firmware.core import meter as M
+    first = M.EXAMPLE_CONFIG
+    first["tariff"]["slabs"].append([1, 2])
+    first["meter_id"] = "CHANGED"
+    eq(M.EXAMPLE_CONFIG["meter_id"], "UJ-DEMO-0001")
+    eq(len(M.EXAMPLE_CONFIG["tariff"]["slabs"]), 3)
+    eq(M.example_config(), M.EXAMPLE_CONFIG)
+
+
+def test_result_names_are_the_auth_reasons_then_the_meter_results():
+    from firmware.core import meter as M
+    names = M.RESULT_NAMES
+    for code, name in auth.REASON_NAMES.items():
+        eq(names[code], name)
+    eq((names[REFUSED], names[UNKNOWN_KIND], names[BAD_VALUE]), ("REFUSED", "UNKNOWN_KIND", "BAD_VALUE"))
+    eq(len(names), len(auth.REASON_NAMES) + 3)
