@@ -560,7 +560,7 @@ def main():
                 out["ratio_bare_client"] = best
                 out["ratio"] = round(out["readings_committed_per_s"] / bares[best], 3)
                 print("ratio=%.3f (over bare %s %d msgs/s)" % (out["ratio"], best, bares[best]))
-            if args.backlog:
+            if args.backlog and meters * per_meter < BACKLOG_FLEET * DAY_READINGS:
                 full = BACKLOG_FLEET * DAY_READINGS
                 est = full / out["readings_committed_per_s"]
                 out["extrapolation_131k"] = {

@@ -4,7 +4,8 @@ Kinds (``KINDS``): low credit, disconnected, tamper (cover open, magnet,
 reverse current, neutral missing), water leak (flow through every night
 interval for N nights), communication loss (no heartbeat for N intervals),
 reconciliation mismatch, command expired, data gap, low credit forecast
-(``headend/forecast.py``: credit expected to run out within a few days).
+(``headend/forecast.py``: credit expected to run out within a few days),
+campaign halted (a tenant alert with no meter, ``headend/campaigns.py``).
 
 Suppression, so a feeder outage pages once instead of 40 000 times:
 
@@ -42,13 +43,14 @@ RECONCILIATION = "reconciliation_mismatch"
 COMMAND_EXPIRED = "command_expired"
 DATA_GAP = "data_gap"
 LOW_CREDIT_FORECAST = "low_credit_forecast"
+CAMPAIGN_HALTED = "campaign_halted"  # a tenant alert (no meter): headend/campaigns.py
 KINDS = (LOW_CREDIT, DISCONNECTED, TAMPER, LEAK, COMM_LOSS, RECONCILIATION, COMMAND_EXPIRED,
-         DATA_GAP, LOW_CREDIT_FORECAST)
+         DATA_GAP, LOW_CREDIT_FORECAST, CAMPAIGN_HALTED)
 # who is told: the consumer (SMS/WhatsApp in their language) or the utility's operators
 CONSUMER_KINDS = (LOW_CREDIT, DISCONNECTED, LEAK)
 SEVERITY = {LOW_CREDIT: "info", DISCONNECTED: "warning", TAMPER: "critical", LEAK: "warning",
             COMM_LOSS: "warning", RECONCILIATION: "critical", COMMAND_EXPIRED: "warning",
-            DATA_GAP: "info", LOW_CREDIT_FORECAST: "info"}
+            DATA_GAP: "info", LOW_CREDIT_FORECAST: "info", CAMPAIGN_HALTED: "critical"}
 
 TAMPER_CODES = (ev.COVER_OPEN, ev.MAGNET, ev.REVERSE_CURRENT, ev.NEUTRAL_MISSING)
 

@@ -66,7 +66,7 @@ NEEDS_APPROVAL = ("firmware",)
 # target states: WAITING (its stage has not started), ACTIVE, DONE, FAILED, SKIPPED (cancelled)
 WAITING, ACTIVE, DONE, TARGET_FAILED, SKIPPED = "WAITING", "ACTIVE", "DONE", "FAILED", "SKIPPED"
 PERMISSION = {"create": "commands.tariff", "approve": "commands.approve", "read": "commands.read"}
-HALT_ALERT = "campaign_halted"
+HALT_ALERT = "campaign_halted"  # headend.alerts.CAMPAIGN_HALTED
 
 
 class StageRules:
@@ -302,7 +302,7 @@ def stage_summary(session, campaign):
 def _raise_halt_alert(session, campaign, now, detail):
     from headend import alerts  # the tenant's alert list (dashboard, /alerts)
     session.add(alerts.Alert(tenant_id=campaign.tenant_id, meter_id=None, kind=HALT_ALERT,
-                             severity="critical", detail=detail, opened_at=now,
+                             severity=alerts.SEVERITY[HALT_ALERT], detail=detail, opened_at=now,
                              last_seen_at=now, count=1, storm=False))
 
 
