@@ -109,77 +109,12 @@ class CreditConfigError(CreditError):
 
 
 # --- configuration ---------------------------------------------------------
-_INT = const(0)
-_BOOL = const(1)
-_INTS = const(2)
-_DATES = const(3)
-
-# field, kind, default, lo, hi: five values a row, in a fixed order (to_dict,
-# error messages); one flat tuple, built when asked for (it reads localtime, so
-# the compiler cannot make it a constant): validation runs at commissioning and
-# boot, and the table need not sit in the heap in between
-def _spec():
-    return (
-        "low_credit_paise", _INT, 5000, 0, None,
-        "emergency_enabled", _BOOL, True, None, None,
-        "emergency_credit_paise", _INT, 5000, 0, None,
-        "disconnect_grace_s", _INT, 0, 0, None,
-        "friendly_start_s", _INT, 18 * 3600, 0, localtime.DAY_S - 1,
-        "friendly_end_s", _INT, 8 * 3600, 0, localtime.DAY_S,
-        "friendly_weekdays", _INTS, (localtime.SUNDAY,), 0, 6,
-        "holidays", _DATES, (), None, None,
-        "grace_days", _INT, 0, 0, 3660,
-        "never_disconnect", _BOOL, False, None, None,
-        "utc_offset_s", _INT, localtime.IST_OFFSET_S, -43200, 50400,
-        "debt_recovery_pct", _INT, 25, 0, _PCT,
-        "warn_pct_of_last_topup", _INTS, (30, 10), 1, _PCT,
-        "load_limit_w", _INT, 0, 0, None,  # 0 = limiter off
-        "overload_s", _INT, 60, 0, None,
-        "reconnect_delay_s", _INT, 300, 0, None,
-        "max_trips", _INT, 3, 1, None,
-        "trip_window_s", _INT, 3600, 1, None,
-    )
-
-
-_SPEC_ROW = const(5)
+# The field table and the checks live in ``config_check`` (loaded while a config
+# is checked, then forgotten on MicroPython: they need not sit in the heap).
 
 
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _in_range(name, x, lo, hi):
-    if (lo is not None and x < lo) or (hi is not None and x > hi):
-        raise CreditConfigError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
-
-
-def _check_field(name, kind, x, lo, hi):
-    if kind == _BOOL:
-        if not isinstance(x, bool):
-            raise CreditConfigError("%s: must be true or false, got %r" % (name, x))
-        return x
-    if kind == _INT:
-        if not _is_int(x):
-            raise CreditConfigError("%s: must be an integer, got %r" % (name, x))
-        _in_range(name, x, lo, hi)
-        return x
-    if not isinstance(x, (list, tuple)):
-        raise CreditConfigError("%s: must be a list of integers, got %r" % (name, x))
-    out = []
-    for i, v in enumerate(x):
-        if not _is_int(v):
-            raise CreditConfigError("%s[%d]: must be an integer, got %r" % (name, i, v))
-        if kind == _DATES:  # a real date YYYYMMDD: it survives a trip through day numbers
-            y, md = divmod(v, 10000)
-            m, day = divmod(md, 100)
-            if not (1 <= m <= 12 and 1 <= day <= 31 and localtime.civil_from_days(
-                    localtime.days_from_civil(y, m, day)) == (y, m, day)):
-                raise CreditConfigError("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
-        _in_range("%s[%d]" % (name, i), v, lo, hi)
-        if v in out:
-            raise CreditConfigError("%s[%d]: duplicate %r" % (name, i, v))
-        out.append(v)
-    return out
 
 
 class CreditConfig:
@@ -214,24 +149,20 @@ class CreditConfig:
     @classmethod
     def from_dict(cls, d):
         """Validate ``d`` (missing fields take defaults); raise CreditConfigError naming the field."""
-        if not isinstance(d, dict):
-            raise CreditConfigError("credit config: must be a dict, got %r" % (d,))
-        spec = _spec()
-        for k in d:
-            # the field names are the only strings in the spec
-            if not isinstance(k, str) or k not in spec:
-                raise CreditConfigError("%s: unknown field" % (k,))
-        v: dict = {}
-        for i in range(0, len(spec), _SPEC_ROW):
-            name, kind, default, lo, hi = spec[i:i + _SPEC_ROW]
-            v[name] = _check_field(name, kind, d.get(name, default), lo, hi)
-        return cls(v)
+        from firmware.core import config_check
+        try:
+            return cls(config_check.credit_values(d))
+        finally:
+            config_check.forget()
 
     def to_dict(self):
+        from firmware.core import config_check
+        try:
+            names = config_check.credit_names()
+        finally:
+            config_check.forget()
         d = {}
-        spec = _spec()
-        for i in range(0, len(spec), _SPEC_ROW):
-            name = str(spec[i])
+        for name in names:
             x = getattr(self, name)
             d[name] = list(x) if isinstance(x, list) else x
         return d
@@ -606,6 +537,12 @@ class CreditAccount:
             x = getattr(self, name)
             d[name] = list(x) if isinstance(x, list) else x
         return d
+
+    def state_members(self):
+        """``to_state`` as ``(name, value)`` pairs, one at a time (the journal writes them
+        as a nested object without building the dict)."""
+        for name in _STATE_FIELDS:
+            yield name, getattr(self, name)
 
     @classmethod
     def from_state(cls, config, data):

@@ -228,6 +228,15 @@ class Journal:
         self._loaded = True
         return payload
 
+    def reserve(self, size=_FIRST_BUF):
+        """Allocate the record buffer ``commit_members`` reuses now (``size`` bytes, at
+        most the largest record), not at the first commit: called early (``Meter`` does,
+        before it builds its state), it takes its one contiguous block while the heap
+        still has room in one piece.
+        """
+        if self._buf is None:
+            self._buf = bytearray(min(size, self.max_payload + RECORD_OVERHEAD))
+
     def commit(self, payload, now):
         """Write ``payload`` (bytes-like) as the new newest record; returns its sequence number.
 
@@ -246,7 +255,8 @@ class Journal:
     def commit_members(self, members, now):
         """``commit`` a JSON object made of the ``(name, value)`` pairs of the iterable
         ``members``, written one at a time (a generator need hold only one
-        value's data at once); returns the sequence.
+        value's data at once); returns the sequence.  A value that is a generator
+        of ``(name, value)`` pairs is written as a nested object, member by member.
 
         >>> seq = j.commit_members(iter([("a", 1), ("b", [2])]), now)  # holds {"a": 1, "b": [2]}
         """
@@ -254,17 +264,25 @@ class Journal:
         # buffer of the whole text besides the record (in a 128 KB heap, room
         # for a second record-sized block is what runs out first), and only
         # one member's text is alive at a time.
-        pos = self._put(HEADER_LEN, b"{")
-        sep = b""
-        for k, v in members:
-            pos = self._put(pos, sep)
-            pos = self._put(pos, _utf8(json.dumps(k)))
-            pos = self._put(pos, b": ")
-            pos = self._put(pos, _utf8(json.dumps(v)))
-            sep = b", "
-        n = self._put(pos, b"}") - HEADER_LEN
+        n = self._put_object(HEADER_LEN, members) - HEADER_LEN
         self._check_size(n)
         return self._write(self._buf, n, now)
+
+    def _put_object(self, pos, members):
+        # A member whose value is itself a generator of pairs is written the same
+        # way, as a nested object: a large part of the state (the credit account's
+        # twenty fields) then needs no dict and no text of its own.
+        pos = self._put(pos, b"{")
+        sep = ""
+        for k, v in members:
+            # separator, name and colon in one piece: one copy, not three
+            pos = self._put(pos, _utf8("%s%s: " % (sep, json.dumps(k))))
+            if hasattr(v, "send"):  # a generator (no JSON value has ``send``)
+                pos = self._put_object(pos, v)
+            else:
+                pos = self._put(pos, _utf8(json.dumps(v)))
+            sep = ", "
+        return self._put(pos, b"}")
 
     def _put(self, pos, data):
         """Copy ``data`` into the record buffer at ``pos`` (growing it); returns the end."""

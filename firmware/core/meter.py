@@ -86,22 +86,17 @@ def clock_sync_time(fields):
 
 def example_config():
     """A complete, valid meter configuration (a new dict at every call): for the
-    demo, tests and benchmarks; also as ``EXAMPLE_CONFIG``.
+    demo, tests and benchmarks; also as ``EXAMPLE_CONFIG``.  It lives in
+    ``config_check`` (a meter in the field never needs it in its heap).
 
     >>> MeterConfig.from_dict(example_config()).meter_id
     'UJ-DEMO-0001'
     """
-    return {
-        "meter_id": "UJ-DEMO-0001",
-        "service": "electricity",
-        "pulses_per_unit": 3200,  # imp/kWh (water/gas: pulses per litres_per_pulses litres)
-        "interval_s": 900,
-        "key_hex": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-        "tariff": {"id": "DOM-LT1", "version": 1, "service": "electricity", "unit_size": 1000,
-                   "slabs": [[100, 350], [300, 450], [None, 650]], "fixed_paise_per_day": 500,
-                   "tod": [[64800, 79200, 20], [32400, 57600, -20]], "duty_bp": 500},
-        "credit": {},
-    }
+    from firmware.core import config_check
+    try:
+        return config_check.example_config()
+    finally:
+        config_check.forget()
 
 
 def __getattr__(name):
@@ -124,13 +119,6 @@ class MeterConfigError(ValueError):
     """Bad meter configuration; the message names the field."""
 
 
-def _need_int(d, name, default, lo, hi):
-    v = d.get(name, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
-        raise MeterConfigError("%s: must be an integer in [%d, %d], got %r" % (name, lo, hi, v))
-    return v
-
-
 def sts_credit_paise(quantity, paise_per_unit, unit_size=1000):
     """Money credit for a token's quantity (Wh or litres): rounded down, one rule
     shared by the meter and the head-end's ledger."""
@@ -148,48 +136,28 @@ class MeterConfig:
     events_capacity.
     """
 
+    # set by ``config_check.meter_config`` (annotations only: no heap on the meter)
+    meter_id: str
+    service: str
+    pulses_per_unit: int
+    litres_per_pulses: int
+    interval_s: int
+    md_window_s: int
+    md_step_s: int
+    utc_offset_s: int
+    events_capacity: int
+    key: bytes
+    tariff: "tariff.Tariff"
+    credit: "credit.CreditConfig"
+    sts: "dict | None"
+
     def __init__(self, d):
-        self.meter_id = d.get("meter_id")
-        if not isinstance(self.meter_id, str) or not 1 <= len(self.meter_id) <= 32:
-            raise MeterConfigError("meter_id: must be a string of 1..32 characters")
+        # the checks live in ``config_check`` (loaded for the check, then forgotten)
+        from firmware.core import config_check
         try:
-            auth.canonical("check", self.meter_id, 1, 0, [])
-        except auth.AuthError:
-            raise MeterConfigError("meter_id: printable ASCII without '|' only")
-        self.service = d.get("service", "electricity")
-        if self.service not in tariff.SERVICES:
-            raise MeterConfigError("service: one of %s" % (", ".join(tariff.SERVICES),))
-        self.pulses_per_unit = _need_int(d, "pulses_per_unit", 3200, 1, 1000000)
-        self.litres_per_pulses = _need_int(d, "litres_per_pulses", 10, 1, 1000000)
-        self.interval_s = _need_int(d, "interval_s", 900, 60, 3600)
-        if self.interval_s not in (900, 1800):
-            raise MeterConfigError("interval_s: 900 or 1800 (IS 15959 block load profile)")
-        self.md_window_s = _need_int(d, "md_window_s", 1800, 60, 3600)
-        self.md_step_s = _need_int(d, "md_step_s", 300, 60, 3600)
-        self.utc_offset_s = _need_int(d, "utc_offset_s", localtime.IST_OFFSET_S, -50400, 50400)
-        self.events_capacity = _need_int(d, "events_capacity", 64, 1, 1024)
-        key_hex = d.get("key_hex")
-        try:
-            self.key = bytes.fromhex(key_hex)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise MeterConfigError("key_hex: must be hex digits")
-        if len(self.key) < 16:
-            raise MeterConfigError("key_hex: the downlink key must be at least 16 bytes")
-        try:
-            self.tariff = tariff.Tariff.from_dict(d.get("tariff") or {})
-        except tariff.TariffError as err:
-            raise MeterConfigError("tariff." + str(err))
-        if self.tariff.service != self.service:
-            raise MeterConfigError("tariff.service: %s tariff on a %s meter" % (self.tariff.service, self.service))
-        try:
-            self.credit = credit.CreditConfig.from_dict(d.get("credit") or {})
-        except credit.CreditConfigError as err:
-            raise MeterConfigError("credit." + str(err))
-        # the validated STS block, or None when offline tokens are not configured
-        self.sts = None
-        if d.get("sts") is not None:
-            from firmware.sts import meter_tokens  # only meters that take tokens
-            self.sts = meter_tokens.config(d["sts"])
+            config_check.meter_config(self, d)
+        finally:
+            config_check.forget()
 
     @classmethod
     def from_dict(cls, d):
@@ -212,6 +180,8 @@ class Meter:
         self.config = config
         self.journal = journal
         self.commits = 0
+        if journal is not None and hasattr(journal, "reserve"):
+            journal.reserve()  # its record buffer first, while the heap is in one piece
         saved = journal.load() if journal is not None else None
         if saved:
             self._restore(json.loads(saved))
@@ -271,7 +241,9 @@ class Meter:
 
     def to_state(self):
         """Everything the meter must remember across a power cut, as JSON-able data."""
-        return dict(self._state_members())
+        d = dict(self._state_members())
+        d["credit"] = self.account.to_state()  # _state_members gives its members' generator
+        return d
 
     def _state_members(self):
         # One member at a time, so a commit holds one part's data, not all of it
@@ -283,7 +255,7 @@ class Meter:
         yield "billing", self.billing.to_state()
         yield "schedule", self.schedule.to_state()
         yield "biller", self.biller.to_state()
-        yield "credit", self.account.to_state()
+        yield "credit", self.account.state_members()  # a nested object, member by member
         yield "guard", self.guard.to_state()
         yield "events", self.log.to_state()
         yield "tokens", self.tokens.to_state() if self.tokens is not None else None

@@ -36,7 +36,6 @@ except ImportError:  # CPython
 SERVICES = ("electricity", "water", "gas")
 _PCT_DEN = const(100)
 _BP_DEN = const(10000)
-_MAX_DUTY_BP = const(10000)  # 100 %: a larger "duty" is a data-entry error
 _NO_MONTH = const(-1)
 _NO_DAY = const(-1)
 
@@ -52,64 +51,8 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _int(d, name, default=None, lo=None, hi=None):
-    x = d.get(name, default)
-    if not _is_int(x):
-        raise TariffError("%s: must be an integer, got %r" % (name, x))
-    if (lo is not None and x < lo) or (hi is not None and x > hi):
-        raise TariffError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
-    return x
-
-
-def _check_slabs(slabs):
-    if not isinstance(slabs, (list, tuple)) or not slabs:
-        raise TariffError("slabs: must be a non-empty list of [upto, rate]")
-    prev = 0
-    last = len(slabs) - 1
-    out = []
-    for i, s in enumerate(slabs):
-        if not isinstance(s, (list, tuple)) or len(s) != 2:
-            raise TariffError("slabs[%d]: must be [upto, rate]" % i)
-        upto, rate = s
-        if not _is_int(rate) or rate < 0:
-            raise TariffError("slabs[%d]: rate must be an integer >= 0, got %r" % (i, rate))
-        if i == last:
-            if upto is not None:
-                raise TariffError("slabs[%d]: the last slab must have upto null" % i)
-        elif not _is_int(upto) or upto <= prev:
-            raise TariffError("slabs[%d]: upto must be an integer > %d (ascending), got %r"
-                              % (i, prev, upto))
-        else:
-            prev = upto
-        out.append([upto, rate])
-    return out
-
-
-def _check_tod(tod):
-    if not isinstance(tod, (list, tuple)):
-        raise TariffError("tod: must be a list of [start_s, end_s, pct]")
-    out = []
-    pieces = []  # windows cut at midnight into [a, b) pieces, to find overlaps
-    for i, w in enumerate(tod):
-        if not isinstance(w, (list, tuple)) or len(w) != 3 or not (
-                _is_int(w[0]) and _is_int(w[1]) and _is_int(w[2])):
-            raise TariffError("tod[%d]: must be [start_s, end_s, pct] integers" % i)
-        start, end, pct = w
-        if not (0 <= start < localtime.DAY_S and 0 <= end <= localtime.DAY_S) or start == end:
-            raise TariffError("tod[%d]: need 0 <= start < 86400, 0 <= end <= 86400, start != end" % i)
-        if not -100 <= pct <= 100:  # below -100 % a unit would earn money
-            raise TariffError("tod[%d]: pct %d out of range [-100, 100]" % (i, pct))
-        if start < end:
-            pieces.append((start, end, i))
-        else:
-            pieces.append((start, localtime.DAY_S, i))
-            pieces.append((0, end, i))
-        out.append([start, end, pct])
-    pieces.sort()
-    for k in range(1, len(pieces)):
-        if pieces[k][0] < pieces[k - 1][1]:
-            raise TariffError("tod[%d]: overlaps tod[%d]" % (pieces[k][2], pieces[k - 1][2]))
-    return out
+# The checks live in ``config_check`` (loaded while a tariff is checked, then
+# forgotten on MicroPython: they need not sit in the heap).
 
 
 def _copy_rows(rows):
@@ -142,29 +85,12 @@ class Tariff:
 
     @classmethod
     def from_dict(cls, d):
-        if not isinstance(d, dict):
-            raise TariffError("tariff: must be a dict")
-        for k in d:
-            if k not in FIELDS:
-                raise TariffError("%s: unknown field" % k)
-        tid = d.get("id")
-        if not isinstance(tid, str) or not tid:
-            raise TariffError("id: must be a non-empty string")
-        service = d.get("service")
-        if service not in SERVICES:
-            raise TariffError("service: must be one of %s, got %r" % ("/".join(SERVICES), service))
-        return cls(
-            tid,
-            _int(d, "version", lo=1),
-            _int(d, "activates_at", 0, lo=0),
-            service,
-            _int(d, "unit_size", lo=1),
-            _check_slabs(d.get("slabs")),
-            _int(d, "fixed_paise_per_day", 0, lo=0),
-            _check_tod(d.get("tod", [])),
-            _int(d, "duty_bp", 0, lo=0, hi=_MAX_DUTY_BP),
-            _int(d, "utc_offset_s", localtime.IST_OFFSET_S, lo=-43200, hi=50400),
-        )
+        """Validate ``d``; raise TariffError naming the field."""
+        from firmware.core import config_check
+        try:
+            return cls(*config_check.tariff_fields(d))
+        finally:
+            config_check.forget()
 
     def to_dict(self):
         return {

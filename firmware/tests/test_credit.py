@@ -612,3 +612,22 @@ def test_state_tables_name_every_state():
     eq(cr.STATE_NAMES, {cr.OK: "OK", cr.LOW: "LOW", cr.EMERGENCY: "EMERGENCY",
                         cr.DISCONNECT_PENDING: "DISCONNECT_PENDING", cr.DISCONNECTED: "DISCONNECTED"})
     eq(cr.LOAD_STATE_NAMES, {cr.NORMAL: "NORMAL", cr.TRIPPED: "TRIPPED", cr.LOCKED_OUT: "LOCKED_OUT"})
+
+
+def test_state_members_are_to_state_one_pair_at_a_time():
+    acc = account(credit=7000, load_limit_w=1000, overload_s=0)
+    acc.charge(4000, FRI_1000 + M)
+    acc.topup(10000, FRI_1000 + H)
+    acc.power_sample(2500, FRI_1000 + 2 * H)
+    pairs = list(acc.state_members())
+    eq([k for k, _ in pairs], list(cr._STATE_FIELDS))
+    eq(dict(pairs), acc.to_state())
+
+
+def test_credit_config_to_dict_lists_every_field_with_its_default():
+    d = CreditConfig.from_dict({}).to_dict()
+    eq(d["low_credit_paise"], 5000)
+    eq(d["warn_pct_of_last_topup"], [30, 10])
+    eq(len(d), 18)
+    eq(CreditConfig.from_dict(d).to_dict(), d)
+    raises(CreditConfigError, CreditConfig.from_dict, {"no_such_field": 1})

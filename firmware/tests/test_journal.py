@@ -324,3 +324,31 @@ def test_commit_members_buffer_is_never_larger_than_the_largest_record():
     eq(len(j._buf), 40 + jr.RECORD_OVERHEAD)
     j.commit_members(iter([("a", "y" * 31)]), T0 + 1)  # 40 bytes of JSON: exactly the limit
     eq(len(j._buf), 40 + jr.RECORD_OVERHEAD)
+
+
+def test_commit_members_writes_a_generator_value_as_a_nested_object():
+    import json
+
+    def inner():
+        yield "credit_paise", 500
+        yield "warned", [30]
+
+    store = RamSlots()
+    j = Journal(store)
+    j.commit_members(iter([("format", 1), ("credit", inner()), ("empty", None)]), T0)
+    eq(Journal(store).load(), b'{"format": 1, "credit": {"credit_paise": 500, "warned": [30]}, "empty": null}')
+    eq(json.loads(Journal(store).load())["credit"], {"credit_paise": 500, "warned": [30]})
+
+
+def test_reserve_allocates_the_record_buffer_before_the_first_commit():
+    store = RamSlots()
+    j = Journal(store)
+    j.reserve()
+    buf = j._buf
+    eq(len(buf), 2048)
+    j.commit_members(iter([("a", 1)]), T0)
+    assert j._buf is buf  # the first commit needed no new block
+    eq(Journal(store).load(), b'{"a": 1}')
+    small = Journal(RamSlots(), max_payload=40)
+    small.reserve()
+    eq(len(small._buf), 40 + jr.RECORD_OVERHEAD)  # never more than the largest record

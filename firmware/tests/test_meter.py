@@ -324,3 +324,15 @@ def test_result_names_are_the_auth_reasons_then_the_meter_results():
         eq(names[code], name)
     eq((names[REFUSED], names[UNKNOWN_KIND], names[BAD_VALUE]), ("REFUSED", "UNKNOWN_KIND", "BAD_VALUE"))
     eq(len(names), len(auth.REASON_NAMES) + 3)
+
+
+def test_journal_record_holds_exactly_to_state():
+    slots = MemSlots()
+    m = Meter(config(), now=T0, journal=journal.Journal(slots), opening_credit_paise=50000)
+    m.add_pulses(3200, T0 + 900)
+    m.step(T0 + 900)
+    eq(m.apply_command(topup(1, 12345, now=T0 + 3600), T0 + 1000)[0], auth.OK)
+    saved = json.loads(journal.Journal(slots).load())
+    # the same data (on MicroPython a dict's key order is not insertion order)
+    eq(saved["credit"], m.account.to_state())
+    eq(saved, json.loads(json.dumps(m.to_state())))
