@@ -19,6 +19,17 @@ two-slot journal, a UPI top-up every five days.  It prints and writes to
   interned-string (qstr) pool, the validated config, the meter object, and the
   transient headroom a journal commit needs (``heap_breakdown``).
 
+The ROMFS image is read into this heap on the unix port (a board keeps it in
+flash), so its cost is taken off every heap number (``image_heap_cost_bytes``):
+a ``-X heapsize`` of T bytes is split by ``gc_init`` (MicroPython ``py/gc.c``)
+into the pool of 32-byte blocks (64-bit port: 4 words a block), an allocation
+table of 2 bits a block and a finaliser table of 1 bit a block (plus one gap
+byte): each block of the pool costs 32 + 3/8 bytes of heapsize.  The image, a
+``bytes`` object, takes its length + 1 (NUL) rounded up to blocks, plus one
+block for the object (``image_pool_bytes``, what ``gc.mem_alloc`` counts);
+``image_heap_cost_bytes`` is that pool size plus its share of the two tables,
+what it adds to the smallest ``-X heapsize``.
+
 Targets (issue 3): peak heap <= 40 % of 128 KB, < 5 ms per step on the unix port.
 
     python bench/firmware_core.py [--days 30] [--heap 128k] [--no-bisect]
@@ -39,6 +50,30 @@ from tools.build import build_image  # noqa: E402
 HEAP_LIMIT_BYTES = 128 * 1024
 TARGET_HEAP_SHARE = 0.40
 TARGET_US_PER_STEP = 5000
+# resolution of the smallest-heap bisection (bytes of -X heapsize): 1 KiB steps
+# overstated the smallest heap by up to 1 KiB; each halving costs one short run
+MIN_HEAP_STEP = 256
+# py/gc.c, 64-bit unix port: MICROPY_BYTES_PER_GC_BLOCK (4 words of 8 bytes);
+# BLOCKS_PER_ATB 4 (2 bits a block), BLOCKS_PER_FTB 8 (1 bit a block)
+GC_BLOCK_BYTES = 32
+GC_BLOCKS_PER_ATB = 4
+GC_BLOCKS_PER_FTB = 8
+
+
+def image_pool_bytes(size):
+    """GC pool bytes a ``size``-byte image read into a ``bytes`` object takes: the data
+    with its NUL rounded up to whole blocks, and one block for the object itself."""
+    data_blocks = (size + 1 + GC_BLOCK_BYTES - 1) // GC_BLOCK_BYTES
+    return (data_blocks + 1) * GC_BLOCK_BYTES
+
+
+def image_heap_cost_bytes(size):
+    """``-X heapsize`` bytes the image costs: its pool blocks plus their allocation-table
+    (2 bits a block) and finaliser-table (1 bit a block) bytes, as gc_init splits a heap."""
+    blocks = image_pool_bytes(size) // GC_BLOCK_BYTES
+    atb = (blocks + GC_BLOCKS_PER_ATB - 1) // GC_BLOCKS_PER_ATB
+    ftb = (blocks + GC_BLOCKS_PER_FTB - 1) // GC_BLOCKS_PER_FTB
+    return blocks * GC_BLOCK_BYTES + atb + ftb
 
 
 def micropython():
@@ -104,7 +139,7 @@ def run_core(image, days, heap, romfs=None):
     return res
 
 
-def min_heap(image, romfs=None, days=3, lo=8 * 1024, hi=256 * 1024, step=1024):
+def min_heap(image, romfs=None, days=3, lo=8 * 1024, hi=256 * 1024, step=MIN_HEAP_STEP):
     """Smallest heap (bytes, to ``step``) that completes ``days``, by bisection."""
     if run_core(image, days, hi, romfs) is None:
         return None
@@ -124,9 +159,9 @@ def heap_bytes(text):
 
 
 def measure(image, days, heap, romfs, bisect):
-    """Run ``days`` with ``heap`` bytes for the firmware (plus the ROMFS image, which
-    a board keeps in flash but the unix port must hold in its heap)."""
-    extra = romfs.stat().st_size + 1024 if romfs else 0
+    """Run ``days`` with ``heap`` bytes for the firmware (plus what the ROMFS image, which
+    a board keeps in flash, costs the unix port's heap)."""
+    extra = image_heap_cost_bytes(romfs.stat().st_size) if romfs else 0
     res = run_core(image, days, heap + extra, romfs)
     if res is None:
         res = {"ran_out_of_memory_at": heap}
@@ -137,7 +172,7 @@ def measure(image, days, heap, romfs, bisect):
 
 def breakdown(r, min_heap_excl_image=None):
     """Where the heap goes (bytes), from one run's phase measurements."""
-    img = r["romfs_image_bytes"]
+    img = image_pool_bytes(r["romfs_image_bytes"])  # gc.mem_alloc counts pool bytes
     out = {
         "runtime_baseline": r["heap_runtime_baseline"] - img,
         "imports": r["heap_after_import"] - r["heap_runtime_baseline"],
@@ -205,13 +240,17 @@ def main(argv=None):
         }
 
     rom = modes["romfs"]
-    rom_img = rom["romfs_image_bytes"]
-    rom["heap_peak_live_excl_image"] = rom["heap_peak_live"] - rom_img
+    # the image in the unix port's heap: pool bytes (what gc.mem_alloc counts) and
+    # -X heapsize bytes (pool plus its allocation and finaliser table bytes)
+    rom["image_pool_bytes"] = image_pool_bytes(rom["romfs_image_bytes"])
+    rom["image_heap_cost_bytes"] = image_heap_cost_bytes(rom["romfs_image_bytes"])
+    rom["heap_peak_live_excl_image"] = rom["heap_peak_live"] - rom["image_pool_bytes"]
     if rom.get("min_heapsize_bytes"):
-        rom["min_heap_excl_image"] = rom["min_heapsize_bytes"] - rom_img
+        rom["min_heap_excl_image"] = rom["min_heapsize_bytes"] - rom["image_heap_cost_bytes"]
     need = max(rom["heap_peak_live_excl_image"], rom.get("min_heap_excl_image") or 0)
     res = {
         "days": args.days, "heapsize": args.heap, "image_bytes": image_bytes,
+        "image_heap_cost_bytes": rom["image_heap_cost_bytes"],
         "modes": modes,
         "heap_breakdown": breakdown(rom, rom.get("min_heap_excl_image")),
         "peak_heap_bytes": need,

@@ -242,7 +242,10 @@ class Meter:
     def to_state(self):
         """Everything the meter must remember across a power cut, as JSON-able data."""
         d = dict(self._state_members())
-        d["credit"] = self.account.to_state()  # _state_members gives its members' generator
+        # _state_members gives these as generators of their members
+        d["schedule"] = self.schedule.to_state()
+        d["biller"] = self.biller.to_state()
+        d["credit"] = self.account.to_state()
         return d
 
     def _state_members(self):
@@ -253,9 +256,10 @@ class Meter:
         yield "profile", self.profile.to_state()
         yield "md", self.md.to_state()
         yield "billing", self.billing.to_state()
-        yield "schedule", self.schedule.to_state()
-        yield "biller", self.biller.to_state()
-        yield "credit", self.account.state_members()  # a nested object, member by member
+        # nested objects, member by member: no dict or text of a whole tariff
+        yield "schedule", self.schedule.state_members()
+        yield "biller", self.biller.state_members()
+        yield "credit", self.account.state_members()
         yield "guard", self.guard.to_state()
         yield "events", self.log.to_state()
         yield "tokens", self.tokens.to_state() if self.tokens is not None else None

@@ -102,6 +102,20 @@ class Tariff:
             "utc_offset_s": self.utc_offset_s,
         }
 
+    def state_members(self):
+        """``to_dict`` as ``(name, value)`` pairs, one at a time, the lists not copied:
+        for the journal, which writes them as a nested object without the dict."""
+        yield "id", self.id
+        yield "version", self.version
+        yield "activates_at", self.activates_at
+        yield "service", self.service
+        yield "unit_size", self.unit_size
+        yield "slabs", self.slabs
+        yield "fixed_paise_per_day", self.fixed_paise_per_day
+        yield "tod", self.tod
+        yield "duty_bp", self.duty_bp
+        yield "utc_offset_s", self.utc_offset_s
+
     def denominator(self):
         """The one denominator every exact charge of this tariff is written over."""
         return self.unit_size * _PCT_DEN * _BP_DEN
@@ -218,6 +232,16 @@ class Biller:
         return {"tariff": self.tariff.to_dict(), "month": self.month, "mtd": self.mtd_qty,
                 "day": self.fixed_day, "carry": self.acc.carry, "debited": self.acc.debited}
 
+    def state_members(self):
+        """``to_state`` as ``(name, value)`` pairs, the tariff a generator of its own
+        (``Journal.commit_members`` writes it as a nested object, member by member)."""
+        yield "tariff", self.tariff.state_members()
+        yield "month", self.month
+        yield "mtd", self.mtd_qty
+        yield "day", self.fixed_day
+        yield "carry", self.acc.carry
+        yield "debited", self.acc.debited
+
     @classmethod
     def from_state(cls, data):
         b = cls(Tariff.from_dict(data["tariff"]))
@@ -270,6 +294,11 @@ class TariffSchedule:
     def to_state(self):
         return {"active": self.active.to_dict(),
                 "passive": None if self.passive is None else self.passive.to_dict()}
+
+    def state_members(self):
+        """``to_state`` as ``(name, value)`` pairs, each tariff a generator of its members."""
+        yield "active", self.active.state_members()
+        yield "passive", None if self.passive is None else self.passive.state_members()
 
     @classmethod
     def from_state(cls, data):

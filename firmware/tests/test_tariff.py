@@ -366,3 +366,23 @@ def test_schedule_state_round_trip_keeps_the_passive():
 def test_tariff_dict_round_trip():
     t = tariff(tod=PEAK, duty_bp=500)
     eq(Tariff.from_dict(t.to_dict()).to_dict(), t.to_dict())
+
+
+def _members_dict(members):
+    # what the journal writes for a generator of (name, value) pairs: a nested object
+    d = {}
+    for k, v in members:
+        d[k] = _members_dict(v) if hasattr(v, "send") else v
+    return d
+
+
+def test_state_members_are_the_same_data_as_to_state_for_the_journal():
+    sched = TariffSchedule(tariff(tod=[[64800, 79200, 20]], duty_bp=500))
+    eq(_members_dict(sched.state_members()), {"active": sched.active.to_dict(), "passive": None})
+    sched.set_passive(tariff(version=2, activates_at=jan(5), fixed_paise_per_day=700))
+    eq(_members_dict(sched.state_members()), sched.to_state())
+    b = Biller(sched.active)
+    b.charge_usage(jan(2, 19), 1234)
+    b.charge_day(jan(2, 19))
+    eq(_members_dict(b.state_members()), b.to_state())
+    eq(_members_dict(sched.active.state_members()), sched.active.to_dict())
