@@ -46,6 +46,17 @@ MALFORMED = const(6)
 
 
 def __getattr__(name):
+    # AuthError (a ValueError): A message that cannot be put into canonical form, or a
+    # misuse of the guard.  Made on first use and kept in the module dict (a class held
+    # from import on costs ~200 bytes of heap that a meter fed sane inputs never needs,
+    # issue 3); raise sites here call ``__getattr__("AuthError")``, while
+    # ``auth.AuthError`` and ``from firmware.core.auth import AuthError`` work as for any
+    # class.
+    if name == "AuthError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
     # REASON_NAMES ({code: name}) is built when asked for (logs, acks, tests):
     # held from import on, it would sit in every meter's heap for nothing.
     if name == "REASON_NAMES":
@@ -63,10 +74,6 @@ def __getattr__(name):
 
 TOPUP = "topup"
 COMMAND_KEYS = ("kind", "meter_id", "counter", "expires_at", "id", "fields", "mac")
-
-
-class AuthError(ValueError):
-    """A message that cannot be put into canonical form, or a misuse of the guard."""
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
@@ -106,19 +113,19 @@ def _text(value, what):
     # Printable ASCII without '|': the separator cannot appear inside a part,
     # so the byte string splits back into exactly one list of parts.
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise AuthError("%s must be str or int, got %r" % (what, value))
+        raise __getattr__("AuthError")("%s must be str or int, got %r" % (what, value))
     if isinstance(value, int):
         return b"%d" % value
     raw = value.encode()
     for c in raw:
         if c < 0x20 or c > 0x7E or c == 0x7C:
-            raise AuthError("%s %r: only printable ASCII without '|'" % (what, value))
+            raise __getattr__("AuthError")("%s %r: only printable ASCII without '|'" % (what, value))
     return raw
 
 
 def _natural(value, what):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise AuthError("%s must be an int >= 0, got %r" % (what, value))
+        raise __getattr__("AuthError")("%s must be an int >= 0, got %r" % (what, value))
     return b"%d" % value
 
 
@@ -138,11 +145,11 @@ def canonical(kind: str, meter_id: str, counter: int, expires_at: int, fields) -
     b'URJA1|topup|M-0001|7|1795740000|T-42|50000'
     """
     if not isinstance(kind, str) or not kind:
-        raise AuthError("kind must be a non-empty str")
+        raise __getattr__("AuthError")("kind must be a non-empty str")
     if not isinstance(meter_id, str) or not meter_id:
-        raise AuthError("meter_id must be a non-empty str")
+        raise __getattr__("AuthError")("meter_id must be a non-empty str")
     if not isinstance(fields, (list, tuple)):
-        raise AuthError("fields must be a list")
+        raise __getattr__("AuthError")("fields must be a list")
     parts = [_text(kind, "kind"), _text(meter_id, "meter_id"),
              _natural(counter, "counter"), _natural(expires_at, "expires_at")]
     for i in range(len(fields)):
@@ -167,7 +174,7 @@ def make_command(key: bytes, kind: str, meter_id: str, counter: int, expires_at:
     'C-9'
     """
     if not fields:
-        raise AuthError("fields[0] must be the command id")
+        raise __getattr__("AuthError")("fields[0] must be the command id")
     fields = list(fields)
     return {
         "kind": kind, "meter_id": meter_id, "counter": counter,
@@ -184,7 +191,7 @@ def make_topup(key: bytes, meter_id: str, counter: int, expires_at: int,
     ['T-42', 50000]
     """
     if not _topup_fields_ok([topup_id, amount_paise]):
-        raise AuthError("top-up needs a str id and an int amount_paise > 0")
+        raise __getattr__("AuthError")("top-up needs a str id and an int amount_paise > 0")
     return make_command(key, TOPUP, meter_id, counter, expires_at, [topup_id, amount_paise])
 
 
@@ -194,7 +201,7 @@ def read_topup(cmd: dict):
     Raises AuthError if ``cmd`` is not a well-formed top-up.
     """
     if not isinstance(cmd, dict) or cmd.get("kind") != TOPUP or not _topup_fields_ok(cmd.get("fields")):
-        raise AuthError("not a top-up command")
+        raise __getattr__("AuthError")("not a top-up command")
     fields = cmd["fields"]
     return fields[0], fields[1]
 
@@ -260,9 +267,9 @@ class DownlinkGuard:
 
     def __init__(self, meter_id: str, remember: int = 16):
         if not isinstance(meter_id, str) or not meter_id:
-            raise AuthError("meter_id must be a non-empty str")
+            raise __getattr__("AuthError")("meter_id must be a non-empty str")
         if not _is_int(remember) or remember < 1:
-            raise AuthError("remember must be an int >= 1")
+            raise __getattr__("AuthError")("remember must be an int >= 1")
         self.meter_id = meter_id
         self.remember = remember
         self.last_counter = 0  # counters start at 1, so 0 means "nothing accepted yet"
@@ -297,9 +304,9 @@ class DownlinkGuard:
         counter = cmd.get("counter", 0)
         cmd_id = cmd.get("id", "")
         if not _is_int(counter) or counter <= self.last_counter:
-            raise AuthError("accept: counter %r not above %d" % (counter, self.last_counter))
+            raise __getattr__("AuthError")("accept: counter %r not above %d" % (counter, self.last_counter))
         if not isinstance(cmd_id, str) or not cmd_id or cmd_id in self._ids:
-            raise AuthError("accept: bad or repeated id %r" % (cmd_id,))
+            raise __getattr__("AuthError")("accept: bad or repeated id %r" % (cmd_id,))
         self.last_counter = counter
         self._ids[self._next] = cmd_id
         self._next = (self._next + 1) % self.remember
@@ -326,7 +333,7 @@ class DownlinkGuard:
         guard = cls(data["meter_id"], data["remember"])
         last = data["last_counter"]
         if not _is_int(last) or last < 0:
-            raise AuthError("bad last_counter %r" % (last,))
+            raise __getattr__("AuthError")("bad last_counter %r" % (last,))
         ids = data["ids"]
         # keep the newest `remember` ids if the stored list is longer
         for cmd_id in ids[max(0, len(ids) - guard.remember):]:

@@ -89,31 +89,30 @@ def _in_range(name, x, lo, hi):
 
 
 def _check_field(name, kind, x, lo, hi):
-    err = credit.CreditConfigError
     if kind == _BOOL:
         if not isinstance(x, bool):
-            raise err("%s: must be true or false, got %r" % (name, x))
+            raise credit.CreditConfigError("%s: must be true or false, got %r" % (name, x))
         return x
     if kind == _INT:
         if not _is_int(x):
-            raise err("%s: must be an integer, got %r" % (name, x))
+            raise credit.CreditConfigError("%s: must be an integer, got %r" % (name, x))
         _in_range(name, x, lo, hi)
         return x
     if not isinstance(x, (list, tuple)):
-        raise err("%s: must be a list of integers, got %r" % (name, x))
+        raise credit.CreditConfigError("%s: must be a list of integers, got %r" % (name, x))
     out = []
     for i, v in enumerate(x):
         if not _is_int(v):
-            raise err("%s[%d]: must be an integer, got %r" % (name, i, v))
+            raise credit.CreditConfigError("%s[%d]: must be an integer, got %r" % (name, i, v))
         if kind == _DATES:  # a real date YYYYMMDD: it survives a trip through day numbers
             y, md = divmod(v, 10000)
             m, day = divmod(md, 100)
             if not (1 <= m <= 12 and 1 <= day <= 31 and localtime.civil_from_days(
                     localtime.days_from_civil(y, m, day)) == (y, m, day)):
-                raise err("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
+                raise credit.CreditConfigError("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
         _in_range("%s[%d]" % (name, i), v, lo, hi)
         if v in out:
-            raise err("%s[%d]: duplicate %r" % (name, i, v))
+            raise credit.CreditConfigError("%s[%d]: duplicate %r" % (name, i, v))
         out.append(v)
     return out
 
@@ -147,23 +146,22 @@ def _int(d, name, default=None, lo=None, hi=None):
 
 
 def _check_slabs(slabs):
-    err = tariff.TariffError
     if not isinstance(slabs, (list, tuple)) or not slabs:
-        raise err("slabs: must be a non-empty list of [upto, rate]")
+        raise tariff.TariffError("slabs: must be a non-empty list of [upto, rate]")
     prev = 0
     last = len(slabs) - 1
     out = []
     for i, s in enumerate(slabs):
         if not isinstance(s, (list, tuple)) or len(s) != 2:
-            raise err("slabs[%d]: must be [upto, rate]" % i)
+            raise tariff.TariffError("slabs[%d]: must be [upto, rate]" % i)
         upto, rate = s
         if not _is_int(rate) or rate < 0:
-            raise err("slabs[%d]: rate must be an integer >= 0, got %r" % (i, rate))
+            raise tariff.TariffError("slabs[%d]: rate must be an integer >= 0, got %r" % (i, rate))
         if i == last:
             if upto is not None:
-                raise err("slabs[%d]: the last slab must have upto null" % i)
+                raise tariff.TariffError("slabs[%d]: the last slab must have upto null" % i)
         elif not _is_int(upto) or upto <= prev:
-            raise err("slabs[%d]: upto must be an integer > %d (ascending), got %r"
+            raise tariff.TariffError("slabs[%d]: upto must be an integer > %d (ascending), got %r"
                       % (i, prev, upto))
         else:
             prev = upto
@@ -172,20 +170,19 @@ def _check_slabs(slabs):
 
 
 def _check_tod(tod):
-    err = tariff.TariffError
     if not isinstance(tod, (list, tuple)):
-        raise err("tod: must be a list of [start_s, end_s, pct]")
+        raise tariff.TariffError("tod: must be a list of [start_s, end_s, pct]")
     out = []
     pieces = []  # windows cut at midnight into [a, b) pieces, to find overlaps
     for i, w in enumerate(tod):
         if not isinstance(w, (list, tuple)) or len(w) != 3 or not (
                 _is_int(w[0]) and _is_int(w[1]) and _is_int(w[2])):
-            raise err("tod[%d]: must be [start_s, end_s, pct] integers" % i)
+            raise tariff.TariffError("tod[%d]: must be [start_s, end_s, pct] integers" % i)
         start, end, pct = w
         if not (0 <= start < localtime.DAY_S and 0 <= end <= localtime.DAY_S) or start == end:
-            raise err("tod[%d]: need 0 <= start < 86400, 0 <= end <= 86400, start != end" % i)
+            raise tariff.TariffError("tod[%d]: need 0 <= start < 86400, 0 <= end <= 86400, start != end" % i)
         if not -100 <= pct <= 100:  # below -100 % a unit would earn money
-            raise err("tod[%d]: pct %d out of range [-100, 100]" % (i, pct))
+            raise tariff.TariffError("tod[%d]: pct %d out of range [-100, 100]" % (i, pct))
         if start < end:
             pieces.append((start, end, i))
         else:
@@ -195,25 +192,24 @@ def _check_tod(tod):
     pieces.sort()
     for k in range(1, len(pieces)):
         if pieces[k][0] < pieces[k - 1][1]:
-            raise err("tod[%d]: overlaps tod[%d]" % (pieces[k][2], pieces[k - 1][2]))
+            raise tariff.TariffError("tod[%d]: overlaps tod[%d]" % (pieces[k][2], pieces[k - 1][2]))
     return out
 
 
 def tariff_fields(d):
     """``d`` validated: the arguments of ``tariff.Tariff(...)`` in order; raises
     ``tariff.TariffError`` naming the field."""
-    err = tariff.TariffError
     if not isinstance(d, dict):
-        raise err("tariff: must be a dict")
+        raise tariff.TariffError("tariff: must be a dict")
     for k in d:
         if k not in tariff.FIELDS:
-            raise err("%s: unknown field" % k)
+            raise tariff.TariffError("%s: unknown field" % k)
     tid = d.get("id")
     if not isinstance(tid, str) or not tid:
-        raise err("id: must be a non-empty string")
+        raise tariff.TariffError("id: must be a non-empty string")
     service = d.get("service")
     if service not in tariff.SERVICES:
-        raise err("service: must be one of %s, got %r" % ("/".join(tariff.SERVICES), service))
+        raise tariff.TariffError("service: must be one of %s, got %r" % ("/".join(tariff.SERVICES), service))
     return (
         tid,
         _int(d, "version", lo=1),
@@ -241,22 +237,21 @@ def meter_config(cfg, d):
     """Validate the commissioning dict ``d`` into the attributes of ``meter.MeterConfig``
     ``cfg``; raises ``meter.MeterConfigError`` naming the field."""
     from firmware.core import auth, meter
-    err = meter.MeterConfigError
     cfg.meter_id = d.get("meter_id")
     if not isinstance(cfg.meter_id, str) or not 1 <= len(cfg.meter_id) <= 32:
-        raise err("meter_id: must be a string of 1..32 characters")
+        raise meter.MeterConfigError("meter_id: must be a string of 1..32 characters")
     try:
         auth.canonical("check", cfg.meter_id, 1, 0, [])
     except auth.AuthError:
-        raise err("meter_id: printable ASCII without '|' only")
+        raise meter.MeterConfigError("meter_id: printable ASCII without '|' only")
     cfg.service = d.get("service", "electricity")
     if cfg.service not in tariff.SERVICES:
-        raise err("service: one of %s" % (", ".join(tariff.SERVICES),))
+        raise meter.MeterConfigError("service: one of %s" % (", ".join(tariff.SERVICES),))
     cfg.pulses_per_unit = _need_int(d, "pulses_per_unit", 3200, 1, 1000000)
     cfg.litres_per_pulses = _need_int(d, "litres_per_pulses", 10, 1, 1000000)
     cfg.interval_s = _need_int(d, "interval_s", 900, 60, 3600)
     if cfg.interval_s not in (900, 1800):
-        raise err("interval_s: 900 or 1800 (IS 15959 block load profile)")
+        raise meter.MeterConfigError("interval_s: 900 or 1800 (IS 15959 block load profile)")
     cfg.md_window_s = _need_int(d, "md_window_s", 1800, 60, 3600)
     cfg.md_step_s = _need_int(d, "md_step_s", 300, 60, 3600)
     cfg.utc_offset_s = _need_int(d, "utc_offset_s", localtime.IST_OFFSET_S, -50400, 50400)
@@ -265,19 +260,19 @@ def meter_config(cfg, d):
     try:
         cfg.key = bytes.fromhex(key_hex)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise err("key_hex: must be hex digits")
+        raise meter.MeterConfigError("key_hex: must be hex digits")
     if len(cfg.key) < 16:
-        raise err("key_hex: the downlink key must be at least 16 bytes")
+        raise meter.MeterConfigError("key_hex: the downlink key must be at least 16 bytes")
     try:
         cfg.tariff = tariff.Tariff(*tariff_fields(d.get("tariff") or {}))
     except tariff.TariffError as e:
-        raise err("tariff." + str(e))
+        raise meter.MeterConfigError("tariff." + str(e))
     if cfg.tariff.service != cfg.service:
-        raise err("tariff.service: %s tariff on a %s meter" % (cfg.tariff.service, cfg.service))
+        raise meter.MeterConfigError("tariff.service: %s tariff on a %s meter" % (cfg.tariff.service, cfg.service))
     try:
         cfg.credit = credit.CreditConfig(credit_values(d.get("credit") or {}))
     except credit.CreditConfigError as e:
-        raise err("credit." + str(e))
+        raise meter.MeterConfigError("credit." + str(e))
     # the validated STS block, or None when offline tokens are not configured
     cfg.sts = None
     if d.get("sts") is not None:

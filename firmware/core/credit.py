@@ -82,6 +82,19 @@ _PCT = const(100)
 
 
 def __getattr__(name):
+    # The exception classes: CreditError (a ValueError), an illegal input (bad amount, bad
+    # time, bad flag) or a corrupt saved state; CreditConfigError (a CreditError), bad
+    # credit configuration, the message names the field.  Made on first use and kept in
+    # the module dict (a class held from import on costs ~200 bytes of heap that a meter
+    # fed sane inputs never needs, issue 3); raise sites here call
+    # ``__getattr__("CreditError")``, while ``credit.CreditError`` and ``from
+    # firmware.core.credit import CreditError`` work as for any class.
+    if name == "CreditError" or name == "CreditConfigError":
+        g = globals()
+        if "CreditError" not in g:
+            g["CreditError"] = err = type("CreditError", (ValueError,), {})
+            g["CreditConfigError"] = type("CreditConfigError", (err,), {})
+        return g[name]
     # STATE_NAMES, LOAD_STATE_NAMES, EVENT_NAMES ({code: name}) are built when asked
     # for (status, logs, the CLI, tests): held from import on, their dicts and
     # strings would sit in every meter's heap for nothing.
@@ -98,14 +111,6 @@ def __getattr__(name):
             EV_STATE_CHANGED: "STATE_CHANGED", EV_LOAD_TRIP: "LOAD_TRIP", EV_LOAD_LOCKOUT: "LOAD_LOCKOUT",
         }
     raise AttributeError(name)
-
-
-class CreditError(ValueError):
-    """An illegal input (bad amount, bad time, bad flag) or a corrupt saved state."""
-
-
-class CreditConfigError(CreditError):
-    """Bad credit configuration; the message names the field."""
 
 
 # --- configuration ---------------------------------------------------------
@@ -201,7 +206,7 @@ def _guard(a, g, now):
         return overload
     if g == _RECONNECT_DUE:
         return now >= a.tripped_at + a.config.reconnect_delay_s
-    raise CreditError("no guard %r" % (g,))
+    raise __getattr__("CreditError")("no guard %r" % (g,))
 
 
 # First matching row (in this order) wins.  There is deliberately no row
@@ -243,7 +248,7 @@ def _next_state(table, state, acc, now):
 
 def _check_now(now):
     if not _is_int(now) or now < 0:
-        raise CreditError("now: must be an integer >= 0 (UTC seconds), got %r" % (now,))
+        raise __getattr__("CreditError")("now: must be an integer >= 0 (UTC seconds), got %r" % (now,))
 
 
 # Persisted attributes, in a fixed order (to_state / from_state).
@@ -274,7 +279,7 @@ class CreditAccount:
         _check_now(now)
         for name, x in (("credit_paise", credit_paise), ("debt_paise", debt_paise)):
             if not _is_int(x) or x < 0:
-                raise CreditError("%s: must be an integer >= 0, got %r" % (name, x))
+                raise __getattr__("CreditError")("%s: must be an integer >= 0, got %r" % (name, x))
         if prepaid_since is None:
             prepaid_since = now
         _check_now(prepaid_since)
@@ -390,7 +395,7 @@ class CreditAccount:
     def power_sample(self, watts, now):
         """Feed the load limiter one instantaneous power reading (W)."""
         if not _is_int(watts):
-            raise CreditError("watts: must be an integer, got %r" % (watts,))
+            raise __getattr__("CreditError")("watts: must be an integer, got %r" % (watts,))
         self._begin(now)
         limit = self.config.load_limit_w
         if self.load_state == NORMAL and limit and watts > limit:
@@ -409,7 +414,7 @@ class CreditAccount:
         of credit or by the load limiter.
         """
         if not isinstance(connect, bool):
-            raise CreditError("connect: must be true or false, got %r" % (connect,))
+            raise __getattr__("CreditError")("connect: must be true or false, got %r" % (connect,))
         self._begin(now)
         done = True
         if connect:
@@ -450,7 +455,7 @@ class CreditAccount:
     # --- machinery --------------------------------------------------------
     def _check_amount(self, what, amount, lo):
         if not _is_int(amount) or amount < lo:
-            raise CreditError("%s: amount must be an integer >= %d paise, got %r" % (what, lo, amount))
+            raise __getattr__("CreditError")("%s: amount must be an integer >= %d paise, got %r" % (what, lo, amount))
 
     def _begin(self, now):
         _check_now(now)
@@ -476,14 +481,14 @@ class CreditAccount:
                 break
             self._enter(dst, now)
         else:
-            raise CreditError("credit table did not settle in %d steps" % _MAX_STEPS)
+            raise __getattr__("CreditError")("credit table did not settle in %d steps" % _MAX_STEPS)
         for _ in range(_MAX_STEPS):
             dst = _next_state(LOAD_TABLE, self.load_state, self, now)
             if dst is None:
                 break
             self._enter_load(dst, now)
         else:
-            raise CreditError("load table did not settle in %d steps" % _MAX_STEPS)
+            raise __getattr__("CreditError")("load table did not settle in %d steps" % _MAX_STEPS)
         self._warn(now)
         closed = self.relay_closed
         if closed != self._relay_was_closed:
@@ -549,10 +554,10 @@ class CreditAccount:
         """Rebuild an account that behaves exactly like the one that produced ``data``."""
         for name in _STATE_FIELDS:
             if name not in data:
-                raise CreditError("credit state: missing %s" % name)
+                raise __getattr__("CreditError")("credit state: missing %s" % name)
         if data["state"] not in (OK, LOW, EMERGENCY, DISCONNECT_PENDING, DISCONNECTED) or \
                 data["load_state"] not in (NORMAL, TRIPPED, LOCKED_OUT):
-            raise CreditError("credit state: unknown state %r/%r"
+            raise __getattr__("CreditError")("credit state: unknown state %r/%r"
                               % (data["state"], data["load_state"]))
         acc = object.__new__(cls)
         acc.config = config

@@ -61,6 +61,16 @@ READ_LINK_DLMS = const(2)
 
 
 def __getattr__(name):
+    # EventError (a ValueError): An event that does not fit the log (unknown code, out-of-
+    # range t/value).  Made on first use and kept in the module dict (a class held from
+    # import on costs ~200 bytes of heap that a meter fed sane inputs never needs, issue
+    # 3); raise sites here call ``__getattr__("EventError")``, while ``events.EventError``
+    # and ``from firmware.core.events import EventError`` work as for any class.
+    if name == "EventError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
     # NAMES ({code: name}) is built when asked for (the CLI, logs, tests): held
     # from import on, it would sit in every meter's heap for nothing.
     if name == "NAMES":
@@ -101,10 +111,6 @@ VALUE_MIN = -0x80000000
 VALUE_MAX = 0x7FFFFFFF
 
 
-class EventError(ValueError):
-    """An event that does not fit the log (unknown code, out-of-range t/value)."""
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -123,7 +129,7 @@ class EventLog:
 
     def __init__(self, capacity: int = 64):
         if not _is_int(capacity) or capacity < 1:
-            raise EventError("capacity must be an int >= 1")
+            raise __getattr__("EventError")("capacity must be an int >= 1")
         self.capacity = capacity
         self._t = array("I", bytes(4 * capacity))
         self._code = array("B", bytes(capacity))
@@ -153,11 +159,11 @@ class EventLog:
     def append(self, t: int, code: int, value: int = 0) -> int:
         """Record an event and return its seq."""
         if not _is_int(t) or t < 0 or t > T_MAX:
-            raise EventError("t must be UTC seconds in 0..2**32-1, got %r" % (t,))
+            raise __getattr__("EventError")("t must be UTC seconds in 0..2**32-1, got %r" % (t,))
         if not _is_int(code) or not POWER_FAIL <= code <= FW_ROLLED_BACK or code == EVENTS_LOST:
-            raise EventError("unknown event code %r" % (code,))
+            raise __getattr__("EventError")("unknown event code %r" % (code,))
         if not _is_int(value) or value < VALUE_MIN or value > VALUE_MAX:
-            raise EventError("value must be a signed 32-bit int, got %r" % (value,))
+            raise __getattr__("EventError")("value must be a signed 32-bit int, got %r" % (value,))
         seq = self._next
         pos = (seq - 1) % self.capacity
         if self._count == self.capacity:
@@ -223,7 +229,7 @@ class EventLog:
         event is clamped to it (the head-end cannot ack what was never sent).
         """
         if not _is_int(upto_seq):
-            raise EventError("ack needs an int seq, got %r" % (upto_seq,))
+            raise __getattr__("EventError")("ack needs an int seq, got %r" % (upto_seq,))
         if upto_seq > self._acked:
             self._acked = min(upto_seq, self._next - 1)
         return self._acked
@@ -256,9 +262,9 @@ class EventLog:
         acked = data["acked"]
         events = data["events"]
         if not _is_int(nxt) or nxt < 1 or not _is_int(acked) or not 0 <= acked < nxt:
-            raise EventError("bad event log state: next_seq %r acked %r" % (nxt, acked))
+            raise __getattr__("EventError")("bad event log state: next_seq %r acked %r" % (nxt, acked))
         if len(events) > log.capacity or len(events) > nxt - 1:
-            raise EventError("bad event log state: %d events" % len(events))
+            raise __getattr__("EventError")("bad event log state: %d events" % len(events))
         seq = nxt - len(events)
         for t, code, value in events:
             pos = (seq - 1) % log.capacity

@@ -60,6 +60,16 @@ SLOT_BAD_CRC = const(5)
 
 
 def __getattr__(name):
+    # JournalError (a ValueError): A payload the journal refuses to store (too large, not
+    # bytes).  Made on first use and kept in the module dict (a class held from import on
+    # costs ~200 bytes of heap that a meter fed sane inputs never needs, issue 3); raise
+    # sites here call ``__getattr__("JournalError")``, while ``journal.JournalError`` and
+    # ``from firmware.core.journal import JournalError`` work as for any class.
+    if name == "JournalError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
     # SLOT_REASON_NAMES (index = SLOT_* code, for logs) is made when asked for,
     # from one string: a tuple of strings held from import on would sit in
     # every meter's heap for nothing.
@@ -76,10 +86,6 @@ try:
     _utf8 = memoryview  # type: ignore[assignment]
 except TypeError:  # CPython
     pass
-
-
-class JournalError(ValueError):
-    """A payload the journal refuses to store (too large, not bytes)."""
 
 
 def seq_newer(a, b):
@@ -244,7 +250,7 @@ class Journal:
         storage raises, the journal still points at the previous record.
         """
         if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise JournalError("journal payload must be bytes, got %s" % type(payload).__name__)
+            raise __getattr__("JournalError")("journal payload must be bytes, got %s" % type(payload).__name__)
         n = len(payload)
         self._check_size(n)
         # a record of its own (commit_members keeps a buffer for frequent commits)
@@ -303,7 +309,7 @@ class Journal:
 
     def _check_size(self, n):
         if n > self.max_payload:
-            raise JournalError("journal payload of %d bytes exceeds the %d-byte limit"
+            raise __getattr__("JournalError")("journal payload of %d bytes exceeds the %d-byte limit"
                                % (n, self.max_payload))
 
     def _write(self, buf, n, now):

@@ -100,6 +100,17 @@ def example_config():
 
 
 def __getattr__(name):
+    # MeterConfigError (a ValueError): Bad meter configuration; the message names the
+    # field.  Made on first use and kept in the module dict (a class held from import on
+    # costs ~200 bytes of heap that a meter fed sane inputs never needs, issue 3); raise
+    # sites here call ``__getattr__("MeterConfigError")``, while
+    # ``meter.MeterConfigError`` and ``from firmware.core.meter import MeterConfigError``
+    # work as for any class.
+    if name == "MeterConfigError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
     # RESULT_NAMES ({result: name}: auth.REASON_NAMES and the three above) and
     # EXAMPLE_CONFIG are made when asked for, a new dict each time: held from
     # import on they would sit in every meter's heap, and a meter in the field
@@ -113,10 +124,6 @@ def __getattr__(name):
     if name == "EXAMPLE_CONFIG":
         return example_config()
     raise AttributeError(name)
-
-
-class MeterConfigError(ValueError):
-    """Bad meter configuration; the message names the field."""
 
 
 def sts_credit_paise(quantity, paise_per_unit, unit_size=1000):
@@ -162,7 +169,7 @@ class MeterConfig:
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict):
-            raise MeterConfigError("config: must be a mapping")
+            raise __getattr__("MeterConfigError")("config: must be a mapping")
         return cls(d)
 
     def pulse_register(self):

@@ -22,16 +22,23 @@ except ImportError:  # CPython
         return x
 
 
-class MeteringError(ValueError):
-    """A caller fed metering something impossible (negative pulses, time going back)."""
-
-
 def _check_int(name, value, minimum):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise MeteringError("%s must be an int >= %d, got %r" % (name, minimum, value))
+        raise __getattr__("MeteringError")("%s must be an int >= %d, got %r" % (name, minimum, value))
 
 
 def __getattr__(name):
+    # MeteringError (a ValueError): A caller fed metering something impossible (negative
+    # pulses, time going back).  Made on first use and kept in the module dict (a class
+    # held from import on costs ~200 bytes of heap that a meter fed sane inputs never
+    # needs, issue 3); raise sites here call ``__getattr__("MeteringError")``, while
+    # ``metering.MeteringError`` and ``from firmware.core.metering import MeteringError``
+    # work as for any class.
+    if name == "MeteringError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
     # Readings of counters and meters outside the pulse input (CounterDelta,
     # CumulativeRegister, REG_*, RegisterSnapshot, round_half_away) live in
     # ``firmware.core.registers``, loaded on first use: a pulse-only meter never
@@ -111,11 +118,6 @@ PROFILE_AFTER_GAP = const(2)  # energy includes what accrued across the precedin
 NO_RECORDS = ()  # shared empty result: add_sample allocates nothing when no interval closes
 
 
-def _avg(total, n):
-    # nearest integer, halves up (voltages and currents are non-negative)
-    return (2 * total + n) // (2 * n) if n else None
-
-
 class IntervalProfile:
     """Block load profile: energy and average V/I per aligned interval (IS 15959).
 
@@ -166,8 +168,14 @@ class IntervalProfile:
         self.flags = flags
 
     def _record(self, end_wh):
+        # averages to the nearest integer, halves up (voltages and currents are
+        # non-negative); written out, not a helper function: each module-level
+        # function costs ~100 bytes of heap on the meter (issue 3)
+        n_mv = self.n_mv
+        n_ma = self.n_ma
         return (self.start_t, self.interval_s, end_wh - self.base_wh,
-                _avg(self.sum_mv, self.n_mv), _avg(self.sum_ma, self.n_ma),
+                (2 * self.sum_mv + n_mv) // (2 * n_mv) if n_mv else None,
+                (2 * self.sum_ma + n_ma) // (2 * n_ma) if n_ma else None,
                 self.count, self.flags)
 
     def booking_start(self, t):
@@ -183,9 +191,9 @@ class IntervalProfile:
     def add_sample(self, t, cumulative_wh, voltage_mv=None, current_ma=None):
         """Feed one sample; return the records of intervals it closed (often ``NO_RECORDS``)."""
         if self.start_t is not None and t < self.last_t:
-            raise MeteringError("sample time went back: %d < %d" % (t, self.last_t))
+            raise __getattr__("MeteringError")("sample time went back: %d < %d" % (t, self.last_t))
         if self.start_t is not None and cumulative_wh < self.last_wh:
-            raise MeteringError("cumulative went back: %d < %d" % (cumulative_wh, self.last_wh))
+            raise __getattr__("MeteringError")("cumulative went back: %d < %d" % (cumulative_wh, self.last_wh))
         step = self.interval_s
         start = t - t % step
         out = NO_RECORDS  # type: tuple | list
@@ -250,7 +258,7 @@ class MaxDemand:
         _check_int("step_s", step_s, 1)
         _check_int("window_s", window_s, step_s)
         if window_s % step_s:
-            raise MeteringError("window_s %d is not a multiple of step_s %d" % (window_s, step_s))
+            raise __getattr__("MeteringError")("window_s %d is not a multiple of step_s %d" % (window_s, step_s))
         self.window_s = window_s
         self.step_s = step_s
         self.ring = [0] * (window_s // step_s)  # preallocated; updated in place
@@ -269,7 +277,7 @@ class MaxDemand:
             self.slot = slot
             return
         if slot < cur:
-            raise MeteringError("demand time went back")
+            raise __getattr__("MeteringError")("demand time went back")
         if slot == cur:
             return
         ring = self.ring
@@ -321,7 +329,7 @@ class MaxDemand:
     def from_state(cls, data):
         md = cls(data["window_s"], data["step_s"])
         if len(data["ring"]) != len(md.ring):
-            raise MeteringError("demand ring has %d slots, want %d" % (len(data["ring"]), len(md.ring)))
+            raise __getattr__("MeteringError")("demand ring has %d slots, want %d" % (len(data["ring"]), len(md.ring)))
         md.ring = list(data["ring"])
         md.window_wh = sum(md.ring)
         md.slot = data["slot"]
@@ -380,7 +388,7 @@ class BillingSnapshots:
         out = []
         if self.last_t is not None:
             if t < self.last_t:
-                raise MeteringError("billing time went back: %d < %d" % (t, self.last_t))
+                raise __getattr__("MeteringError")("billing time went back: %d < %d" % (t, self.last_t))
             out = self._snapshots(t, cumulative_wh, balance_paise, md_w)
         self.last_t = t
         self.wh = cumulative_wh

@@ -11,7 +11,7 @@ its heap; ``metering.CounterDelta`` etc. still work.
 >>> c.update(65535), c.update(3)
 (0, 4)
 """
-from firmware.core.metering import MeteringError
+from firmware.core import metering
 
 try:
     from micropython import const
@@ -22,7 +22,7 @@ except ImportError:  # CPython
 
 def _check_int(name, value, minimum):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise MeteringError("%s must be an int >= %d, got %r" % (name, minimum, value))
+        raise metering.MeteringError("%s must be an int >= %d, got %r" % (name, minimum, value))
 
 
 class CounterDelta:
@@ -47,7 +47,7 @@ class CounterDelta:
     def update(self, raw):
         """Return pulses since the previous reading (0 on the first reading)."""
         if not isinstance(raw, int):
-            raise MeteringError("counter reading must be an int, got %r" % (raw,))
+            raise metering.MeteringError("counter reading must be an int, got %r" % (raw,))
         raw &= self._mask
         last = self.last
         self.last = raw

@@ -43,12 +43,19 @@ FIELDS = ("id", "version", "activates_at", "service", "unit_size", "slabs",
           "fixed_paise_per_day", "tod", "duty_bp", "utc_offset_s")
 
 
-class TariffError(ValueError):
-    """Bad tariff data or an illegal schedule change; the message names the field."""
-
-
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
+def __getattr__(name):
+    # TariffError (a ValueError): Bad tariff data or an illegal schedule change; the
+    # message names the field.  Made on first use and kept in the module dict (a class
+    # held from import on costs ~200 bytes of heap that a meter fed sane inputs never
+    # needs, issue 3); raise sites here call ``__getattr__("TariffError")``, while
+    # ``tariff.TariffError`` and ``from firmware.core.tariff import TariffError`` work as
+    # for any class.
+    if name == "TariffError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
+    raise AttributeError(name)
 
 
 # The checks live in ``config_check`` (loaded while a tariff is checked, then
@@ -162,7 +169,7 @@ class ExactCharge:
     def add(self, numerator):
         """Add numerator/den exact paise; return floor(exact total) - debited so far."""
         if numerator < 0:
-            raise TariffError("charge: negative amount %d" % numerator)
+            raise __getattr__("TariffError")("charge: negative amount %d" % numerator)
         n = self.carry + numerator
         paise = n // self.den
         self.carry = n - paise * self.den
@@ -189,16 +196,16 @@ class Biller:
     def use_tariff(self, tariff):
         """Switch tariff keeping month-to-date quantity and the rounding carry."""
         if tariff.service != self.tariff.service:
-            raise TariffError("service: %s cannot replace %s" % (tariff.service, self.tariff.service))
+            raise __getattr__("TariffError")("service: %s cannot replace %s" % (tariff.service, self.tariff.service))
         if tariff.unit_size != self.tariff.unit_size:
             # the carry is over unit_size * 10**6; keeping it exact needs the same denominator
-            raise TariffError("unit_size: %d cannot replace %d" % (tariff.unit_size, self.tariff.unit_size))
+            raise __getattr__("TariffError")("unit_size: %d cannot replace %d" % (tariff.unit_size, self.tariff.unit_size))
         self.tariff = tariff
 
     def charge_usage(self, t, qty):
         """Paise to debit for ``qty`` smallest units used in the interval starting at UTC ``t``."""
-        if not _is_int(qty) or qty < 0:
-            raise TariffError("qty: must be an integer >= 0, got %r" % (qty,))
+        if not isinstance(qty, int) or isinstance(qty, bool) or qty < 0:  # no helper: one use
+            raise __getattr__("TariffError")("qty: must be an integer >= 0, got %r" % (qty,))
         tf = self.tariff
         month = localtime.month_index(t, tf.utc_offset_s)
         if month != self.month:
@@ -276,10 +283,10 @@ class TariffSchedule:
     def set_passive(self, tariff):
         """Stage ``tariff``; its version must be above the active one's."""
         if tariff.version <= self.active.version:
-            raise TariffError("version: %d must be > active version %d"
+            raise __getattr__("TariffError")("version: %d must be > active version %d"
                               % (tariff.version, self.active.version))
         if tariff.service != self.active.service or tariff.unit_size != self.active.unit_size:
-            raise TariffError("service/unit_size: passive must match the active tariff")
+            raise __getattr__("TariffError")("service/unit_size: passive must match the active tariff")
         self.passive = tariff
 
     def apply_due(self, now):

@@ -438,6 +438,17 @@ def test_zero_or_fractional_topup_is_rejected():
     eq(acc.total_topups, 0)
 
 
+def test_error_classes_are_one_class_each_however_they_are_named():
+    # made on first use (issue 3), yet the raised error is the class the caller imported
+    eq(cr.CreditError is CreditError and cr.CreditConfigError is CreditConfigError, True)
+    eq((CreditError.__name__, CreditConfigError.__name__), ("CreditError", "CreditConfigError"))
+    eq(issubclass(CreditConfigError, CreditError) and issubclass(CreditError, ValueError), True)
+    eq(issubclass(CreditError, CreditConfigError), False)
+    err = raises(cr.CreditError, CreditConfig.from_dict, {"max_trips": 0})
+    eq(type(err) is CreditConfigError, True, "a config error is caught as a CreditError")
+    eq(type(raises(ValueError, account(credit=1000).charge, -1, FRI_1000)) is CreditError, True)
+
+
 def test_non_integer_time_or_connect_flag_is_rejected():
     acc = account(credit=1000)
     raises(CreditError, acc.tick, 1795753800.5)

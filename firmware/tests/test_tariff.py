@@ -29,6 +29,14 @@ def tariff(**kw):
     return Tariff.from_dict(d)
 
 
+def test_tariff_error_is_its_own_class_made_once():
+    # made on first use (issue 3): every way of naming it gives the class that is raised
+    from firmware.core import credit, tariff as tariff_mod
+    eq(tariff_mod.TariffError is TariffError and TariffError.__name__ == "TariffError", True)
+    eq(issubclass(TariffError, ValueError) and TariffError is not credit.CreditError, True)
+    eq(type(raises(ValueError, ExactCharge(10).add, -1)) is TariffError, True)
+
+
 def test_helper_times_match_date_command():
     eq(jan(31, 23, 45), JAN31_2345_IST)
     eq(jan(32), FEB1_IST)
