@@ -62,7 +62,7 @@ ENTRY_SOURCE = '''# Urja meter entry, written by `urja-flash deploy`.
 # file deployed with it is /board.json.
 from firmware.app.main import main
 
-main("%s")
+main(board="%s")
 ''' % BOARD_ON_DEVICE
 
 

@@ -38,23 +38,36 @@ import random
 import sys
 import time
 
-from firmware.app import cli as cli_mod
-from firmware.app.config import ConfigError, ConfigStore
 from firmware.app.health import AcceleratedClock, Liveness
 from firmware.app.mqtt_client import AckTimeout, MqttConnection
-from firmware.app.readers import DlmsReader, SdmReader
 from firmware.app.uplink import Uplink, records_end_cum, split
 from firmware.core import auth, backoff, events, metering
 from firmware.core.journal import Journal
-from firmware.core.meter import RESULT_NAMES, Meter, backfill_range, clock_sync_time
+from firmware.core import meter as meter_mod
+from firmware.core.meter import Meter, backfill_range, clock_sync_time
 from firmware.core.outbox import Outbox
 from firmware.protocol import messages
 from firmware.protocol.mqtt import MqttError, Session
+
+# Loaded on demand, to keep them off the heap of meters that do not use them: the
+# readers (and their Modbus or DLMS stack) for the link this meter has, the CLI at
+# its first received byte, ``downlinks`` for the rare config/OTA command, and the
+# commissioning settings (``config``) at boot, then again only for the CLI or a
+# ``config`` downlink: the tasks run on a snapshot of the few settings they read.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # mypy only
+    from firmware.app.cli import Cli
+    from firmware.app.config import ConfigStore
+    from firmware.app.readers import DlmsReader, SdmReader
+# The settings the running tasks read (``App.setting``); snapshot taken at boot.
+RUNTIME_SETTINGS = ("broker_host", "broker_port", "step_s", "heartbeat_s", "energy_source",
+                    "modbus_period_s", "dlms_period_s")
 
 FW_VERSION = "0.4.0"
 METER_JOURNAL_BYTES = 8192
 POLL_MS = 20
 CLI_POLL_MS = 20
+CLI_IDLE_UNLOAD_MS = 300000  # wall ms without a CLI byte (and no half line): unload the CLI
 OUTBOX_MAX_MESSAGES = 1024
 PUBLISH_TIMEOUT_S = 10
 OUTBOX_ACK_EVERY = 8  # release the outbox in batches: one cursor write per 8 PUBACKs
@@ -129,8 +142,28 @@ class RegisterFeed:
         return total // 1000, self.register.status
 
 
-class App(cli_mod.CliContext):
+def _drop(name):
+    """Forget a module imported for one rare job (``sys.modules`` and its package's
+    attribute), so the GC can take it back; the next use imports it again.
+
+    MicroPython only: it is the meter's heap that needs it, and CPython processes
+    (head-end, simulator, tests) share these modules and their classes widely.
+    """
+    if sys.implementation.name != "micropython":
+        return
+    sys.modules.pop(name, None)
+    cut = name.rfind(".")
+    parent = sys.modules.get(name[:cut])
+    if parent is not None and hasattr(parent, name[cut + 1:]):
+        delattr(parent, name[cut + 1:])
+
+
+class App:
     """One meter's application on a board; ``run()`` starts the tasks.
+
+    It is the CLI's ``firmware.app.cli.CliContext`` (``now``, ``commissioning``,
+    ``info``, ``live``, ``selftest``, ``meter_changed``, ``meter``, ``config``)
+    without inheriting from it, so the CLI module loads only when a byte arrives.
 
     >>> app = App(board, board_parts(board), time_factor=300)
     >>> asyncio.run(app.run())
@@ -149,7 +182,8 @@ class App(cli_mod.CliContext):
             board.clock.set(start_t)
         self.clock = AcceleratedClock(board.clock.now, self.ms, time_factor)
         self.boot_ms = self.ms()
-        self.config = ConfigStore(parts.config_slots)
+        self._config: ConfigStore = None  # type: ignore[assignment]  # see ``config``
+        self._settings = {}  # RUNTIME_SETTINGS while the store is not loaded
         self.liveness = Liveness()
         self.live_values = {}  # latest external readings, our units
         self.live_t = {}  # source -> meter time of its last good read
@@ -170,7 +204,7 @@ class App(cli_mod.CliContext):
         self._last_status = None
         self._floor_t = 0
         self.hang = {}  # task -> wall ms after boot when it stops beating (fault injection)
-        self.cli = cli_mod.Cli(self)
+        self.cli: Cli = None  # type: ignore[assignment]  # loaded at the CLI's first byte
         self.sdm: SdmReader = None  # type: ignore[assignment]  # set by start_meter
         self.dlms: DlmsReader = None  # type: ignore[assignment]  # set by start_meter
         self.pulse_delta: metering.CounterDelta = None  # type: ignore[assignment]  # set by start_meter
@@ -183,6 +217,36 @@ class App(cli_mod.CliContext):
         self.cycle_us_total = 0
         self.cycle_us_max = 0
 
+    # -- settings -------------------------------------------------------------------
+    @property
+    def config(self):
+        """The commissioning settings (``firmware.app.config.ConfigStore``), read from their
+        slots when first asked for: at boot, then by the CLI or a ``config`` downlink."""
+        if self._config is None:
+            from firmware.app.config import ConfigStore
+            self._config = ConfigStore(self.parts.config_slots)
+        return self._config
+
+    def setting(self, name):
+        """A setting the tasks read: from the store while it is loaded (a CLI ``set``
+        shows at once, as before), else from the snapshot ``release_config`` took."""
+        if self._config is None and name in self._settings:
+            return self._settings[name]
+        return self.config.get(name)
+
+    def release_config(self):
+        """Keep the settings the tasks read, and let the store and its module go (heap).
+
+        Not once the CLI is loaded: it holds the module, and a second copy of it would
+        have a second ``ConfigError`` class.
+        """
+        if self._config is None or self.cli is not None:
+            return
+        for name in RUNTIME_SETTINGS:
+            self._settings[name] = self._config.get(name)
+        self._config = None
+        _drop("firmware.app.config")
+
     # -- construction -------------------------------------------------------------
     def commission_from(self, settings):
         """Apply factory settings (a dict) when nothing is stored yet; True if applied."""
@@ -193,6 +257,8 @@ class App(cli_mod.CliContext):
 
     def start_meter(self):
         """Build the meter from the stored configuration (journal restores its state)."""
+        from firmware.app.config import ConfigError
+
         try:
             mc = self.config.meter_config()
         except ConfigError as e:
@@ -213,20 +279,24 @@ class App(cli_mod.CliContext):
             self.pulse_delta = metering.CounterDelta(self.board.pulse_counter.bits)
             self.pulse_delta.update(self.board.pulse_counter.value())
         self._last_pulse_units = self.meter.energy_units
-        source = self.config.get("energy_source")
+        source = self.setting("energy_source")
         if source in ("sdm", "dlms"):
             self.energy_feed = RegisterFeed(self.config.get("pulse_constant"))
         if self.board.rs485 is not None:
+            from firmware.app.readers import SdmReader  # Modbus stack: only with an RS485 link
             self.sdm = SdmReader(self.board.rs485, self.config.get("modbus_slave"), self.ms)
         if self.parts.dlms is not None:
+            from firmware.app.readers import DlmsReader  # DLMS stack: only with a DLMS link
             self.dlms = DlmsReader(self.parts.dlms, self.ms, self.config.get("dlms_physical"))
         self.sync_relay()
         if self.ota is not None:
             from firmware.app import downlinks
             downlinks.ota_after_boot(self, now)
+            _drop("firmware.app.downlinks")
         self._report(now, status=True)
         print("urja: meter %s up, journal seq %d, outbox depth %d next seq %d" % (
             mc.meter_id, self.journal.sequence, self.outbox.depth, self.outbox.next_seq))
+        self.release_config()
         return True
 
     # -- CliContext -----------------------------------------------------------------
@@ -346,7 +416,7 @@ class App(cli_mod.CliContext):
 
     async def metering_task(self):
         m = self.meter
-        step_s = self.config.get("step_s")
+        step_s = self.setting("step_s")
         while True:
             if not self.beat("metering"):
                 await self._hung("metering")
@@ -377,7 +447,7 @@ class App(cli_mod.CliContext):
 
     def _fresh(self, source, now):
         t = self.live_t.get(source)
-        return t is not None and now - t <= 3 * self.config.get("step_s") + 60
+        return t is not None and now - t <= 3 * self.setting("step_s") + 60
 
     def _volts_amps(self, now):
         v = self.live_values
@@ -407,7 +477,7 @@ class App(cli_mod.CliContext):
             self.sync_relay()
 
     def _feed_energy(self, source, reading_wh, now):
-        if self.energy_feed is None or self.config.get("energy_source") != source:
+        if self.energy_feed is None or self.setting("energy_source") != source:
             return
         pulses, status = self.energy_feed.update(reading_wh)
         if pulses:
@@ -461,10 +531,10 @@ class App(cli_mod.CliContext):
         self._report(now)
 
     def _period_wall(self, key):
-        return max(0.2, self.clock.wall_s(self.config.get(key)))
+        return max(0.2, self.clock.wall_s(self.setting(key)))
 
     async def heartbeat_task(self):
-        period = self.config.get("heartbeat_s")
+        period = self.setting("heartbeat_s")
         while True:
             if not self.beat("heartbeat"):
                 await self._hung("heartbeat")
@@ -530,9 +600,9 @@ class App(cli_mod.CliContext):
         if result == auth.OK and cmd.get("kind") == "time":
             self.set_clock(clock_sync_time(cmd["fields"]))
             now = self.now()  # the ack and the status after it carry the new time
-        self.uplink.ack(now, cid, counter, result, RESULT_NAMES.get(result, str(result)), detail[:60],
-                        n, lo)
-        print("urja: command %s -> %s %s" % (cid, RESULT_NAMES.get(result, result), detail))
+        names = meter_mod.RESULT_NAMES  # built when asked for: not held on the heap between commands
+        self.uplink.ack(now, cid, counter, result, names.get(result, str(result)), detail[:60], n, lo)
+        print("urja: command %s -> %s %s" % (cid, names.get(result, result), detail))
         self.sync_relay()
         self._report(now, status=result == auth.OK)
         return result
@@ -545,7 +615,11 @@ class App(cli_mod.CliContext):
         if kind != "config" and kind != "ota" and kind != "ota_chunk":
             return None
         from firmware.app import downlinks
-        return downlinks.apply(self, kind, fields, now)
+        try:
+            return downlinks.apply(self, kind, fields, now)
+        finally:
+            _drop("firmware.app.downlinks")
+            self.release_config()
 
     async def _restart_when_sent(self):
         """Restart into the new image once the ack is out (or after ``RESTART_DRAIN_MS``)."""
@@ -622,8 +696,8 @@ class App(cli_mod.CliContext):
         sup = backoff.Supervisor(
             backoff.Backoff(base_ms=500, cap_ms=30000, randrange=random.randrange),
             self.ms(), connect_timeout_ms=15000, stable_ms=30000)
-        host = self.config.get("broker_host")
-        port = self.config.get("broker_port")
+        host = self.setting("broker_host")
+        port = self.setting("broker_port")
         while True:
             if not self.beat("mqtt"):
                 await self._hung("mqtt")
@@ -665,6 +739,7 @@ class App(cli_mod.CliContext):
         if self.ota_trial:
             from firmware.app import downlinks
             downlinks.ota_confirm(self)
+            _drop("firmware.app.downlinks")
         unreleased = 0
         while conn.is_connected:
             self.beat("mqtt")
@@ -701,18 +776,37 @@ class App(cli_mod.CliContext):
     # -- CLI and watchdog ---------------------------------------------------------------------
     async def cli_task(self):
         uart = self.parts.cli
-        reader = cli_mod.LineReader()
+        reader = None
+        last_ms = 0
         while True:
             if not self.beat("cli"):
                 await self._hung("cli")
             data = uart.read(64)
             if data:
+                last_ms = self.ms()
+                if reader is None:  # the first byte: most meters never see one (heap)
+                    reader = self._load_cli()
                 for line in reader.feed(data):
                     reply = self.cli.handle(line)
                     if reply is not None:
                         uart.write(reply.encode() + b"\r\n")
             else:
+                if reader is not None and not reader.buf and not reader.overlong \
+                        and self.ms() - last_ms >= CLI_IDLE_UNLOAD_MS:
+                    reader = None  # the technician has gone: give the heap back
+                    self._unload_cli()
                 await _sleep_ms(CLI_POLL_MS)
+
+    def _load_cli(self):
+        """Import the CLI (and the settings store it works on); returns its LineReader."""
+        from firmware.app import cli
+        self.cli = cli.Cli(self)
+        return cli.LineReader()
+
+    def _unload_cli(self):
+        self.cli = None  # type: ignore[assignment]
+        _drop("firmware.app.cli")
+        self.release_config()
 
     async def watchdog_task(self, wdt):
         warned = False
@@ -733,7 +827,7 @@ class App(cli_mod.CliContext):
         if self.parts.cli is not None:
             out.append(("cli", self.cli_task, 2000))
         if self.meter is not None:
-            step_wall_ms = int(self.clock.wall_s(self.config.get("step_s")) * 1000)
+            step_wall_ms = int(self.clock.wall_s(self.setting("step_s")) * 1000)
             out.append(("metering", self.metering_task, step_wall_ms + 5000))
             out.append(("mqtt", self.mqtt_task, 20000))
             out.append(("downlink", self.downlink_task, 5000))
@@ -768,11 +862,14 @@ class App(cli_mod.CliContext):
             await asyncio.sleep(3600)
 
 
-def build_app(version=FW_VERSION, ota_dir=None):
+def build_app(version=FW_VERSION, ota_dir=None, board=None):
     """The App for this board and environment (see the module docstring), meter started.
 
     ``ota_dir``: the A/B state folder the boot selector ran this image from
-    (``boards/unix/ota_dirs.py``); without it the meter refuses ``ota`` commands.
+    (``boards/unix/ota_dirs.py``); without it a unix meter refuses ``ota`` commands.
+    ``board``: the board file (name or path); default ``URJA_BOARD`` or ``unix``.  An
+    ESP32 (``tools/flash.py`` entry: ``main(board="/board.json")``) always takes its
+    A/B slots from its OTA partitions.
     """
     from boards.hal import load_board
     from firmware.app.platform import board_parts
@@ -785,13 +882,14 @@ def build_app(version=FW_VERSION, ota_dir=None):
     wd = _env("URJA_WATCHDOG_MS")
     if wd:
         overrides["watchdog_timeout_ms"] = int(wd)
-    board = load_board(_env("URJA_BOARD") or "unix", overrides)
+    hw = load_board(board or _env("URJA_BOARD") or "unix", overrides)
+    _drop("boards.schema")  # the board file is validated; not needed again until the next boot
     start_t = _env("URJA_START_T")
     slots = None
-    if ota_dir:
+    if ota_dir or hw.config.get("platform") == "esp32":
         from firmware.app.platform import board_ota
-        slots = board_ota(board, ota_dir)
-    app = App(board, board_parts(board), int(_env("URJA_TIME_FACTOR") or "1"),
+        slots = board_ota(hw, ota_dir)
+    app = App(hw, board_parts(hw), int(_env("URJA_TIME_FACTOR") or "1"),
               int(start_t) if start_t else None, version=version, ota_slots=slots)
     factory = _env("URJA_CONFIG")
     if factory:
@@ -805,10 +903,11 @@ def build_app(version=FW_VERSION, ota_dir=None):
     return app
 
 
-def main(version=FW_VERSION, ota_dir=None):
+def main(version=FW_VERSION, ota_dir=None, board=None):
     """Run the meter; an image's entry (``boards/unix/ota_dirs.py`` ``ENTRY``) passes its
-    version and the A/B state folder it was booted from."""
-    asyncio.run(build_app(version, ota_dir).run())
+    version and the A/B state folder it was booted from, a deployed ESP32's
+    (``tools/flash.py`` ``ENTRY_SOURCE``) its board file."""
+    asyncio.run(build_app(version, ota_dir, board).run())
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ counters the heartbeat and the CLI show.
 
 >>> sdm = SdmReader(board.rs485, slave=1, ms=clock_ms)
 >>> values = await sdm.read()      # {'voltage_dv': 2300, 'import_wh': 12345, ...} or None
+
+A meter reads one kind of external meter, so each reader imports its own
+protocol stack when it is built (Modbus + SDM maps, or HDLC + DLMS): the
+other one never reaches the heap.
 """
 import asyncio
-
-from firmware.protocol import dlms_client, dlms_objects, modbus, sdm
 
 try:
     from micropython import const
@@ -41,6 +43,8 @@ async def transact(uart, request, ms, retries=2, bits=10):
 
     ``bits`` 10 is 8N1 (the SDM120 default), 11 for 8E1/8N2.
     """
+    from firmware.protocol import modbus
+
     tx = modbus.Transaction(request, uart.baud, retries, bits)
     _drain(uart)
     uart.write(tx.start(ms()))
@@ -64,17 +68,21 @@ class SdmReader:
     None when a block failed (``error`` says why).
     """
 
-    def __init__(self, uart, slave, ms, register_map=sdm.SDM120, retries=2):
+    def __init__(self, uart, slave, ms, register_map=None, retries=2):
+        from firmware.protocol import modbus, sdm  # noqa: F401  # loaded here, used in read()
+
         self.uart = uart
         self.slave = slave
         self.ms = ms
         self.retries = retries
-        self.plan = sdm.plan_reads(register_map, sdm.SDM_MAX_READ_REGISTERS)
+        self.plan = sdm.plan_reads(register_map or sdm.SDM120, sdm.SDM_MAX_READ_REGISTERS)
         self.reads = 0
         self.failures = 0
         self.error = ""
 
     async def read(self):
+        from firmware.protocol import modbus, sdm
+
         values = {}
         for address, count, entries in self.plan:
             tx = await transact(self.uart, modbus.read_input_registers(self.slave, address, count),
@@ -106,6 +114,8 @@ class DlmsReader:
     QUANTITIES = ("energy_import_wh", "voltage_mv", "current_ma", "active_power_w")
 
     def __init__(self, uart, ms, server_physical=17, password=None, timeout_ms=1500):
+        from firmware.protocol import dlms_client, dlms_objects  # noqa: F401  # used in read()
+
         self.uart = uart
         self.ms = ms
         self.server_physical = server_physical
@@ -131,6 +141,8 @@ class DlmsReader:
         raise DlmsTimeout("no answer from the DLMS meter within %d ms" % self.timeout_ms)
 
     async def read(self):
+        from firmware.protocol import dlms_client, dlms_objects
+
         client = dlms_client.DlmsClient(server_physical=self.server_physical, password=self.password)
         _drain(self.uart)
         try:

@@ -5,7 +5,8 @@ imports it on demand): the code and its names would otherwise sit in every
 meter's heap.  ``Meter.apply_sts_token(digits, now)`` calls ``apply``.
 """
 from firmware.core import events
-from firmware.core.meter import MeterConfigError, _need_int, sts_credit_paise
+from firmware.core.config_check import _need_int
+from firmware.core.meter import MeterConfigError, sts_credit_paise
 from firmware.sts import acceptor, tid
 
 

@@ -1,9 +1,12 @@
 """The app shell's pure parts: uplink records in the outbox, liveness, accelerated clock,
-external register -> impulses, and the configuration store."""
+external register -> impulses, the configuration store, and the settings the running
+app reads (a snapshot at boot, the store reloaded on demand)."""
+import asyncio
+
 from firmware.app.config import ConfigError, ConfigStore
 from firmware.app.downlinks import OTA_MAX_CHUNK, ota_manifest, version_code
 from firmware.app.health import AcceleratedClock, Liveness
-from firmware.app.main import RegisterFeed
+from firmware.app.main import CLI_IDLE_UNLOAD_MS, App, RegisterFeed
 from firmware.app.uplink import MAX_RECORDS_PER_READING, Uplink, reading_record, records_end_cum, split
 from firmware.core import events
 from firmware.core.events import EventLog
@@ -174,3 +177,102 @@ def test_ota_manifest_cuts_the_image_into_equal_chunks_of_at_most_the_limit():
                    ["OTA-1", 110, 10, digest, 1], ["OTA-1", "1.1.0", 10, None, 1],
                    ["OTA-1", "1.1.0", 10, digest], None):
         eq(ota_manifest(fields), None, repr(fields))
+
+
+class _Clock:
+    def __init__(self):
+        self.t = T0
+
+    def now(self):
+        return self.t
+
+    def set(self, t):
+        self.t = t
+
+
+class _Board:
+    """What ``App.__init__`` and the CLI's ``info`` touch."""
+
+    name = "test-board"
+    commissioning = None
+
+    def __init__(self):
+        self.clock = _Clock()
+
+
+class _Uart:
+    def __init__(self):
+        self.rx = b""
+        self.tx = b""
+
+    def read(self, n):
+        data, self.rx = self.rx[:n], self.rx[n:]
+        return data
+
+    def write(self, data):
+        self.tx += data
+        return len(data)
+
+
+class _Parts:
+    def __init__(self):
+        self.config_slots = RamSlots()
+        self.cli = None
+        self.dlms = None
+
+
+def test_running_app_reads_settings_from_its_boot_snapshot_and_the_store_when_reloaded():
+    parts = _Parts()
+    app = App(_Board(), parts, ms=lambda: 0)
+    eq(app.commission_from({"meter_id": "UJ-9", "broker_host": "h", "heartbeat_s": 600}), True)
+    app.release_config()  # as at the end of start_meter
+    eq((app.setting("heartbeat_s"), app.setting("broker_port"), app.setting("step_s")), (600, 1883, 60))
+    # written behind the app's back: the snapshot does not change (settings apply at next boot) ...
+    ConfigStore(parts.config_slots).set_many({"heartbeat_s": 1200}, T0)
+    eq(app.setting("heartbeat_s"), 600)
+    # ... but the store, loaded again when the CLI or a config downlink asks, has it, and
+    # while it is loaded the tasks read it (a CLI ``set`` shows at once, as it always did)
+    eq(app.config.get("heartbeat_s"), 1200)
+    eq(app.setting("heartbeat_s"), 1200)
+    eq(app.commission_from({"meter_id": "UJ-10"}), False)  # stored settings win
+    app.release_config()
+    eq((app.setting("heartbeat_s"), app.config.get("meter_id")), (1200, "UJ-9"))
+
+
+def test_cli_loads_at_its_first_byte_and_unloads_once_the_technician_has_gone():
+    parts = _Parts()
+    parts.cli = _Uart()
+    ms = [0]
+    app = App(_Board(), parts, ms=lambda: ms[0])
+    app.commission_from({"meter_id": "UJ-9", "broker_host": "h"})
+    app.release_config()
+
+    async def drive():
+        task = asyncio.create_task(app.cli_task())
+        await asyncio.sleep(0.06)
+        eq(app.cli, None)  # nobody typed: no CLI on the heap
+        parts.cli.rx = b"info\r\n"
+        await asyncio.sleep(0.06)
+        eq(parts.cli.tx.startswith(b"OK meter=UJ-9 commissioned=0"), True)
+        ms[0] += CLI_IDLE_UNLOAD_MS - 1
+        await asyncio.sleep(0.06)
+        eq(app.cli is None, False)
+        parts.cli.rx = b"inf"  # half a line holds it
+        ms[0] += CLI_IDLE_UNLOAD_MS
+        await asyncio.sleep(0.06)
+        ms[0] += CLI_IDLE_UNLOAD_MS
+        await asyncio.sleep(0.06)
+        eq(app.cli is None, False)
+        parts.cli.rx, parts.cli.tx = b"o\r\n", b""
+        await asyncio.sleep(0.06)
+        eq(parts.cli.tx.startswith(b"OK meter=UJ-9"), True)
+        ms[0] += CLI_IDLE_UNLOAD_MS
+        await asyncio.sleep(0.06)
+        eq(app.cli, None)  # idle, nothing half typed: unloaded
+        eq(app.setting("broker_host"), "h")
+        parts.cli.rx, parts.cli.tx = b"info\r\n", b""  # the next visit loads it again
+        await asyncio.sleep(0.06)
+        eq(parts.cli.tx.startswith(b"OK meter=UJ-9"), True)
+        task.cancel()
+
+    asyncio.run(drive())

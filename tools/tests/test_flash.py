@@ -379,3 +379,22 @@ def test_every_subcommand_help_shows_examples_and_exit_codes(command):
     assert proc.returncode == 0
     assert "examples:\n  urja-flash %s" % command in proc.stdout
     assert "--dry-run" in proc.stdout and "exit codes:" in proc.stdout
+
+
+def test_deployed_entry_hands_main_the_board_file_not_a_version():
+    # The entry urja-flash writes to main.py must bind to firmware.app.main.main's
+    # signature with the board file in ``board`` (it once landed in ``version``).
+    import ast
+    import inspect
+
+    from firmware.app import main as app_main
+
+    calls = [n for n in ast.walk(ast.parse(flash.ENTRY_SOURCE))
+             if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "main"]
+    assert len(calls) == 1
+    call = calls[0]
+    bound = inspect.signature(app_main.main).bind(
+        *[ast.literal_eval(a) for a in call.args],
+        **{k.arg: ast.literal_eval(k.value) for k in call.keywords})
+    assert bound.arguments.get("board") == flash.BOARD_ON_DEVICE
+    assert "version" not in bound.arguments  # the firmware's own FW_VERSION stays
