@@ -216,40 +216,34 @@ class EventRecord(Base):
     lost_total: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
-class StatusRecord(Base):
+class _StatusFields:
+    """The balance fields of a status uplink, as stored (history and latest)."""
+    balance_paise: Mapped[int] = mapped_column(BigInteger)
+    credit_paise: Mapped[int] = mapped_column(BigInteger)
+    emergency_paise: Mapped[int] = mapped_column(BigInteger)
+    debt_paise: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(24))
+    relay_closed: Mapped[bool] = mapped_column(Boolean)
+    limiter: Mapped[str] = mapped_column(String(16))
+    tariff_version: Mapped[int] = mapped_column(Integer)
+    topups_total_paise: Mapped[int] = mapped_column(BigInteger)
+    charges_total_paise: Mapped[int] = mapped_column(BigInteger)
+
+
+class StatusRecord(_StatusFields, Base):
     """Balance history: every status uplink as received."""
     __tablename__ = "status_history"
     meter_id: Mapped[str] = mapped_column(ForeignKey("meters.id"), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     t: Mapped[int] = mapped_column(BigInteger, index=True)
-    balance_paise: Mapped[int] = mapped_column(BigInteger)
-    credit_paise: Mapped[int] = mapped_column(BigInteger)
-    emergency_paise: Mapped[int] = mapped_column(BigInteger)
-    debt_paise: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(24))
-    relay_closed: Mapped[bool] = mapped_column(Boolean)
-    limiter: Mapped[str] = mapped_column(String(16))
-    tariff_version: Mapped[int] = mapped_column(Integer)
-    topups_total_paise: Mapped[int] = mapped_column(BigInteger)
-    charges_total_paise: Mapped[int] = mapped_column(BigInteger)
 
 
-class MeterBalance(Base):
+class MeterBalance(_StatusFields, Base):
     """The latest status per meter (highest uplink seq wins, so a late old status never rolls back)."""
     __tablename__ = "meter_balances"
     meter_id: Mapped[str] = mapped_column(ForeignKey("meters.id"), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     t: Mapped[int] = mapped_column(BigInteger)
-    balance_paise: Mapped[int] = mapped_column(BigInteger)
-    credit_paise: Mapped[int] = mapped_column(BigInteger)
-    emergency_paise: Mapped[int] = mapped_column(BigInteger)
-    debt_paise: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(24))
-    relay_closed: Mapped[bool] = mapped_column(Boolean)
-    limiter: Mapped[str] = mapped_column(String(16))
-    tariff_version: Mapped[int] = mapped_column(Integer)
-    topups_total_paise: Mapped[int] = mapped_column(BigInteger)
-    charges_total_paise: Mapped[int] = mapped_column(BigInteger)
 
 
 class Heartbeat(Base):
