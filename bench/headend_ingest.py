@@ -317,11 +317,16 @@ def stored_counts(url):
     return rows, gaps
 
 
-async def ingest_run(port, url, total, start_load, batch_max, batch_ms, client="fast"):
-    """One in-process worker; precise marks (first receive, each commit) and lags from ``bt``."""
+async def ingest_run(port, url, total, start_load, batch_max, batch_ms, client="fast",
+                     tune_gc=True):
+    """One in-process worker; precise marks (first receive, each commit) and lags from ``bt``.
+
+    ``tune_gc``: the garbage-collector settings ``python -m headend.ingest`` uses
+    (``headend.ingest.settle_gc``); off with ``--default-gc``.
+    """
     from sqlalchemy import text
     from headend.db import make_engine
-    from headend.ingest import IngestWorker
+    from headend.ingest import IngestWorker, settle_gc
     tag = "urja-bench-%s" % uuid.uuid4().hex[:6]
     pg = url.startswith("postgresql")
     engine = make_engine(url + ("&" if "?" in url else "?") + "application_name=" + tag
@@ -338,6 +343,8 @@ async def ingest_run(port, url, total, start_load, batch_max, batch_ms, client="
                           batch_ms=batch_ms, gap_scan_s=5.0, after_commit=after_commit,
                           client=client)
     worker.connected = asyncio.Event()
+    if tune_gc:
+        settle_gc()
     if client == "fast":
         orig_fast = worker._on_messages
 
@@ -470,7 +477,7 @@ def measure_ingest(args, port, meters, total, load):
         register_meters(url, meters)
         if args.workers == 1:
             out = asyncio.run(ingest_run(port, url, total, load, args.batch_max, args.batch_ms,
-                                         args.client))
+                                         args.client, not args.default_gc))
         else:
             out = ingest_run_workers(port, url, total, load, args.workers, args.batch_max,
                                      args.batch_ms, args.client)
@@ -501,6 +508,8 @@ def main():
                         "fastest of them")
     p.add_argument("--client", default="fast", choices=("fast", "gmqtt"),
                    help="the ingest worker's MQTT client")
+    p.add_argument("--default-gc", action="store_true",
+                   help="1 worker: keep Python's GC defaults instead of headend.ingest.settle_gc")
     p.add_argument("--bare-only", action="store_true")
     p.add_argument("--no-json", action="store_true")
     p.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
@@ -518,6 +527,8 @@ def main():
            "workers": args.workers, "batch_max": args.batch_max, "batch_ms": args.batch_ms,
            "decoder": "headend.fastdecode (cbor2, reference fallback)",
            "ingest_client": args.client,
+           "gc": ("python defaults" if args.default_gc and args.workers == 1
+                  else "headend.ingest.settle_gc"),
            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     if args.backlog:
         out["case"] = "backlog: %d meters x %d readings after a day offline" % (meters, per_meter)

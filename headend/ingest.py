@@ -53,6 +53,7 @@ so the lag carries up to 1 s of rounding).
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import logging
 import os
@@ -425,6 +426,29 @@ class IngestWorker:
         await self.scan_gaps_now()
 
 
+GC_GEN0_THRESHOLD = 10000
+
+
+def settle_gc(gen0_threshold=GC_GEN0_THRESHOLD):
+    """Garbage-collector settings for a long-running ingest process; call once after start-up.
+
+    Every uplink leaves a dict and lists (tracked by the cyclic GC) in the batch
+    until its commit; with the defaults (gen0 at 700) that meant ~350 young and
+    3 full collections per 60,000 readings, each full one walking the ~115,000
+    objects start-up left (the bench process): 0.24-0.26 s, ~4 us of the
+    worker's CPU per reading (bench/headend_ingest.py, gc callbacks).  ``gc.freeze()`` moves what
+    start-up built out of the collector's sight (it lives as long as the process
+    anyway) and a larger gen0 threshold cuts the young collections: ~1 us per
+    reading left.  Reference counting still frees every body right after its
+    commit; only cycles wait a little longer.  The program calls this; embedders
+    (the simulator) keep their own settings.
+    """
+    gc.collect()
+    gc.freeze()
+    g0, g1, g2 = gc.get_threshold()
+    gc.set_threshold(max(g0, gen0_threshold), g1, g2)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m headend.ingest",
@@ -473,6 +497,7 @@ async def _main(args):
                                             else args.backfill_grace_s),
                           client=args.client)
     worker.connected = asyncio.Event()
+    settle_gc()
 
     async def report():
         await worker.connected.wait()

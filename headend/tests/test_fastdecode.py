@@ -274,3 +274,44 @@ def test_unknown_kind_topic_is_rejected_by_both():
 @settings(**SETTINGS)
 def test_the_unrolled_plain_check_agrees_with_the_recursive_one(body):
     assert fastdecode._plain_body(body) == fastdecode._plain(body, 0)
+
+
+# --- readings skip messages.validate: the one-pass check must agree with it ----------
+
+reading_field_values = st.one_of(
+    st.integers(-2**65, 2**65), st.booleans(), st.none(), st.text(max_size=3),
+    st.lists(st.lists(st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=1),
+                                st.binary(max_size=1)), min_size=5, max_size=7), max_size=2))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["v", "m", "s", "t", "iv", "u", "cum", "r", "bt"]),
+                          reading_field_values), max_size=2),
+       st.lists(st.sampled_from(["v", "m", "s", "t", "iv", "u", "cum", "r"]), max_size=1))
+@settings(**SETTINGS)
+def test_reading_fields_of_any_type_get_the_same_verdict(changes, removed):
+    # one or two fields changed (or one left out) at a time, so each check is hit alone
+    body = {"v": 1, "m": "UJ-1", "s": 3, "t": T0, "iv": 900, "u": "Wh", "cum": 10,
+            "r": [[T0, 10, 230000, None, 0, 900]]}
+    body.update(changes)
+    for key in removed:
+        body.pop(key, None)
+    same_verdict(messages.topic("UJ-1", "reading"), cbor2.dumps(body))
+
+
+@given(st.lists(st.lists(st.one_of(st.none(), st.integers(-2**65, 2**65), st.booleans(),
+                                   st.text(max_size=1), st.binary(max_size=1)),
+                         min_size=5, max_size=7), min_size=1, max_size=3))
+@settings(**SETTINGS)
+def test_reading_records_of_any_shape_get_the_same_verdict(rows):
+    body = {"v": 1, "m": "UJ-1", "s": 3, "t": T0, "iv": 900, "u": "Wh", "cum": 10, "r": rows}
+    same_verdict(messages.topic("UJ-1", "reading"), cbor2.dumps(body))
+
+
+def test_a_valid_reading_is_accepted_without_the_reference_schema_check(monkeypatch):
+    def refuse(kind, body):
+        raise AssertionError("messages.validate called for a plain valid reading")
+    payload = messages.encode_uplink("reading", "UJ-1", 3, T0, {
+        "iv": 900, "u": "Wh", "cum": 10, "r": [[T0, 10, 230000, None, 0, 900]]})
+    monkeypatch.setattr(messages, "validate", refuse)
+    assert fastdecode._READING_FAST
+    assert fastdecode.decode_uplink(messages.topic("UJ-1", "reading"), payload)["cum"] == 10

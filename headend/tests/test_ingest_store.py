@@ -61,6 +61,27 @@ def test_a_duplicate_inside_one_batch_is_counted_and_stored_once(engine):
     assert count(engine, "readings") == 1
 
 
+def test_a_batch_mixing_replayed_and_new_uplinks_stores_only_the_new_ones(engine):
+    # dedupe is by (meter, s): a replayed s is dropped even if it carries another
+    # interval, while the rest of its batch (readings, registers, a heartbeat) lands
+    register_meters(engine, ["UJ-1", "UJ-2"])
+    store = UplinkStore(engine)
+    store.write([reading("UJ-1", 1, T0, 10), reading("UJ-1", 2, T0 + 900, 20)], now=T0)
+    mixed = store.write([reading("UJ-1", 2, T0 + 1800, 99), reading("UJ-1", 3, T0 + 2700, 30),
+                         reading("UJ-2", 1, T0, 5), body("heartbeat", "UJ-1", 4, T0, up=60)],
+                        now=T0 + 60)
+    assert (mixed.uplinks, mixed.duplicates, mixed.readings) == (3, 1, 2)
+    assert sorted(mixed.stored_keys) == [("UJ-1", 3), ("UJ-1", 4), ("UJ-2", 1)]
+    with engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT meter_id, start_t, energy, received_at FROM "
+                                        "readings")).all()) == [
+            ("UJ-1", T0, 10, T0), ("UJ-1", T0 + 900, 20, T0), ("UJ-1", T0 + 2700, 30, T0 + 60),
+            ("UJ-2", T0, 5, T0 + 60)]
+        assert sorted(conn.execute(text("SELECT meter_id, seq, cum FROM reading_registers"))
+                      .all()) == [("UJ-1", 1, 10), ("UJ-1", 2, 20), ("UJ-1", 3, 30), ("UJ-2", 1, 5)]
+    assert count(engine, "heartbeats") == 1
+
+
 def test_an_interval_resent_under_a_new_sequence_is_not_stored_twice(engine):
     register_meters(engine, ["UJ-1"])
     store = UplinkStore(engine)
