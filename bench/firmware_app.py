@@ -6,7 +6,7 @@ peers as ``hil_tests/`` -- then runs ``bench/mp/app_day.py`` (mpy-cross
 bytecode, started by ``bench/mp/boot.py``): the real app
 (``firmware.app.main.build_app``) on the unix board with every task -- pulse
 sampling, the external meter reads, metering steps, reporting through the
-flash outbox to MQTT at QoS 1, heartbeat, the CLI task on its pty, watchdog --
+flash outbox to MQTT at QoS 1, heartbeat, the CLI (served by the poll task) on its pty, watchdog --
 with meter time accelerated (default 1200x: a day in ~72 s).  A monitor task
 collects garbage every 100 ms and records the most live heap.
 

@@ -28,7 +28,6 @@ except ImportError:  # CPython
         return x
 
 from boards import hal
-from boards.unix import control
 from boards.unix.flash import FileSlots
 
 MICROPYTHON = sys.implementation.name == "micropython"
@@ -245,6 +244,7 @@ class ControlServer:
             conn.close()
             return
         conn.setblocking(False)
+        from boards.unix import control  # the protocol loads with the first client (heap)
         self.clients.append([conn, control.LineBuffer()])
         self.poller.register(conn, select.POLLIN)
 
@@ -264,6 +264,7 @@ class ControlServer:
         if not data:
             self._drop(entry)
             return
+        from boards.unix import control
         replies = [control.handle(line, self.target) for line in entry[1].feed(data)]
         if replies:
             try:

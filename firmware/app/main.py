@@ -3,7 +3,8 @@
 Tasks (each beats ``Liveness``; the watchdog is fed only while all beat):
 
 - ``poll``: board housekeeping, the pulse counter -> ``Meter.add_pulses``,
-  cover and power-fail inputs -> events / ``Meter.power_fail``;
+  cover and power-fail inputs -> events / ``Meter.power_fail``, and the
+  commissioning CLI on its UART (one coroutine: each task costs heap);
 - ``metering``: ``Meter.step`` every ``step_s`` (meter time) with the latest
   voltage/current, a power sample for the load limiter, closed intervals and
   billing snapshots -> uplinks, credit changes -> relay + status;
@@ -12,9 +13,8 @@ Tasks (each beats ``Liveness``; the watchdog is fed only while all beat):
 - ``dlms`` (when the board has a DLMS link): the same from a DLMS meter;
 - ``mqtt``: the link supervisor (``core.backoff``), then publish the outbox
   in order at QoS 1, releasing each message only after its PUBACK;
-- ``downlink``: commands from the broker -> ``Meter.apply_command`` -> ack;
-- ``heartbeat``: health every ``heartbeat_s``;
-- ``cli``: the commissioning CLI on its UART;
+- ``downlink``: commands from the broker -> ``Meter.apply_command`` -> ack,
+  and the heartbeat (health every ``heartbeat_s``) between them;
 - ``watchdog``: feeds the board watchdog while every task is alive.
 
 Meter time is the board clock accelerated by ``time_factor`` (1 on a real
@@ -33,7 +33,6 @@ to prove the watchdog).
 """
 import asyncio
 import gc
-import json
 import random
 import sys
 import time
@@ -65,8 +64,7 @@ RUNTIME_SETTINGS = ("broker_host", "broker_port", "step_s", "heartbeat_s", "ener
 
 FW_VERSION = "0.4.0"
 METER_JOURNAL_BYTES = 8192
-POLL_MS = 20
-CLI_POLL_MS = 20
+POLL_MS = 20  # the poll task's period; it serves the CLI UART too
 CLI_IDLE_UNLOAD_MS = 300000  # wall ms without a CLI byte (and no half line): unload the CLI
 OUTBOX_MAX_MESSAGES = 1024
 PUBLISH_TIMEOUT_S = 10
@@ -205,6 +203,8 @@ class App:
         self._floor_t = 0
         self.hang = {}  # task -> wall ms after boot when it stops beating (fault injection)
         self.cli: Cli = None  # type: ignore[assignment]  # loaded at the CLI's first byte
+        self._cli_reader = None  # its LineReader while loaded
+        self._cli_last_ms = 0
         self.sdm: SdmReader = None  # type: ignore[assignment]  # set by start_meter
         self.dlms: DlmsReader = None  # type: ignore[assignment]  # set by start_meter
         self.pulse_delta: metering.CounterDelta = None  # type: ignore[assignment]  # set by start_meter
@@ -256,48 +256,14 @@ class App:
         return True
 
     def start_meter(self):
-        """Build the meter from the stored configuration (journal restores its state)."""
-        from firmware.app.config import ConfigError
-
+        """Build the meter from the stored configuration (journal restores its state);
+        True once it runs, False when not commissioned (``not_ready`` says why).  Boot-only
+        code: in ``firmware.app.startup``, loaded for it and let go again (heap)."""
+        from firmware.app import startup
         try:
-            mc = self.config.meter_config()
-        except ConfigError as e:
-            self.not_ready = str(e)
-            print("urja: not commissioned:", e)
-            return False
-        self.journal = Journal(self.board.slots, max_payload=METER_JOURNAL_BYTES)
-        now = self.clock.now()
-        self.meter = Meter(mc, now, self.journal,
-                           opening_credit_paise=self.config.get("opening_credit_paise"))
-        self.meter.max_clock_step_s = self.config.get("clock_max_step_s")
-        self._floor_t = self.meter.last_step_t
-        self._last_step_t = self.meter.last_step_t
-        self.outbox = Outbox(self.parts.outbox_segments, self.parts.outbox_slots,
-                             max_messages=OUTBOX_MAX_MESSAGES)
-        self.uplink = Uplink(self.outbox, mc.meter_id, "Wh" if mc.service == "electricity" else "L")
-        if self.board.pulse_counter is not None:
-            self.pulse_delta = metering.CounterDelta(self.board.pulse_counter.bits)
-            self.pulse_delta.update(self.board.pulse_counter.value())
-        self._last_pulse_units = self.meter.energy_units
-        source = self.setting("energy_source")
-        if source in ("sdm", "dlms"):
-            self.energy_feed = RegisterFeed(self.config.get("pulse_constant"))
-        if self.board.rs485 is not None:
-            from firmware.app.readers import SdmReader  # Modbus stack: only with an RS485 link
-            self.sdm = SdmReader(self.board.rs485, self.config.get("modbus_slave"), self.ms)
-        if self.parts.dlms is not None:
-            from firmware.app.readers import DlmsReader  # DLMS stack: only with a DLMS link
-            self.dlms = DlmsReader(self.parts.dlms, self.ms, self.config.get("dlms_physical"))
-        self.sync_relay()
-        if self.ota is not None:
-            from firmware.app import downlinks
-            downlinks.ota_after_boot(self, now)
-            _drop("firmware.app.downlinks")
-        self._report(now, status=True)
-        print("urja: meter %s up, journal seq %d, outbox depth %d next seq %d" % (
-            mc.meter_id, self.journal.sequence, self.outbox.depth, self.outbox.next_seq))
-        self.release_config()
-        return True
+            return startup.start_meter(self)
+        finally:
+            _drop("firmware.app.startup")
 
     # -- CliContext -----------------------------------------------------------------
     def now(self):
@@ -390,6 +356,7 @@ class App:
     async def poll_task(self):
         cover = False
         power_fail = False
+        cli = self.parts.cli is not None
         while True:
             if not self.beat("poll"):
                 # the board's poll still runs (it is what resets the unix board)
@@ -397,6 +364,8 @@ class App:
                 await _sleep_ms(POLL_MS)
                 continue
             self.board.poll()
+            if cli:
+                self.cli_poll()
             m = self.meter
             if m is not None:
                 now = self.now()
@@ -533,30 +502,20 @@ class App:
     def _period_wall(self, key):
         return max(0.2, self.clock.wall_s(self.setting(key)))
 
-    async def heartbeat_task(self):
-        period = self.setting("heartbeat_s")
-        while True:
-            if not self.beat("heartbeat"):
-                await self._hung("heartbeat")
-            now = self.now()
-            hb = {"up": self.uptime_s(), "rssi": None, "ob": self.outbox.depth,
-                  "dr": self.outbox.dropped_total, "fw": self.version,
-                  "jw": self.journal.writes_today}
-            hf = _mem_free()
-            if hf is not None:
-                hb["hf"] = hf
-            if self.sdm is not None:
-                hb["rfm"] = self.sdm.failures
-            if self.dlms is not None:
-                hb["rfd"] = self.dlms.failures
-            self.uplink.heartbeat(now, hb)
-            self._outbox_event.set()
-            # sleep in short slices so this task keeps beating between heartbeats
-            wake = now + period
-            while self.now() < wake:
-                if not self.beat("heartbeat"):
-                    await self._hung("heartbeat")
-                await asyncio.sleep(min(1.0, self.clock.wall_s(wake - self.now())) + 0.001)
+    def heartbeat(self, now):
+        """Queue a heartbeat uplink (health) now."""
+        hb = {"up": self.uptime_s(), "rssi": None, "ob": self.outbox.depth,
+              "dr": self.outbox.dropped_total, "fw": self.version,
+              "jw": self.journal.writes_today}
+        hf = _mem_free()
+        if hf is not None:
+            hb["hf"] = hf
+        if self.sdm is not None:
+            hb["rfm"] = self.sdm.failures
+        if self.dlms is not None:
+            hb["rfd"] = self.dlms.failures
+        self.uplink.heartbeat(now, hb)
+        self._outbox_event.set()
 
     # -- MQTT -----------------------------------------------------------------------------
     def _on_message(self, publish):
@@ -566,13 +525,23 @@ class App:
         self._downlink_event.set()
 
     async def downlink_task(self):
+        """Commands as they arrive, and a heartbeat every ``heartbeat_s`` (the first at
+        once) while waiting for them: one coroutine, not two (heap)."""
+        period = self.setting("heartbeat_s")
+        beat_at = self.now()
         while True:
             if not self.beat("downlink"):
                 await self._hung("downlink")
+            now = self.now()
+            if now >= beat_at:
+                self.heartbeat(now)
+                beat_at = now + period
             if not self._downlinks:
                 self._downlink_event.clear()
                 try:
-                    await asyncio.wait_for(self._downlink_event.wait(), 1)
+                    # wake at least every second, and in time for the next heartbeat
+                    await asyncio.wait_for(self._downlink_event.wait(),
+                                           min(1.0, self.clock.wall_s(beat_at - now)) + 0.001)
                 except asyncio.TimeoutError:
                     pass
                 continue
@@ -707,7 +676,8 @@ class App:
                 await _sleep_ms(min(500, max(10, sup.retry_at_ms - self.ms())))
                 continue
             self.mqtt_state = "connecting"
-            conn = MqttConnection(self._session(), on_message=self._on_message)
+            # keepalive from _pump's loop, not a task of its own (heap)
+            conn = MqttConnection(self._session(), on_message=self._on_message, keepalive_task=False)
             try:
                 await conn.connect(host, port, timeout_s=10)
             except Exception as e:  # OSError, refused, timeout: try again later
@@ -743,6 +713,7 @@ class App:
         unreleased = 0
         while conn.is_connected:
             self.beat("mqtt")
+            await conn.tick()  # at least every second: the wait below is 1 s at most
             nxt = self._next_publish()
             if nxt is None:
                 if unreleased:
@@ -774,28 +745,28 @@ class App:
             self.outbox.ack(self._published_upto, self.now())
 
     # -- CLI and watchdog ---------------------------------------------------------------------
-    async def cli_task(self):
+    def cli_poll(self):
+        """Serve the CLI UART (``poll_task`` calls it every ``POLL_MS``): read until it is
+        empty (a pasted line must not overrun a small UART buffer), the CLI module loaded
+        at the first byte and let go again when the technician has gone."""
         uart = self.parts.cli
-        reader = None
-        last_ms = 0
-        while True:
-            if not self.beat("cli"):
-                await self._hung("cli")
+        reader = self._cli_reader
+        data = uart.read(64)
+        if not data:
+            if reader is not None and not reader.buf and not reader.overlong \
+                    and self.ms() - self._cli_last_ms >= CLI_IDLE_UNLOAD_MS:
+                self._cli_reader = None  # the technician has gone: give the heap back
+                self._unload_cli()
+            return
+        if reader is None:  # the first byte: most meters never see one (heap)
+            reader = self._cli_reader = self._load_cli()
+        while data:
+            self._cli_last_ms = self.ms()
+            for line in reader.feed(data):
+                reply = self.cli.handle(line)
+                if reply is not None:
+                    uart.write(reply.encode() + b"\r\n")
             data = uart.read(64)
-            if data:
-                last_ms = self.ms()
-                if reader is None:  # the first byte: most meters never see one (heap)
-                    reader = self._load_cli()
-                for line in reader.feed(data):
-                    reply = self.cli.handle(line)
-                    if reply is not None:
-                        uart.write(reply.encode() + b"\r\n")
-            else:
-                if reader is not None and not reader.buf and not reader.overlong \
-                        and self.ms() - last_ms >= CLI_IDLE_UNLOAD_MS:
-                    reader = None  # the technician has gone: give the heap back
-                    self._unload_cli()
-                await _sleep_ms(CLI_POLL_MS)
 
     def _load_cli(self):
         """Import the CLI (and the settings store it works on); returns its LineReader."""
@@ -824,14 +795,11 @@ class App:
     def tasks(self):
         """(name, coroutine function, max silence in wall ms) of the tasks this board runs."""
         out = [("poll", self.poll_task, 2000)]
-        if self.parts.cli is not None:
-            out.append(("cli", self.cli_task, 2000))
         if self.meter is not None:
             step_wall_ms = int(self.clock.wall_s(self.setting("step_s")) * 1000)
             out.append(("metering", self.metering_task, step_wall_ms + 5000))
             out.append(("mqtt", self.mqtt_task, 20000))
             out.append(("downlink", self.downlink_task, 5000))
-            out.append(("heartbeat", self.heartbeat_task, 5000))
             if self.sdm is not None:
                 out.append(("modbus", self.modbus_task,
                             int(self._period_wall("modbus_period_s") * 1000) + 10000))
@@ -869,38 +837,13 @@ def build_app(version=FW_VERSION, ota_dir=None, board=None):
     (``boards/unix/ota_dirs.py``); without it a unix meter refuses ``ota`` commands.
     ``board``: the board file (name or path); default ``URJA_BOARD`` or ``unix``.  An
     ESP32 (``tools/flash.py`` entry: ``main(board="/board.json")``) always takes its
-    A/B slots from its OTA partitions.
+    A/B slots from its OTA partitions.  Boot-only code: in ``firmware.app.startup``.
     """
-    from boards.hal import load_board
-    from firmware.app.platform import board_parts
-
-    overrides = {}
-    state = _env("URJA_STATE_DIR")
-    if state:
-        overrides["state_dir"] = state
-        overrides["control"] = _env("URJA_CONTROL") or "unix:%s/control.sock" % state
-    wd = _env("URJA_WATCHDOG_MS")
-    if wd:
-        overrides["watchdog_timeout_ms"] = int(wd)
-    hw = load_board(board or _env("URJA_BOARD") or "unix", overrides)
-    _drop("boards.schema")  # the board file is validated; not needed again until the next boot
-    start_t = _env("URJA_START_T")
-    slots = None
-    if ota_dir or hw.config.get("platform") == "esp32":
-        from firmware.app.platform import board_ota
-        slots = board_ota(hw, ota_dir)
-    app = App(hw, board_parts(hw), int(_env("URJA_TIME_FACTOR") or "1"),
-              int(start_t) if start_t else None, version=version, ota_slots=slots)
-    factory = _env("URJA_CONFIG")
-    if factory:
-        with open(factory) as f:
-            app.commission_from(json.load(f))
-    hang = _env("URJA_FAULT_HANG")
-    if hang:
-        name, after_s = hang.split(":")
-        app.hang[name] = int(after_s) * 1000
-    app.start_meter()
-    return app
+    from firmware.app import startup
+    try:
+        return startup.build_app(version, ota_dir, board)
+    finally:
+        _drop("firmware.app.startup")
 
 
 def main(version=FW_VERSION, ota_dir=None, board=None):

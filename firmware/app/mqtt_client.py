@@ -20,8 +20,7 @@ import asyncio
 import time
 
 from firmware.protocol.mqtt import (
-    Connack, MqttError, PacketReader, Pingresp, Puback, Publish, Suback, Unsuback,
-    MAX_PACKET,
+    Connack, MqttError, PacketReader, Pingresp, Puback, Publish, MAX_PACKET,
 )
 
 _CONNACK_KEY = -2  # waiter keys: packet ids are 1..65535
@@ -78,10 +77,16 @@ class MqttConnection:
     to kill the receive task), else to an inbox read with ``next_message``;
     the inbox keeps the newest ``inbox_size`` and counts the rest in
     ``dropped``.  QoS 1 publishes from the broker are acked on receipt.
+
+    Keepalive (PINGREQ when due, the broker dead after 1.5 x keepalive) runs
+    in a task of its own every ``tick_s``; with ``keepalive_task=False`` the
+    owner calls ``tick()`` from its own loop instead, at least every
+    ``tick_s`` while it is not waiting for an ack (the meter: one coroutine
+    less on its heap).
     """
 
     def __init__(self, session, on_message=None, clock=None, read_size=512,
-                 max_packet=MAX_PACKET, tick_s=1, inbox_size=16):
+                 max_packet=MAX_PACKET, tick_s=1, inbox_size=16, keepalive_task=True):
         self.session = session
         self.on_message = on_message
         self.clock = clock or MonotonicSeconds()
@@ -101,6 +106,7 @@ class MqttConnection:
         self._acked = asyncio.Event()
         self._rx_task = None
         self._ka_task = None
+        self._keepalive_task = keepalive_task
         self._open = False
 
     @property
@@ -131,7 +137,8 @@ class MqttConnection:
         if not connack.accepted:
             await self._shutdown("broker refused CONNECT: " + connack.name)
             raise ConnectRefused(connack)
-        self._ka_task = asyncio.create_task(self._keepalive_loop())
+        if self._keepalive_task:
+            self._ka_task = asyncio.create_task(self._keepalive_loop())
         return connack
 
     async def close(self):
@@ -258,9 +265,21 @@ class MqttConnection:
             await writer.drain()
 
     async def _receive_loop(self):
+        reader = self._reader
+        # MicroPython's stream reads into one buffer held for the connection: a read()
+        # per PUBACK would allocate read_size bytes and shrink them, holes that
+        # fragment a small heap.  CPython's StreamReader has no readinto.
+        buf = bytearray(self.read_size) if hasattr(reader, "readinto") else None
+        view = memoryview(buf) if buf is not None else None
         try:
             while True:
-                data = await self._reader.read(self.read_size)  # type: ignore[union-attr]
+                if view is None:
+                    data = await reader.read(self.read_size)  # type: ignore[union-attr]
+                else:
+                    n = await reader.readinto(buf)  # type: ignore[union-attr]
+                    if n is None:  # woken with nothing to read yet
+                        continue
+                    data = view[:n]
                 if not data:
                     raise ConnectionLost("broker closed the connection")
                 for packet in self._packets.feed(data):
@@ -276,12 +295,12 @@ class MqttConnection:
         elif isinstance(packet, Puback):
             self._wake(packet.packet_id, packet)
             self._acked.set()
-        elif isinstance(packet, (Suback, Unsuback)):
-            self._wake(packet.packet_id, packet)
         elif isinstance(packet, Pingresp):
             self._wake(_PING_KEY, packet)
         elif isinstance(packet, Connack):
             self._wake(_CONNACK_KEY, packet)
+        else:  # SUBACK or UNSUBACK: session.received let nothing else through
+            self._wake(packet.packet_id, packet)
 
     def _deliver(self, publish):
         if self.on_message is not None:
@@ -296,16 +315,21 @@ class MqttConnection:
         self._inbox.append(publish)
         self._inbox_event.set()
 
+    async def tick(self):
+        """One keepalive check: close the connection if the broker is dead, else send
+        what the session has due (PINGREQ, timed-out QoS 1 resends)."""
+        now = self.clock()
+        if self.session.broker_dead(now):
+            await self._shutdown("no packet from the broker for 1.5 x keepalive")
+            return
+        for frame in self.session.poll(now):
+            await self._send(frame)
+
     async def _keepalive_loop(self):
         try:
-            while True:
+            while self._open:
                 await asyncio.sleep(self.tick_s)
-                now = self.clock()
-                if self.session.broker_dead(now):
-                    await self._shutdown("no packet from the broker for 1.5 x keepalive")
-                    return
-                for frame in self.session.poll(now):
-                    await self._send(frame)
+                await self.tick()
         except Exception as err:
             await self._shutdown("%s: %s" % (type(err).__name__, err))
 

@@ -92,7 +92,7 @@ class SdmReader:
                 self.failures += 1
                 self.error = tx.error if resp is None else "exception " + resp.exception_name
                 return None
-            block = sdm.decode_registers(entries, address, resp.registers)
+            block = sdm.decode_registers(entries, address, resp)  # indexes like its registers
             for name in block:
                 values[name] = block[name]
         self.reads += 1

@@ -13,102 +13,44 @@ except ImportError:  # CPython
     def const(x):  # type: ignore
         return x
 
-from firmware.protocol.dlms_data import DateTime, decode_length, encode_datetime
+from firmware.protocol.dlms_data import decode_length
 
 # xDLMS APDU tags
-AARQ = const(0x60)
-AARE = const(0x61)
-RLRQ = const(0x62)
-GET_REQUEST = const(0xC0)
-GET_RESPONSE = const(0xC4)
-EXCEPTION_RESPONSE = const(0xD8)
-CONFIRMED_SERVICE_ERROR = const(0x0E)
-INITIATE_REQUEST = const(0x01)
-INITIATE_RESPONSE = const(0x08)
-
-# Conformance block bits (Blue Book numbering: bit 0 is the MSB of 24 bits).
-def _bit(n):
-    return 1 << (23 - n)
-
-
-CONF_GENERAL_PROTECTION = _bit(1)
-CONF_GENERAL_BLOCK_TRANSFER = _bit(2)
-CONF_ATTRIBUTE0_WITH_SET = _bit(8)
-CONF_PRIORITY_MANAGEMENT = _bit(9)
-CONF_ATTRIBUTE0_WITH_GET = _bit(10)
-CONF_BLOCK_TRANSFER_WITH_GET = _bit(11)
-CONF_BLOCK_TRANSFER_WITH_SET = _bit(12)
-CONF_BLOCK_TRANSFER_WITH_ACTION = _bit(13)
-CONF_MULTIPLE_REFERENCES = _bit(14)
-CONF_DATA_NOTIFICATION = _bit(16)
-CONF_ACCESS = _bit(17)
-CONF_GET = _bit(19)
-CONF_SET = _bit(20)
-CONF_SELECTIVE_ACCESS = _bit(21)
-CONF_EVENT_NOTIFICATION = _bit(22)
-CONF_ACTION = _bit(23)
+_AARQ = const(0x60)
+_AARE = const(0x61)
+_GET_REQUEST = const(0xC0)
+_GET_RESPONSE = const(0xC4)
+_EXCEPTION_RESPONSE = const(0xD8)
+_CONFIRMED_SERVICE_ERROR = const(0x0E)
+_INITIATE_RESPONSE = const(0x08)
 
 # What this client uses: GET, block transfer for long data, selective access for profiles.
-DEFAULT_CONFORMANCE = CONF_GET | CONF_BLOCK_TRANSFER_WITH_GET | CONF_SELECTIVE_ACCESS
+DEFAULT_CONFORMANCE = const(0x001014)  # CONF_GET | CONF_BLOCK_TRANSFER_WITH_GET | CONF_SELECTIVE_ACCESS
 DEFAULT_MAX_PDU = const(1024)  # small enough for the ESP32 heap; blocks carry the rest
 
 _DLMS_OID = b"\x60\x85\x74\x05\x08"  # joint-iso-ccitt(2) country(16) country-name(756) identified-organization(5) DLMS-UA(8)
-CONTEXT_LN = const(1)
-CONTEXT_SN = const(2)
-MECHANISM_NONE = const(0)
-MECHANISM_LLS = const(1)
 
-# AARE result and diagnostics
-ACCEPTED = const(0)
-REJECTED_PERMANENT = const(1)
-REJECTED_TRANSIENT = const(2)
-DIAG_SOURCE_USER = const(1)
-DIAG_SOURCE_PROVIDER = const(2)
-DIAG_NULL = const(0)
-DIAG_NO_REASON = const(1)
-DIAG_CONTEXT_NOT_SUPPORTED = const(2)
-DIAG_MECHANISM_NOT_RECOGNISED = const(11)
-DIAG_MECHANISM_REQUIRED = const(12)
-DIAG_AUTHENTICATION_FAILURE = const(13)
-DIAG_AUTHENTICATION_REQUIRED = const(14)
-DIAGNOSTIC_NAMES = {
-    DIAG_NULL: "null",
-    DIAG_NO_REASON: "no reason given",
-    DIAG_CONTEXT_NOT_SUPPORTED: "application context name not supported",
-    DIAG_MECHANISM_NOT_RECOGNISED: "authentication mechanism name not recognised",
-    DIAG_MECHANISM_REQUIRED: "authentication mechanism name required",
-    DIAG_AUTHENTICATION_FAILURE: "authentication failure (wrong password)",
-    DIAG_AUTHENTICATION_REQUIRED: "authentication required",
-}
 
-# Data-Access-Result codes a GET can return
-DAR_SUCCESS = const(0)
-DAR_HARDWARE_FAULT = const(1)
-DAR_TEMPORARY_FAILURE = const(2)
-DAR_READ_WRITE_DENIED = const(3)
-DAR_OBJECT_UNDEFINED = const(4)
-DAR_OBJECT_CLASS_INCONSISTENT = const(9)
-DAR_OBJECT_UNAVAILABLE = const(11)
-DAR_TYPE_UNMATCHED = const(12)
-DAR_SCOPE_OF_ACCESS_VIOLATED = const(13)
-DAR_DATA_BLOCK_UNAVAILABLE = const(14)
-DAR_LONG_GET_ABORTED = const(15)
-DAR_NO_LONG_GET_IN_PROGRESS = const(16)
-DAR_DATA_BLOCK_NUMBER_INVALID = const(19)
-DAR_OTHER_REASON = const(250)
-DAR_NAMES = {
-    DAR_SUCCESS: "success", DAR_HARDWARE_FAULT: "hardware fault",
-    DAR_TEMPORARY_FAILURE: "temporary failure", DAR_READ_WRITE_DENIED: "read-write denied",
-    DAR_OBJECT_UNDEFINED: "object undefined",
-    DAR_OBJECT_CLASS_INCONSISTENT: "object class inconsistent",
-    DAR_OBJECT_UNAVAILABLE: "object unavailable", DAR_TYPE_UNMATCHED: "type unmatched",
-    DAR_SCOPE_OF_ACCESS_VIOLATED: "scope of access violated",
-    DAR_DATA_BLOCK_UNAVAILABLE: "data block unavailable",
-    DAR_LONG_GET_ABORTED: "long get aborted",
-    DAR_NO_LONG_GET_IN_PROGRESS: "no long get in progress",
-    DAR_DATA_BLOCK_NUMBER_INVALID: "data block number invalid",
-    DAR_OTHER_REASON: "other reason",
-}
+def __getattr__(name):
+    # The tag, result, diagnostic and Data-Access-Result numbers under their public
+    # names, the conformance bits, DIAGNOSTIC_NAMES, DAR_NAMES and the selective-access
+    # builders (profiles) are in ``dlms_more``, loaded on first use: a meter reading
+    # registers needs none of them on its heap (the numbers here are private consts,
+    # which MicroPython compiles away).
+    more = _more()
+    if name in more.PUBLIC:
+        return getattr(more, name)
+    raise AttributeError(name)
+
+
+def _more():
+    from firmware.protocol import dlms_more
+    return dlms_more
+
+
+_CONTEXT_LN = const(1)  # application context: logical-name referencing, no ciphering
+_MECHANISM_LLS = const(1)  # authentication: low-level security (password)
+_ACCEPTED = const(0)  # AARE result
 
 
 class DlmsError(ValueError):
@@ -164,13 +106,13 @@ def aarq(password=None, conformance: int = DEFAULT_CONFORMANCE, max_pdu: int = D
     >>> aarq(conformance=0x001E1D, max_pdu=0xFFFF).hex()
     '601da109060760857405080101be10040e01000000065f1f0400001e1dffff'
     """
-    body = _tlv(0xA1, _tlv(0x06, _DLMS_OID + bytes((1, CONTEXT_LN))))
+    body = _tlv(0xA1, _tlv(0x06, _DLMS_OID + bytes((1, _CONTEXT_LN))))
     if password is not None:
         body += b"\x8a\x02\x07\x80"  # sender-acse-requirements: authentication
-        body += _tlv(0x8B, _DLMS_OID + bytes((2, MECHANISM_LLS)))
+        body += _tlv(0x8B, _DLMS_OID + bytes((2, _MECHANISM_LLS)))
         body += _tlv(0xAC, _tlv(0x80, password))
     body += _tlv(0xBE, _tlv(0x04, initiate_request(conformance, max_pdu)))
-    return _tlv(AARQ, body)
+    return _tlv(_AARQ, body)
 
 
 # -- AARE ----------------------------------------------------------------------------
@@ -195,14 +137,14 @@ class Aare:
 
     @property
     def accepted(self) -> bool:
-        return self.result == ACCEPTED and self.max_pdu > 0
+        return self.result == _ACCEPTED and self.max_pdu > 0
 
     def reason(self) -> str:
         """Human text for a rejection."""
         if self.accepted:
             return "accepted"
         text = "rejected (result %d): %s" % (
-            self.result, DIAGNOSTIC_NAMES.get(self.diagnostic, "diagnostic %d" % self.diagnostic))
+            self.result, _more().DIAGNOSTIC_NAMES.get(self.diagnostic, "diagnostic %d" % self.diagnostic))
         if self.service_error:
             text += ", xDLMS error %s" % self.service_error.hex()
         return text
@@ -222,10 +164,10 @@ def parse_initiate_response(raw, out: Aare):
     """Fill ``out`` from an xDLMS InitiateResponse (or ConfirmedServiceError)."""
     if not raw:
         raise DlmsError("empty user-information")
-    if raw[0] == CONFIRMED_SERVICE_ERROR:
+    if raw[0] == _CONFIRMED_SERVICE_ERROR:
         out.service_error = bytes(raw)
         return
-    if raw[0] != INITIATE_RESPONSE:
+    if raw[0] != _INITIATE_RESPONSE:
         raise DlmsError("user-information is not an InitiateResponse (tag 0x%02x)" % raw[0])
     i = 1
     if i < len(raw) and raw[i]:  # negotiated-quality-of-service present
@@ -248,7 +190,7 @@ def parse_aare(apdu) -> Aare:
     (True, '0x101d', 1007)
     """
     tag, start, end = _read_tlv(apdu, 0, len(apdu))
-    if tag != AARE or end != len(apdu):
+    if tag != _AARE or end != len(apdu):
         raise DlmsError("not an AARE")
     out = Aare()
     pos = start
@@ -271,7 +213,7 @@ def parse_aare(apdu) -> Aare:
         pos = e
     if out.result < 0:
         raise DlmsError("AARE without a result")
-    if out.result == ACCEPTED and out.context not in (CONTEXT_LN, 3):
+    if out.result == _ACCEPTED and out.context not in (_CONTEXT_LN, 3):
         raise DlmsError("server chose short-name referencing; only logical names are supported")
     return out
 
@@ -287,7 +229,7 @@ def get_request(class_id: int, obis, attribute: int, invoke_id: int = 1, access=
     """GET.request-normal; ``access`` is an encoded selective-access descriptor or b''."""
     if len(obis) != 6:
         raise DlmsError("OBIS code must be 6 bytes")
-    head = bytes((GET_REQUEST, 1, invoke_id_and_priority(invoke_id), class_id >> 8, class_id & 0xFF))
+    head = bytes((_GET_REQUEST, 1, invoke_id_and_priority(invoke_id), class_id >> 8, class_id & 0xFF))
     head += bytes(obis) + bytes((attribute,))
     if access:
         return head + b"\x01" + bytes(access)
@@ -296,27 +238,9 @@ def get_request(class_id: int, obis, attribute: int, invoke_id: int = 1, access=
 
 def get_request_next(block_number: int, invoke_id: int = 1) -> bytes:
     """GET.request-next: ask for the block after ``block_number``."""
-    return bytes((GET_REQUEST, 2, invoke_id_and_priority(invoke_id),
+    return bytes((_GET_REQUEST, 2, invoke_id_and_priority(invoke_id),
                   (block_number >> 24) & 0xFF, (block_number >> 16) & 0xFF,
                   (block_number >> 8) & 0xFF, block_number & 0xFF))
-
-
-def entry_access(from_entry: int, to_entry: int = 0, from_column: int = 1, to_column: int = 0) -> bytes:
-    """Selective access by entry (selector 2) for a profile buffer; 0 means 'to the last'."""
-    return (b"\x02\x02\x04"
-            + b"\x06" + from_entry.to_bytes(4, "big") + b"\x06" + to_entry.to_bytes(4, "big")
-            + b"\x12" + from_column.to_bytes(2, "big") + b"\x12" + to_column.to_bytes(2, "big"))
-
-
-CLOCK_OBIS = b"\x00\x00\x01\x00\x00\xff"
-
-
-def range_access(from_dt: DateTime, to_dt: DateTime) -> bytes:
-    """Selective access by range (selector 1) on the clock column, all columns selected."""
-    restricting = (b"\x02\x04\x12\x00\x08\x09\x06" + CLOCK_OBIS + b"\x0f\x02\x12\x00\x00")
-    return (b"\x01\x02\x04" + restricting
-            + b"\x09\x0c" + encode_datetime(from_dt) + b"\x09\x0c" + encode_datetime(to_dt)
-            + b"\x01\x00")
 
 
 # GET.response kinds
@@ -350,11 +274,11 @@ def parse_get_response(apdu) -> GetResponse:
     (True, '120100')
     """
     n = len(apdu)
-    if n >= 3 and apdu[0] == EXCEPTION_RESPONSE:
+    if n >= 3 and apdu[0] == _EXCEPTION_RESPONSE:
         raise DlmsError("exception-response: state error %d, service error %d" % (apdu[1], apdu[2]))
-    if n >= 1 and apdu[0] == CONFIRMED_SERVICE_ERROR:
+    if n >= 1 and apdu[0] == _CONFIRMED_SERVICE_ERROR:
         raise DlmsError("confirmed-service-error %s" % bytes(apdu).hex())
-    if n < 5 or apdu[0] != GET_RESPONSE:
+    if n < 5 or apdu[0] != _GET_RESPONSE:
         raise DlmsError("not a GET.response")
     kind, invoke_id = apdu[1], apdu[2] & 0x0F
     if kind == 1:

@@ -2,13 +2,15 @@
 
 One module for both ends: the meter encodes uplinks and decodes downlinks,
 the head-end (CPython) decodes and validates uplinks and encodes downlinks,
-so the two can never disagree about a field.
+so the two can never disagree about a field.  The head-end's half (uplinks in,
+commands out) is in ``messages_more``, which this module hands out on first use.
 
 Every uplink body is a CBOR map with the envelope ``v`` (format 1), ``m``
 (meter id), ``s`` (the meter's uplink sequence number: monotonic across all
 kinds, survives reboots; the head-end dedupes on (m, s)) and ``t`` (UTC
 seconds when created), plus the fields of its kind.
 
+>>> from firmware.protocol.messages import decode_uplink
 >>> body = encode_uplink("heartbeat", "UJ-1", 7, 1795737600, {"up": 60, "hf": 51200})
 >>> decode_uplink(topic("UJ-1", "heartbeat"), body)["s"]
 7
@@ -52,6 +54,18 @@ READING_RECORD_LEN = 6
 EVENT_RECORD_LEN = 4
 
 
+def __getattr__(name):
+    # The head-end's side (parse_topic, decode_uplink, encode_command, INGEST_FILTER) is
+    # in ``messages_more``, loaded on first use: a meter never decodes an uplink or
+    # encodes a command, so their code and strings stay off its heap.  Kept in this
+    # module's dict once fetched (the head-end calls them per message).
+    if name in ("parse_topic", "decode_uplink", "encode_command", "INGEST_FILTER"):
+        from firmware.protocol import messages_more
+        value = globals()[name] = getattr(messages_more, name)
+        return value
+    raise AttributeError(name)
+
+
 class MessageError(ValueError):
     """A message that does not follow docs/protocol.md; the text names the field."""
 
@@ -69,21 +83,6 @@ def command_topic(meter_id):
 def online_topic(meter_id):
     """Retained presence topic: b"1" after connect, b"0" as the last will."""
     return PREFIX + meter_id + "/online"
-
-
-INGEST_FILTER = "urja/v1/+/up/#"  # head-end: $share/<group>/urja/v1/+/up/#
-
-
-def parse_topic(t):
-    """(meter_id, kind) of an uplink topic; MessageError if it is not one."""
-    if not isinstance(t, str) or not t.startswith(PREFIX):
-        raise MessageError("topic: must start with %s" % PREFIX)
-    parts = t[len(PREFIX):].split("/")
-    if len(parts) != 3 or parts[1] != "up" or not parts[0]:
-        raise MessageError("topic: expected %s<meter>/up/<kind>, got %s" % (PREFIX, t))
-    if parts[2] not in UPLINK_KINDS:
-        raise MessageError("topic: unknown uplink kind %r" % (parts[2],))
-    return parts[0], parts[2]
 
 
 def _type_ok(value, kind):
@@ -150,29 +149,9 @@ def validate(kind, body):
     return body
 
 
-def decode_uplink(topic_name, payload):
-    """Decode and validate an uplink; the topic's meter must match the body's ``m``."""
-    meter_id, kind = parse_topic(topic_name)
-    try:
-        body = cbor.decode(payload)
-    except cbor.CborError as err:
-        raise MessageError("body: not valid CBOR (%s)" % (err,))
-    validate(kind, body)
-    if body["m"] != meter_id:
-        raise MessageError("m: body says meter %r, topic says %r" % (body["m"], meter_id))
-    body["kind"] = kind
-    return body
-
-
 COMMAND_FIELDS = ("kind", "str", True, "meter_id", "str", True, "counter", "int", True,
                   "expires_at", "int", True, "id", "str", True, "fields", "list", True,
                   "mac", "str", True)
-
-
-def encode_command(cmd):
-    """CBOR body of a downlink command dict (as built by ``core.auth.make_command``)."""
-    _check(cmd, COMMAND_FIELDS, "command")
-    return cbor.encode(cmd)
 
 
 def decode_command(payload):

@@ -19,32 +19,29 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
         return x
 
-READ_HOLDING_REGISTERS = const(3)
-READ_INPUT_REGISTERS = const(4)
-WRITE_SINGLE_REGISTER = const(6)
-WRITE_MULTIPLE_REGISTERS = const(16)
+_READ_HOLDING_REGISTERS = const(3)
+_READ_INPUT_REGISTERS = const(4)
+_WRITE_SINGLE_REGISTER = const(6)
+_WRITE_MULTIPLE_REGISTERS = const(16)
 
 # Modbus Application Protocol V1.1b3, sections 6.3, 6.4 and 6.12
-MAX_READ_COUNT = const(125)
-MAX_WRITE_COUNT = const(123)
-BROADCAST = const(0)
+_MAX_READ_COUNT = const(125)
+_MAX_WRITE_COUNT = const(123)
+_BROADCAST = const(0)
 
-# Modbus Application Protocol V1.1b3, section 7 (MODBUS Exception Codes)
-EXCEPTION_NAMES = {
-    1: "ILLEGAL_FUNCTION",
-    2: "ILLEGAL_DATA_ADDRESS",
-    3: "ILLEGAL_DATA_VALUE",
-    4: "SERVER_DEVICE_FAILURE",
-    5: "ACKNOWLEDGE",
-    6: "SERVER_DEVICE_BUSY",
-    8: "MEMORY_PARITY_ERROR",
-    10: "GATEWAY_PATH_UNAVAILABLE",
-    11: "GATEWAY_TARGET_DEVICE_FAILED_TO_RESPOND",
-}
+def __getattr__(name):
+    # EXCEPTION_NAMES, the function codes and limits under their public names, and the
+    # requests a meter reading an SDM never sends (FC 03, 06, 16): in ``modbus_more``,
+    # loaded on first use (a meter's heap holds them only then)
+    from firmware.protocol import modbus_more
+    if name in modbus_more.PUBLIC:
+        return getattr(modbus_more, name)
+    raise AttributeError(name)
 
 
 def exception_name(code):
     """Name of a Modbus exception code, e.g. 2 -> 'ILLEGAL_DATA_ADDRESS'."""
+    from firmware.protocol.modbus_more import EXCEPTION_NAMES
     return EXCEPTION_NAMES.get(code, "UNKNOWN_EXCEPTION_%d" % code)
 
 
@@ -60,6 +57,7 @@ def _check_u16(what, value):
 class Request:
     """One master request and its RTU frame (``adu``); build it with the helpers below.
 
+    >>> from firmware.protocol.modbus import write_single_register  # modbus_more
     >>> r = write_single_register(1, 0x0014, 2)
     >>> r.adu.hex(), r.response_length
     ('010600140002480f', 8)
@@ -69,13 +67,13 @@ class Request:
         if not isinstance(slave, int) or slave < 0 or slave > 247:
             raise ModbusError("slave must be 0 (broadcast) or 1..247, got %r" % (slave,))
         _check_u16("address", address)
-        if function not in (READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS,
-                            WRITE_SINGLE_REGISTER, WRITE_MULTIPLE_REGISTERS):
+        if function not in (_READ_HOLDING_REGISTERS, _READ_INPUT_REGISTERS,
+                            _WRITE_SINGLE_REGISTER, _WRITE_MULTIPLE_REGISTERS):
             raise ModbusError("function code %r not supported (3, 4, 6, 16)" % (function,))
-        reads = function == READ_HOLDING_REGISTERS or function == READ_INPUT_REGISTERS
-        if reads and slave == BROADCAST:
+        reads = function == _READ_HOLDING_REGISTERS or function == _READ_INPUT_REGISTERS
+        if reads and slave == _BROADCAST:
             raise ModbusError("a read cannot be broadcast")
-        limit = MAX_READ_COUNT if reads else MAX_WRITE_COUNT
+        limit = _MAX_READ_COUNT if reads else _MAX_WRITE_COUNT
         if count < 1 or count > limit:
             raise ModbusError("count must be 1..%d, got %d" % (limit, count))
         if address + count > 0x10000:
@@ -86,11 +84,11 @@ class Request:
         self.count = count
         self.values = values
         pdu = bytearray((slave, function, address >> 8, address & 0xFF))
-        if function == WRITE_SINGLE_REGISTER:
+        if function == _WRITE_SINGLE_REGISTER:
             pdu.extend((values[0] >> 8, values[0] & 0xFF))
         else:
             pdu.extend((count >> 8, count & 0xFF))
-        if function == WRITE_MULTIPLE_REGISTERS:
+        if function == _WRITE_MULTIPLE_REGISTERS:
             pdu.append(2 * count)
             for v in values:
                 pdu.extend((v >> 8, v & 0xFF))
@@ -99,12 +97,12 @@ class Request:
     @property
     def broadcast(self):
         """True if no slave answers (slave 0)."""
-        return self.slave == BROADCAST
+        return self.slave == _BROADCAST
 
     @property
     def response_length(self):
         """Bytes in a normal (non-exception) response frame."""
-        if self.function == READ_HOLDING_REGISTERS or self.function == READ_INPUT_REGISTERS:
+        if self.function == _READ_HOLDING_REGISTERS or self.function == _READ_INPUT_REGISTERS:
             return 5 + 2 * self.count  # slave, fc, byte count, data, crc(2)
         return 8  # slave, fc, address(2), value or count(2), crc(2)
 
@@ -113,32 +111,13 @@ class Request:
             self.slave, self.function, self.address, self.count)
 
 
-def read_holding_registers(slave, address, count):
-    """FC 03 request: ``count`` holding registers from ``address``."""
-    return Request(slave, READ_HOLDING_REGISTERS, address, count)
-
-
 def read_input_registers(slave, address, count):
     """FC 04 request: ``count`` input registers from ``address``.
 
     >>> read_input_registers(1, 0x48, 2).adu.hex()
     '010400480002f1dd'
     """
-    return Request(slave, READ_INPUT_REGISTERS, address, count)
-
-
-def write_single_register(slave, address, value):
-    """FC 06 request: write ``value`` (0..65535) to one holding register."""
-    _check_u16("value", value)
-    return Request(slave, WRITE_SINGLE_REGISTER, address, 1, [value])
-
-
-def write_multiple_registers(slave, address, values):
-    """FC 16 request: write ``values`` to consecutive holding registers."""
-    values = list(values)
-    for v in values:
-        _check_u16("value", v)
-    return Request(slave, WRITE_MULTIPLE_REGISTERS, address, len(values), values)
+    return Request(slave, _READ_INPUT_REGISTERS, address, count)
 
 
 class Response:
@@ -147,6 +126,10 @@ class Response:
     ``exception_code`` is 0 for a normal response, else the slave's Modbus
     exception code (``exception_name`` says which).  ``registers`` holds the
     register values of a read, else None.  ``pdu`` is function code + data.
+
+    A read response also indexes like its registers (``len(r)``, ``r[i]``)
+    straight from the frame: the meter decodes a block that way, without the
+    list (80 registers are a 640-byte block on a fragmented ~128 KB heap).
     """
 
     def __init__(self, slave, pdu, registers=None):
@@ -154,7 +137,24 @@ class Response:
         self.pdu = pdu
         self.function = pdu[0] & 0x7F
         self.exception_code = pdu[1] if pdu[0] & 0x80 else 0
-        self.registers = registers
+        self._registers = registers
+
+    @property
+    def registers(self):
+        """The register values of a read (a list, built when asked for), else None."""
+        if self._registers is not None or self.exception_code or len(self.pdu) < 4 or (
+                self.function != _READ_HOLDING_REGISTERS and self.function != _READ_INPUT_REGISTERS):
+            return self._registers
+        return [self[k] for k in range(len(self))]
+
+    def __len__(self):
+        return (len(self.pdu) - 2) // 2
+
+    def __getitem__(self, k):
+        pdu = self.pdu
+        if k < 0 or 2 * k + 3 >= len(pdu):
+            raise IndexError(k)
+        return (pdu[2 + 2 * k] << 8) | pdu[3 + 2 * k]
 
     @property
     def ok(self):
@@ -185,6 +185,7 @@ class ResponseParser:
     Counters tell the master why nothing came: ``discarded`` (bytes dropped),
     ``crc_errors``, ``mismatches`` (CRC-valid write echoes that differ).
 
+    >>> from firmware.protocol.modbus import write_single_register
     >>> p = ResponseParser(write_single_register(1, 0x14, 2))
     >>> p.feed(b"\\x00" + write_single_register(1, 0x14, 2).adu).ok
     True
@@ -226,7 +227,7 @@ class ResponseParser:
                 return None
             if buf[1] & 0x80:
                 length = 5
-            elif fc == READ_HOLDING_REGISTERS or fc == READ_INPUT_REGISTERS:
+            elif fc == _READ_HOLDING_REGISTERS or fc == _READ_INPUT_REGISTERS:
                 if buf[2] != 2 * req.count:
                     self._drop(1)  # implausible byte count: not our frame
                     continue
@@ -240,16 +241,13 @@ class ResponseParser:
                 self.crc_errors += 1
                 self._drop(1)
                 continue
-            reads = fc == READ_HOLDING_REGISTERS or fc == READ_INPUT_REGISTERS
             if length == 8 and frame[2:6] != req.adu[2:6]:
                 self.mismatches += 1  # a write echo that is not our write
                 self._drop(length)
                 continue
             self._buf = buf[length:]
-            registers = None
-            if reads and length > 5:
-                registers = [(frame[3 + 2 * k] << 8) | frame[4 + 2 * k] for k in range(req.count)]
-            return Response(slave, frame[1:-2], registers)
+            # a read's registers are decoded from the frame when asked for (Response)
+            return Response(slave, frame[1:-2])
 
     def _drop(self, k):
         self.discarded += k
@@ -263,8 +261,8 @@ class ResponseParser:
 # 19200 baud both are fixed: t1.5 = 750 us, t3.5 = 1750 us.  Pass bits=10 for
 # 8N1 links such as the SDM120's default.
 
-FAST_BAUD = const(19200)
-DEFAULT_TURNAROUND_MS = const(200)  # slave processing allowance; not in the standard, tune per meter
+_FAST_BAUD = const(19200)
+_DEFAULT_TURNAROUND_MS = const(200)  # slave processing allowance; not in the standard, tune per meter
 
 
 def _ceil_div(a, b):
@@ -283,19 +281,19 @@ def frame_time_us(nbytes, baud, bits=11):
 
 def inter_frame_gap_us(baud, bits=11):
     """t3.5: the silence that ends a frame and must precede the next request."""
-    if baud > FAST_BAUD:
+    if baud > _FAST_BAUD:
         return 1750
     return _ceil_div(35 * bits * 1000000, 10 * baud)
 
 
 def inter_char_timeout_us(baud, bits=11):
     """t1.5: a longer gap inside a frame means the frame is broken."""
-    if baud > FAST_BAUD:
+    if baud > _FAST_BAUD:
         return 750
     return _ceil_div(15 * bits * 1000000, 10 * baud)
 
 
-def response_timeout_ms(request, baud, bits=11, turnaround_ms=DEFAULT_TURNAROUND_MS):
+def response_timeout_ms(request, baud, bits=11, turnaround_ms=_DEFAULT_TURNAROUND_MS):
     """Milliseconds from starting to send ``request`` to giving up on its reply.
 
     Sending the request + t3.5 + the slave's turnaround + receiving the
@@ -327,7 +325,7 @@ class Transaction:
     A broadcast is done once its timeout has passed, with no response.
     """
 
-    def __init__(self, request, baud, retries=2, bits=11, turnaround_ms=DEFAULT_TURNAROUND_MS):
+    def __init__(self, request, baud, retries=2, bits=11, turnaround_ms=_DEFAULT_TURNAROUND_MS):
         self.request = request
         self.retries = retries
         self.timeout_ms = response_timeout_ms(request, baud, bits, turnaround_ms)

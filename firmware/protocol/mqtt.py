@@ -22,50 +22,54 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
         return x
 
-# 2.2.1 Table 2.1: control packet types
-CONNECT = const(1)
-CONNACK = const(2)
-PUBLISH = const(3)
-PUBACK = const(4)
-PUBREC = const(5)
-PUBREL = const(6)
-PUBCOMP = const(7)
-SUBSCRIBE = const(8)
-SUBACK = const(9)
-UNSUBSCRIBE = const(10)
-UNSUBACK = const(11)
-PINGREQ = const(12)
-PINGRESP = const(13)
-DISCONNECT = const(14)
+# 2.2.1 Table 2.1: control packet types.  Private names, which MicroPython's
+# const compiles away; the public names, CONNACK_NAMES and what only tests or a
+# broker use (encode_unsubscribe, Unsuback) live in ``mqtt_more``, loaded on first
+# use through the module ``__getattr__`` below: a meter never loads it (heap).
+_CONNECT = const(1)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_PUBCOMP = const(7)
+_SUBSCRIBE = const(8)
+_SUBACK = const(9)
+_UNSUBSCRIBE = const(10)
+_UNSUBACK = const(11)
+_PINGREQ = const(12)
+_PINGRESP = const(13)
+_DISCONNECT = const(14)
 
-MAX_REMAINING_LENGTH = const(268435455)  # 2.2.3: four bytes, 0xFF 0xFF 0xFF 0x7F
-MAX_STRING_BYTES = const(65535)  # 1.5.3: two-byte length prefix
+_MAX_REMAINING_LENGTH = const(268435455)  # 2.2.3: four bytes, 0xFF 0xFF 0xFF 0x7F
+_MAX_STRING_BYTES = const(65535)  # 1.5.3: two-byte length prefix
 # Largest incoming packet we buffer: an 8 KB CBOR downlink (cbor.MAX_BYTES)
 # plus 1 KB for topic and headers; keeps a hostile length off the ~100 KB heap.
 MAX_PACKET = const(9216)
-MAX_PACKET_ID = const(65535)
+_MAX_PACKET_ID = const(65535)
 SUBACK_FAILURE = const(0x80)  # 3.9.3
 
 PINGREQ_PACKET = b"\xc0\x00"  # 3.12
 DISCONNECT_PACKET = b"\xe0\x00"  # 3.14
 
-# 3.2.2.3 Table 3.1: CONNACK return codes
-CONNACK_NAMES = {
-    0: "ACCEPTED",
-    1: "UNACCEPTABLE_PROTOCOL_VERSION",
-    2: "IDENTIFIER_REJECTED",
-    3: "SERVER_UNAVAILABLE",
-    4: "BAD_USERNAME_OR_PASSWORD",
-    5: "NOT_AUTHORIZED",
-}
 
-_PACKET_NAMES = ("RESERVED", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
-                 "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
-                 "PINGRESP", "DISCONNECT", "RESERVED")
+def __getattr__(name):
+    # CONNACK_NAMES, the packet type numbers, encode_unsubscribe, Unsuback, ...
+    from firmware.protocol import mqtt_more
+    if name in mqtt_more.PUBLIC:
+        return getattr(mqtt_more, name)
+    raise AttributeError(name)
+
+
+def _name(kind):
+    # a packet type's name, for error messages only
+    from firmware.protocol.mqtt_more import PACKET_NAMES
+    return PACKET_NAMES[kind]
 
 
 def connack_name(code):
     """Name of a CONNACK return code, e.g. 5 -> 'NOT_AUTHORIZED'."""
+    from firmware.protocol.mqtt_more import CONNACK_NAMES
     return CONNACK_NAMES.get(code, "RESERVED_%d" % code)
 
 
@@ -84,8 +88,8 @@ def encode_remaining_length(n):
     >>> encode_remaining_length(321).hex()
     'c102'
     """
-    if not isinstance(n, int) or n < 0 or n > MAX_REMAINING_LENGTH:
-        raise MqttError("remaining length must be 0..%d, got %r" % (MAX_REMAINING_LENGTH, n))
+    if not isinstance(n, int) or n < 0 or n > _MAX_REMAINING_LENGTH:
+        raise MqttError("remaining length must be 0..%d, got %r" % (_MAX_REMAINING_LENGTH, n))
     out = bytearray()
     while True:
         digit = n & 0x7F
@@ -119,7 +123,7 @@ def _utf8(what, s):
         data = s.encode("utf-8")
     else:
         raise MqttError("%s must be str, got %s" % (what, type(s).__name__))
-    if len(data) > MAX_STRING_BYTES:
+    if len(data) > _MAX_STRING_BYTES:
         raise MqttError("%s is %d bytes, at most 65535" % (what, len(data)))
     if "\x00" in s:
         raise MqttError("%s must not contain U+0000 (1.5.3)" % what)
@@ -131,7 +135,7 @@ def _binary(what, b):
         b = b.encode("utf-8")
     elif not isinstance(b, (bytes, bytearray, memoryview)):
         raise MqttError("%s must be bytes or str, got %s" % (what, type(b).__name__))
-    if len(b) > MAX_STRING_BYTES:
+    if len(b) > _MAX_STRING_BYTES:
         raise MqttError("%s is %d bytes, at most 65535" % (what, len(b)))
     return bytes(b)
 
@@ -152,7 +156,7 @@ def _packet(first_byte, body):
 
 
 def _check_packet_id(packet_id):
-    if not isinstance(packet_id, int) or packet_id < 1 or packet_id > MAX_PACKET_ID:
+    if not isinstance(packet_id, int) or packet_id < 1 or packet_id > _MAX_PACKET_ID:
         raise MqttError("packet id must be 1..65535, got %r" % (packet_id,))  # 2.3.1
 
 
@@ -305,23 +309,6 @@ def encode_subscribe(packet_id, subscriptions):
     return _packet(0x82, body)
 
 
-def encode_unsubscribe(packet_id, topic_filters):
-    """UNSUBSCRIBE (3.10): fixed-header flags 0010, packet id, filters.
-
-    >>> encode_unsubscribe(2, ["a/#"]).hex()
-    'a20700020003612f23'
-    """
-    _check_packet_id(packet_id)
-    topic_filters = list(topic_filters)
-    if not topic_filters:
-        raise MqttError("UNSUBSCRIBE needs at least one topic filter (3.10.3)")
-    body = bytearray((packet_id >> 8, packet_id & 0xFF))
-    for topic_filter in topic_filters:
-        check_topic_filter(topic_filter)
-        _field(body, topic_filter.encode("utf-8"))
-    return _packet(0xA2, body)
-
-
 # ------------------------------------------------------------------ decoded packets
 
 class Connack:
@@ -380,16 +367,6 @@ class Suback:
         return "Suback(%d, %r)" % (self.packet_id, self.granted)
 
 
-class Unsuback:
-    """UNSUBACK for UNSUBSCRIBE ``packet_id``."""
-
-    def __init__(self, packet_id):
-        self.packet_id = packet_id
-
-    def __repr__(self):
-        return "Unsuback(%d)" % self.packet_id
-
-
 class Pingresp:
     """PINGRESP: the broker is alive."""
 
@@ -402,20 +379,20 @@ def _check_first_byte(first):
     flags = first & 0x0F
     if kind == 0 or kind == 15:
         raise MqttError("reserved packet type %d (2.2.1)" % kind)
-    if kind == PUBLISH:
+    if kind == _PUBLISH:
         if flags & 0x06 == 0x06:
             raise MqttError("PUBLISH with QoS 3 is malformed (3.3.1.2)")
         if flags & 0x06 == 0x04:
             raise MqttError("PUBLISH at QoS 2 is not supported (we never subscribe at QoS 2)")
         return
-    want = 0x02 if kind in (PUBREL, SUBSCRIBE, UNSUBSCRIBE) else 0
+    want = 0x02 if kind in (_PUBREL, _SUBSCRIBE, _UNSUBSCRIBE) else 0
     if flags != want:
         raise MqttError("%s with reserved flags 0x%x, must be 0x%x (2.2.2)" % (
-            _PACKET_NAMES[kind], flags, want))
-    if kind in (CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT):
-        raise MqttError("%s is a client packet; a broker must not send it" % _PACKET_NAMES[kind])
-    if kind in (PUBREC, PUBREL, PUBCOMP):
-        raise MqttError("%s is QoS 2 flow, which this client does not use" % _PACKET_NAMES[kind])
+            _name(kind), flags, want))
+    if kind in (_CONNECT, _SUBSCRIBE, _UNSUBSCRIBE, _PINGREQ, _DISCONNECT):
+        raise MqttError("%s is a client packet; a broker must not send it" % _name(kind))
+    if kind in (_PUBREC, _PUBREL, _PUBCOMP):
+        raise MqttError("%s is QoS 2 flow, which this client does not use" % _name(kind))
 
 
 def _packet_id_only(name, body):
@@ -458,9 +435,9 @@ def decode_packet(first, body):
     """
     _check_first_byte(first)
     kind = first >> 4
-    if kind == PUBLISH:
+    if kind == _PUBLISH:
         return _decode_publish(first & 0x0F, body)
-    if kind == CONNACK:
+    if kind == _CONNACK:
         if len(body) != 2:
             raise MqttError("CONNACK remaining length must be 2, got %d" % len(body))
         if body[0] & 0xFE:
@@ -470,11 +447,12 @@ def decode_packet(first, body):
         if body[1] and body[0]:
             raise MqttError("refused CONNACK with session present set (3.2.2.2)")
         return Connack(bool(body[0] & 1), body[1])
-    if kind == PUBACK:
+    if kind == _PUBACK:
         return Puback(_packet_id_only("PUBACK", body))
-    if kind == UNSUBACK:
+    if kind == _UNSUBACK:  # never for a meter: it does not unsubscribe
+        from firmware.protocol.mqtt_more import Unsuback
         return Unsuback(_packet_id_only("UNSUBACK", body))
-    if kind == SUBACK:
+    if kind == _SUBACK:
         if len(body) < 3:
             raise MqttError("SUBACK needs a packet id and at least one return code")
         granted = list(body[2:])
@@ -549,7 +527,7 @@ class PacketReader:
             end = start + length
             if end > self.max_packet:
                 raise MqttError("incoming %s of %d bytes exceeds max_packet %d" % (
-                    _PACKET_NAMES[buf[0] >> 4], end, self.max_packet))
+                    _name(buf[0] >> 4), end, self.max_packet))
             if len(buf) >= end:
                 out.append(decode_packet(buf[0], memoryview(buf)[start:end]))
                 self._buf = buf[end:]
@@ -638,9 +616,9 @@ class Session:
 
     def next_packet_id(self):
         """Allocate the next free packet id (1..65535, wrapping, skipping ids in use)."""
-        for _ in range(MAX_PACKET_ID):
+        for _ in range(_MAX_PACKET_ID):
             pid = self._next_id
-            self._next_id = 1 if pid == MAX_PACKET_ID else pid + 1
+            self._next_id = 1 if pid == _MAX_PACKET_ID else pid + 1
             if not self._in_use(pid):
                 return pid
         raise MqttError("all 65535 packet ids are in use")
@@ -697,6 +675,7 @@ class Session:
         """(packet_id, frame) for UNSUBSCRIBE from [filter, ...]."""
         self._require_connected()
         pid = self.next_packet_id()
+        from firmware.protocol.mqtt_more import encode_unsubscribe
         frame = encode_unsubscribe(pid, topic_filters)
         self._pending.append(pid)
         self._sent(now)
@@ -743,10 +722,6 @@ class Session:
                     self._in_flight.pop(i)
                     break
             return []  # an unknown id is a late ack of a resend: nothing to do
-        if isinstance(packet, (Suback, Unsuback)):
-            if packet.packet_id in self._pending:
-                self._pending.remove(packet.packet_id)
-            return []
         if isinstance(packet, Pingresp):
             self.ping_outstanding = False
             return []
@@ -757,7 +732,13 @@ class Session:
             self.connected = True
             dup = not self.clean_session
             return [self._resend(m, dup, now) for m in self._in_flight]
-        raise MqttError("not a packet from a broker: %r" % (packet,))
+        if not isinstance(packet, Suback):
+            from firmware.protocol.mqtt_more import Unsuback  # a meter never gets one
+            if not isinstance(packet, Unsuback):
+                raise MqttError("not a packet from a broker: %r" % (packet,))
+        if packet.packet_id in self._pending:
+            self._pending.remove(packet.packet_id)
+        return []
 
     # -------------------------------------------------------------- timers
     def ping_due(self, now):

@@ -199,6 +199,9 @@ class _Board:
     def __init__(self):
         self.clock = _Clock()
 
+    def poll(self):
+        pass
+
 
 class _Uart:
     def __init__(self):
@@ -248,7 +251,7 @@ def test_cli_loads_at_its_first_byte_and_unloads_once_the_technician_has_gone():
     app.release_config()
 
     async def drive():
-        task = asyncio.create_task(app.cli_task())
+        task = asyncio.create_task(app.poll_task())  # it serves the CLI UART too
         await asyncio.sleep(0.06)
         eq(app.cli, None)  # nobody typed: no CLI on the heap
         parts.cli.rx = b"info\r\n"

@@ -91,6 +91,17 @@ def test_parser_completes_on_the_last_byte_when_fed_byte_by_byte():
     eq(p.feed(frame[-1:]).registers, [0xAE41, 0x5652, 0x4340])
 
 
+def test_read_response_indexes_like_its_registers_without_the_list():
+    frame = H("110306AE415652434049AD")  # the FC 03 example above: 3 registers
+    resp = mb.ResponseParser(mb.read_holding_registers(0x11, 0x006B, 3)).feed(frame)
+    eq((len(resp), resp[0], resp[1], resp[2]), (3, 0xAE41, 0x5652, 0x4340))
+    raises(IndexError, lambda: resp[3])
+    eq([resp[k] for k in range(len(resp))], resp.registers)
+    # sdm decodes a block from the response itself, as the meter's reader does
+    entries = (("v", 0x006B, sdm.F32, 10, "dV"),)
+    eq(sdm.decode_registers(entries, 0x006B, resp), sdm.decode_registers(entries, 0x006B, resp.registers))
+
+
 def test_parser_gives_the_same_reply_for_every_split_point():
     for cut in range(len(REPLY_INPUT_1_0_2) + 1):
         p = mb.ResponseParser(mb.read_input_registers(1, 0, 2))

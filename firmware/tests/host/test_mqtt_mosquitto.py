@@ -117,6 +117,20 @@ async def keepalive(host, port, prefix):
     say(alive=alive, error=c.error)
 
 
+async def keepalive_tick(host, port, prefix):
+    # no keepalive task: the owner's loop calls tick() every second (as the meter's _pump)
+    s = Session(prefix.replace("/", "-"), keepalive_s=2)
+    c = MqttConnection(s, keepalive_task=False)
+    await c.connect(host, port)
+    for _ in range(7):
+        await asyncio.sleep(1)
+        await c.tick()
+    alive = c.is_connected
+    await c.publish(prefix + "/alive", b"yes", 1, timeout_s=3)
+    await c.close()
+    say(alive=alive, error=c.error)
+
+
 mode, host, port, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if mode == "roundtrip":
     asyncio.run(roundtrip(host, port, prefix))
@@ -126,6 +140,8 @@ elif mode == "will-close":
     asyncio.run(will(host, port, prefix, True))
 elif mode == "keepalive":
     asyncio.run(keepalive(host, port, prefix))
+elif mode == "keepalive-tick":
+    asyncio.run(keepalive_tick(host, port, prefix))
 elif mode == "resend":
     asyncio.run(resend(host, port, prefix))
 '''
@@ -304,6 +320,15 @@ def test_idle_client_keeps_its_connection_alive_with_pingreq(mosquitto, client_s
     prefix = unique_prefix("ka")
     events = run_client("micropython", client_script, "keepalive", host, port, prefix)
     # 7 s idle > 3 s (1.5 x keepalive): only PINGREQs kept the broker from dropping it
+    assert events == [{"alive": True, "error": "closed by client"}]
+
+
+def test_idle_client_without_keepalive_task_stays_alive_on_its_owners_ticks(
+        mosquitto, client_script):
+    host, port = mosquitto
+    prefix = unique_prefix("kt")
+    events = run_client("micropython", client_script, "keepalive-tick", host, port, prefix)
+    # the meter's way (keepalive_task=False): its loop's tick() sent the PINGREQs
     assert events == [{"alive": True, "error": "closed by client"}]
 
 
