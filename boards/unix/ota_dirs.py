@@ -267,10 +267,19 @@ class OtaDirs:
         return True
 
     def select(self, now=0):
-        """The boot selector's decision: the folder to run now (spends a trial boot or rolls back)."""
+        """The boot selector's decision: the folder to run now (spends a trial boot or rolls back).
+
+        An update still VERIFYING or READY at boot was cut off before ``install``
+        committed: it is aborted (FAILED, ABORTED), so the next ``ota`` starts
+        afresh instead of being refused for ever (the ESP32 does the same).
+        """
         slot = self.boot.select()
         if self.boot.last_boot == ota.BOOT_ROLLED_BACK and self.update.state == ota.PENDING_CONFIRM:
             self.update.rolled_back()
+        elif self.update.state == ota.VERIFYING or self.update.state == ota.READY:
+            print("urja: ota: %s was verified but not installed before a reset: aborted" % (
+                self.update.manifest["version"] if self.update.manifest else "?"))
+            self.update.fail(ota.R_ABORTED)
         self.save(now)  # before the image runs: a crashing image must not get its trial back
         return self.slot_path(slot)
 

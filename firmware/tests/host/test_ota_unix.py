@@ -61,7 +61,7 @@ if args and args[0] == "update":
         if delay_ms:
             time.sleep_ms(delay_ms)
     print("RESULT", o.update.state_name, o.update.reason_name)
-    if o.update.state == ota.READY:
+    if o.update.state == ota.READY and "noinstall" not in args:  # noinstall: a cut before install
         print("INSTALL", ota.REASON_NAMES[o.install()])
 '''
 
@@ -230,6 +230,25 @@ def test_download_killed_midway_resumes_from_the_last_written_chunk(tmp_path, fi
     assert len(lines(resumed, "CHUNK")) == count - start
     assert lines(resumed, "RESULT") == ["RESULT READY OK"]
     assert lines(resumed, "INSTALL") == ["INSTALL OK"]
+    assert lines(m.boot(), "CONFIRMED") == ["CONFIRMED 2.0.0"]
+
+
+def test_verified_image_cut_off_before_install_is_aborted_at_boot_and_a_new_update_starts(
+        tmp_path, firmware_build):
+    m = Meter(tmp_path, firmware_build)
+    manifest_path, blob_path, _ = m.offer(make_image(firmware_build, tmp_path / "v2", "2.0.0"))
+    first = m.boot("update", manifest_path, blob_path, 0, "noinstall")
+    assert lines(first, "RESULT") == ["RESULT READY OK"] and lines(first, "INSTALL") == []
+
+    second = m.boot()  # the reset came before install: still the old image, update aborted
+    assert second.returncode == 0, second.stderr
+    assert "urja: ota: v2 was verified but not installed before a reset: aborted" in second.stdout
+    assert lines(second, "VERSION") == ["VERSION 1.0.0 SLOT a BOOT NORMAL"]
+    assert lines(second, "UPDATE") == ["UPDATE FAILED ABORTED"]
+
+    third = m.boot("update", manifest_path, blob_path)  # not refused: starts again at chunk 0
+    assert lines(third, "BEGIN") == ["BEGIN OK 0"]
+    assert lines(third, "INSTALL") == ["INSTALL OK"]
     assert lines(m.boot(), "CONFIRMED") == ["CONFIRMED 2.0.0"]
 
 
