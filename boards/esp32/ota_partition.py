@@ -249,10 +249,9 @@ class OtaPartitions:
                 return
             self.part.after_boot()
             b.last_boot = ota.BOOT_ROLLED_BACK
-        elif u.state in (ota.VERIFYING, ota.READY):
-            print("urja: ota: %s was verified but not installed before a reset: aborted" % (
-                u.manifest["version"] if u.manifest else "?"))
-            u.fail(ota.R_ABORTED)
+        elif u.state == ota.VERIFYING or u.state == ota.READY:
+            print("urja: ota: %s was verified but not installed before a reset: aborted"
+                  % u.abort_uninstalled())
         elif u.state == ota.DOWNLOADING and download_slot != self.slot.label:
             print("urja: ota: download was into %s, the next update partition is now %s: aborted" % (
                 download_slot, self.slot.label))

@@ -276,10 +276,11 @@ class OtaDirs:
         slot = self.boot.select()
         if self.boot.last_boot == ota.BOOT_ROLLED_BACK and self.update.state == ota.PENDING_CONFIRM:
             self.update.rolled_back()
-        elif self.update.state == ota.VERIFYING or self.update.state == ota.READY:
-            print("urja: ota: %s was verified but not installed before a reset: aborted" % (
-                self.update.manifest["version"] if self.update.manifest else "?"))
-            self.update.fail(ota.R_ABORTED)
+        else:
+            aborted = self.update.abort_uninstalled()
+            if aborted is not None:
+                print("urja: ota: %s was verified but not installed before a reset: aborted"
+                      % aborted)
         self.save(now)  # before the image runs: a crashing image must not get its trial back
         return self.slot_path(slot)
 

@@ -276,6 +276,17 @@ class Update:
         self._fire(ABORT)
         self.reason = reason
 
+    def abort_uninstalled(self):
+        """At boot: an update still VERIFYING or READY was cut off by a reset before the
+        board's install committed; abort it (FAILED, ABORTED) so the next ``ota`` starts
+        afresh instead of being refused.  Returns the aborted version ("?" without a
+        manifest) for the console, or None when there was nothing to abort."""
+        if self.state != VERIFYING and self.state != READY:
+            return None
+        version = self.manifest["version"] if self.manifest else "?"
+        self.fail(R_ABORTED)
+        return version
+
     def switched(self, target=None):
         """The board marked slot ``target`` to boot on trial: wait for its confirm()."""
         self._fire(SWITCH)

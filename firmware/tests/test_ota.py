@@ -199,6 +199,17 @@ def test_abort_from_downloading_verifying_and_ready_fails():
         eq(u.reason, ota.R_BAD_IMAGE)
 
 
+def test_boot_aborts_only_an_update_verified_but_not_installed():
+    for state in (ota.VERIFYING, ota.READY):
+        u = in_state(state)
+        eq(u.abort_uninstalled(), "2.0.0", ota.STATE_NAMES[state])
+        eq((u.state, u.reason), (ota.FAILED, ota.R_ABORTED))
+    for state in (ota.IDLE, ota.DOWNLOADING, ota.PENDING_CONFIRM, ota.CONFIRMED, ota.FAILED):
+        u = in_state(state)
+        eq(u.abort_uninstalled(), None, ota.STATE_NAMES[state])
+        eq(u.state, state)
+
+
 def test_acknowledged_outcome_returns_to_idle():
     for state in (ota.CONFIRMED, ota.FAILED, ota.ROLLED_BACK):
         u = in_state(state)
