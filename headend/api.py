@@ -49,6 +49,15 @@ def invalid(message, *loc):
     return HTTPException(422, [{"loc": list(loc) or ["body"], "msg": message, "type": "value_error"}])
 
 
+def _in_window(query, column, start, end):
+    """``query`` limited to start <= column < end (either bound may be None)."""
+    if start is not None:
+        query = query.where(column >= start)
+    if end is not None:
+        query = query.where(column < end)
+    return query
+
+
 def _optional(module):
     """A colleague's head-end module if this build has it, else None."""
     try:
@@ -403,11 +412,8 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
                  start: TimeQ = None, end: TimeQ = None, limit: Limit = 1000):
         """Interval readings with start <= start_t < end, oldest first (energy in Wh or L)."""
         meter = A.Scope(principal).meter(session, meter_id)
-        q = select(M.Reading).where(M.Reading.meter_id == meter.id)
-        if start is not None:
-            q = q.where(M.Reading.start_t >= start)
-        if end is not None:
-            q = q.where(M.Reading.start_t < end)
+        q = _in_window(select(M.Reading).where(M.Reading.meter_id == meter.id),
+                       M.Reading.start_t, start, end)
         rows = session.scalars(q.order_by(M.Reading.start_t).limit(limit))
         return [{"start_t": r.start_t, "energy": r.energy, "unit": meter.unit, "span_s": r.span_s,
                  "flags": r.flags, "avg_mv": r.avg_mv, "avg_ma": r.avg_ma,
@@ -431,11 +437,8 @@ def create_app(settings=None, engine=None, clock=time.time, enqueue=None):
                start: TimeQ = None, end: TimeQ = None, limit: Limit = 500):
         """Meter events (codes in docs/protocol.md) with start <= t < end, oldest first."""
         meter = A.Scope(principal).meter(session, meter_id)
-        q = select(M.EventRecord).where(M.EventRecord.meter_id == meter.id)
-        if start is not None:
-            q = q.where(M.EventRecord.t >= start)
-        if end is not None:
-            q = q.where(M.EventRecord.t < end)
+        q = _in_window(select(M.EventRecord).where(M.EventRecord.meter_id == meter.id),
+                       M.EventRecord.t, start, end)
         rows = session.scalars(q.order_by(M.EventRecord.event_seq).limit(limit))
         return [{"event_seq": r.event_seq, "t": r.t, "code": r.code, "value": r.value}
                 for r in rows]

@@ -136,13 +136,21 @@ class MeterKey(Base):
 # --- uplinks -------------------------------------------------------------
 
 class UplinkSeen(Base):
-    """Every accepted uplink's (meter, s): the dedupe key and the source for gap detection."""
+    """Every accepted uplink's (meter, s): the dedupe key and the source for gap detection.
+
+    A reading uplink's register (``cum`` at its last record, and its
+    ``interval_s``) lives here too, NULL for other kinds: it is one value per
+    uplink, and a table of its own cost PostgreSQL a heap row, a primary-key
+    entry and a foreign-key check per reading (docs/SCALING.md).
+    """
     __tablename__ = "uplinks_seen"
     meter_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     t: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[int] = mapped_column(BigInteger, index=True)  # /metrics rate window
+    interval_s: Mapped[int | None] = mapped_column(Integer, default=None)  # readings only
+    cum: Mapped[int | None] = mapped_column(BigInteger, default=None)  # readings only
 
 
 class SeqGap(Base):
@@ -192,16 +200,6 @@ class Reading(Base):
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     seq: Mapped[int | None] = mapped_column(BigInteger, default=None)  # uplink that carried it
     received_at: Mapped[int] = mapped_column(BigInteger)
-
-
-class ReadingRegister(Base):
-    """The cumulative register a reading message reported (``cum`` at its last record)."""
-    __tablename__ = "reading_registers"
-    meter_id: Mapped[str] = mapped_column(ForeignKey("meters.id"), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    t: Mapped[int] = mapped_column(BigInteger)
-    interval_s: Mapped[int] = mapped_column(Integer)
-    cum: Mapped[int] = mapped_column(BigInteger)
 
 
 class EventRecord(Base):

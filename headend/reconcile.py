@@ -278,8 +278,9 @@ def _energy_before_first_record(session, meter_id, acc):
     0 unless the earliest reading message we hold also carries the earliest
     record (if the first message was lost, the difference means nothing).
     """
-    first = session.execute(select(M.ReadingRegister).where(
-        M.ReadingRegister.meter_id == meter_id).order_by(M.ReadingRegister.seq).limit(1)
+    seen = M.UplinkSeen
+    first = session.execute(select(seen).where(
+        seen.meter_id == meter_id, seen.kind == "reading").order_by(seen.seq).limit(1)
     ).scalar_one_or_none()
     if first is None:
         return 0
@@ -299,8 +300,8 @@ def _interval_of(session, meter_id, records):
     for _start, _e, flags, span in reversed(records):
         if not flags & PROFILE_POWER_OFF:
             return span
-    iv = session.execute(select(M.ReadingRegister.interval_s).where(
-        M.ReadingRegister.meter_id == meter_id).limit(1)).scalar()
+    iv = session.execute(select(M.UplinkSeen.interval_s).where(
+        M.UplinkSeen.meter_id == meter_id, M.UplinkSeen.kind == "reading").limit(1)).scalar()
     return iv or 900
 
 

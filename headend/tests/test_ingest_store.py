@@ -7,6 +7,7 @@ from sqlalchemy import MetaData, inspect, select, text
 from sqlalchemy.orm import Session
 
 from headend import models as M
+from headend.db import make_engine
 from headend.store import UplinkStore, open_gaps, scan_gaps
 from headend.tests.conftest import count, register_meters
 
@@ -77,8 +78,11 @@ def test_a_batch_mixing_replayed_and_new_uplinks_stores_only_the_new_ones(engine
                                         "readings")).all()) == [
             ("UJ-1", T0, 10, T0), ("UJ-1", T0 + 900, 20, T0), ("UJ-1", T0 + 2700, 30, T0 + 60),
             ("UJ-2", T0, 5, T0 + 60)]
-        assert sorted(conn.execute(text("SELECT meter_id, seq, cum FROM reading_registers"))
+        assert sorted(conn.execute(text("SELECT meter_id, seq, cum FROM uplinks_seen "
+                                        "WHERE kind = 'reading'"))
                       .all()) == [("UJ-1", 1, 10), ("UJ-1", 2, 20), ("UJ-1", 3, 30), ("UJ-2", 1, 5)]
+        assert conn.execute(text("SELECT interval_s, cum FROM uplinks_seen "
+                                 "WHERE kind = 'heartbeat'")).all() == [(None, None)]
     assert count(engine, "heartbeats") == 1
 
 
@@ -149,6 +153,30 @@ def test_a_partly_filled_gap_is_replaced_by_what_is_still_missing(engine):
     assert open_gaps(engine) == [("UJ-1", 2, 3), ("UJ-1", 5, 6)]
 
 
+def test_gap_scan_in_chunks_keeps_each_meters_gaps_and_marks_apart(engine, monkeypatch):
+    # several meters per statement, and more meters than one statement takes: each
+    # meter's gaps, closures and low mark are its own
+    from headend import store as store_mod
+    monkeypatch.setattr(store_mod, "GAP_SCAN_CHUNK", 2)
+    ids = ["UJ-%d" % i for i in range(1, 6)]
+    register_meters(engine, ids)
+    store = UplinkStore(engine)
+    stored = {"UJ-1": (1, 3), "UJ-2": (1, 2, 3), "UJ-3": (5, 9, 10, 12), "UJ-4": (7,),
+              "UJ-5": (2, 4)}
+    store.write([body("heartbeat", m, s, T0, up=s) for m, seqs in stored.items() for s in seqs],
+                now=T0)
+    marks = {}
+    assert scan_gaps(engine, ids, T0, marks) == (4, 0)
+    assert open_gaps(engine) == [("UJ-1", 2, 2), ("UJ-3", 6, 8), ("UJ-3", 11, 11),
+                                 ("UJ-5", 3, 3)]
+    assert marks == {"UJ-1": 3, "UJ-2": 3, "UJ-3": 12, "UJ-4": 7, "UJ-5": 4}
+    store.write([body("heartbeat", "UJ-3", 11, T0, up=11), body("heartbeat", "UJ-5", 3, T0, up=3),
+                 body("heartbeat", "UJ-4", 9, T0, up=9)], now=T0)
+    assert scan_gaps(engine, ids, T0 + 1, marks) == (1, 2)
+    assert open_gaps(engine) == [("UJ-1", 2, 2), ("UJ-3", 6, 8), ("UJ-4", 8, 8)]
+    assert marks["UJ-4"] == 9
+
+
 # --- keys at rest -----------------------------------------------------------
 
 MASTER = bytes(range(32))
@@ -201,3 +229,30 @@ def test_alembic_head_builds_exactly_the_models(engine):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), M.Base.metadata)
     assert diff == []
+
+
+def test_migration_0007_moves_reading_registers_into_uplinks_seen_and_back(db_url):
+    from headend import migrations
+    migrations.downgrade(db_url, "0006")
+    eng = make_engine(db_url)
+    try:
+        register_meters(eng, ["UJ-1"])
+        with eng.begin() as conn:
+            conn.execute(text("INSERT INTO uplinks_seen (meter_id, seq, kind, t, received_at) "
+                              "VALUES ('UJ-1', 1, 'reading', 10, 11), "
+                              "('UJ-1', 2, 'heartbeat', 20, 21), ('UJ-1', 3, 'reading', 30, 31)"))
+            conn.execute(text("INSERT INTO reading_registers (meter_id, seq, t, interval_s, cum) "
+                              "VALUES ('UJ-1', 1, 10, 900, 1234), ('UJ-1', 3, 30, 1800, 5678)"))
+        migrations.upgrade(db_url)
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT seq, kind, interval_s, cum FROM uplinks_seen "
+                                     "ORDER BY seq")).all() == [
+                (1, "reading", 900, 1234), (2, "heartbeat", None, None), (3, "reading", 1800, 5678)]
+            assert "reading_registers" not in inspect(conn).get_table_names()
+        migrations.downgrade(db_url, "0006")
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT seq, interval_s, cum FROM reading_registers "
+                                     "ORDER BY seq")).all() == [(1, 900, 1234), (3, 1800, 5678)]
+        migrations.upgrade(db_url)
+    finally:
+        eng.dispose()
