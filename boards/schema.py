@@ -39,38 +39,45 @@ ESP32 (chip and WROOM-32 module) pin facts, from independent sources:
 import json
 import sys
 
-PLATFORMS = ("esp32", "unix")
-METER_TYPES = ("electricity", "water", "gas")
-EDGES = ("rising", "falling")
-LEVELS = ("high", "low")
-PULLS = ("up", "down", "none")
-RELAY_KINDS = ("level", "latching")
-BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
+_PLATFORMS = const(("esp32", "unix"))
+_METER_TYPES = const(("electricity", "water", "gas"))
+_EDGES = const(("rising", "falling"))
+_LEVELS = const(("high", "low"))
+_PULLS = const(("up", "down", "none"))
+_RELAY_KINDS = const(("level", "latching"))
+_BAUDS = const((1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200))
 
 ESP32_GPIOS = tuple(range(0, 20)) + (21, 22, 23, 25, 26, 27) + tuple(range(32, 40))
-ESP32_FLASH_PINS = (6, 7, 8, 9, 10, 11)
-ESP32_INPUT_ONLY = (34, 35, 36, 37, 38, 39)
-ESP32_CONSOLE_PINS = (1, 3)
-ESP32_STRAPPING = (0, 2, 5, 12, 15)
-ESP32_RS485_UARTS = (1, 2)  # UART0 is the console
-ESP32_FILTER_MAX_NS = 12787
-UNIX_MAX_PIN = 255  # unix pins are just names for control-socket lines
-WATCHDOG_MIN_MS = 1000
-WATCHDOG_MAX_MS = 600000  # ours: a meter stuck for 10 minutes is not being watched
-PULSE_MS_MIN = 10
-PULSE_MS_MAX = 1000
+_ESP32_FLASH_PINS = const((6, 7, 8, 9, 10, 11))
+_ESP32_INPUT_ONLY = const((34, 35, 36, 37, 38, 39))
+_ESP32_CONSOLE_PINS = const((1, 3))
+_ESP32_STRAPPING = const((0, 2, 5, 12, 15))
+_ESP32_RS485_UARTS = const((1, 2))  # UART0 is the console
+_ESP32_FILTER_MAX_NS = const(12787)
+_UNIX_MAX_PIN = const(255)  # unix pins are just names for control-socket lines
+_WATCHDOG_MIN_MS = const(1000)
+_WATCHDOG_MAX_MS = const(600000)  # ours: a meter stuck for 10 minutes is not being watched
+_PULSE_MS_MIN = const(10)
+_PULSE_MS_MAX = const(1000)
 
 # Top-level fields in the order errors are reported (dicts are unordered on MicroPython).
-COMMON_FIELDS = ("name", "platform", "meter_type", "pulse_input", "rs485", "cli_uart", "relay",
-                 "led", "cover_input", "commissioning_input", "power_fail_input",
-                 "watchdog_timeout_ms")
+_COMMON_FIELDS = const(("name", "platform", "meter_type", "pulse_input", "rs485", "cli_uart",
+                        "relay", "led", "cover_input", "commissioning_input",
+                        "power_fail_input", "watchdog_timeout_ms"))
 PLATFORM_FIELDS = {"esp32": ("nvs_namespace", "outbox"), "unix": ("state_dir", "control")}
-PARTITION_LABEL_MAX = 15  # ESP-IDF esp_partition_t.label is char[17]; the CSV tool allows 16: keep 15
-OUTBOX_SEGMENTS_MIN = 2  # firmware.core.outbox needs a ring of two at least
-OUTBOX_SEGMENTS_MAX = 256
-REQUIRED = ("name", "platform", "meter_type", "relay", "cover_input", "commissioning_input",
-            "power_fail_input", "watchdog_timeout_ms")
-INPUT_FIELDS = ("cover_input", "commissioning_input", "power_fail_input")
+# ESP-IDF esp_partition_t.label is char[17]; the CSV tool allows 16: keep 15
+_PARTITION_LABEL_MAX = const(15)
+_OUTBOX_SEGMENTS_MIN = const(2)  # firmware.core.outbox needs a ring of two at least
+_OUTBOX_SEGMENTS_MAX = const(256)
+_REQUIRED = const(("name", "platform", "meter_type", "relay", "cover_input",
+                   "commissioning_input", "power_fail_input", "watchdog_timeout_ms"))
+_INPUT_FIELDS = const(("cover_input", "commissioning_input", "power_fail_input"))
 
 
 class BoardError(ValueError):
@@ -168,30 +175,30 @@ class _Checker:
             self.err(field, "%r is not a pin number" % (p,))
             return None
         if self.platform == "unix":
-            if not 0 <= p <= UNIX_MAX_PIN:
-                self.err(field, "%d is not a unix pin (0-%d)" % (p, UNIX_MAX_PIN))
+            if not 0 <= p <= _UNIX_MAX_PIN:
+                self.err(field, "%d is not a unix pin (0-%d)" % (p, _UNIX_MAX_PIN))
                 return None
         elif self.platform == "esp32":
             if p not in ESP32_GPIOS:
                 self.err(field, "GPIO%d does not exist on the ESP32 (GPIOs: %s)"
                          % (p, _ranges(ESP32_GPIOS)))
                 return None
-            if p in ESP32_FLASH_PINS:
+            if p in _ESP32_FLASH_PINS:
                 self.err(field, "GPIO%d is wired to the SPI flash (GPIO6-11 are not usable)" % p)
                 return None
-            if p in ESP32_CONSOLE_PINS:
+            if p in _ESP32_CONSOLE_PINS:
                 self.err(field, "GPIO%d is the UART0 console (GPIO1 TX, GPIO3 RX)" % p)
                 return None
-            if output and p in ESP32_INPUT_ONLY:
+            if output and p in _ESP32_INPUT_ONLY:
                 self.err(field, "GPIO%d is input-only (GPIO34-39 cannot drive an output)" % p)
                 return None
-            if pull != "none" and p in ESP32_INPUT_ONLY:
+            if pull != "none" and p in _ESP32_INPUT_ONLY:
                 self.err(field, "GPIO%d has no internal pull-%s (GPIO34-39); use pull none "
                          "and an external resistor" % (p, pull))
-            if p in ESP32_STRAPPING:
+            if p in _ESP32_STRAPPING:
                 self.warnings.append("%s: GPIO%d is a strapping pin (%s): an external pull "
                                      "on it can stop the board booting"
-                                     % (field, p, _choices(ESP32_STRAPPING)))
+                                     % (field, p, _choices(_ESP32_STRAPPING)))
         self.pins.append((p, field))
         return p
 
@@ -199,25 +206,25 @@ class _Checker:
 
     def top(self):
         b = self.board
-        allowed = COMMON_FIELDS + PLATFORM_FIELDS.get(str(self.platform), ())
+        allowed = _COMMON_FIELDS + PLATFORM_FIELDS.get(str(self.platform), ())
         for key in sorted(b):
             if key not in allowed:
                 self.err(key, "unknown field (allowed: %s)" % _choices(allowed))
-        for key in REQUIRED:
+        for key in _REQUIRED:
             if key not in b:
                 self.err(key, "missing")
         name = b.get("name")
         if "name" in b and (not isinstance(name, str) or not name):
             self.err("name", "must be a non-empty string")
-        if "platform" in b and self.platform not in PLATFORMS:
-            self.err("platform", "%r is not one of %s" % (self.platform, _choices(PLATFORMS)))
+        if "platform" in b and self.platform not in _PLATFORMS:
+            self.err("platform", "%r is not one of %s" % (self.platform, _choices(_PLATFORMS)))
             self.platform = None
-        if "meter_type" in b and b["meter_type"] not in METER_TYPES:
-            self.err("meter_type", "%r is not one of %s" % (b["meter_type"], _choices(METER_TYPES)))
+        if "meter_type" in b and b["meter_type"] not in _METER_TYPES:
+            self.err("meter_type", "%r is not one of %s" % (b["meter_type"], _choices(_METER_TYPES)))
         if "pulse_input" not in b and "rs485" not in b:
             self.err("pulse_input", "a meter needs a pulse_input or an rs485 link to read energy")
         if "watchdog_timeout_ms" in b:
-            self.integer(b, None, "watchdog_timeout_ms", WATCHDOG_MIN_MS, WATCHDOG_MAX_MS, " ms")
+            self.integer(b, None, "watchdog_timeout_ms", _WATCHDOG_MIN_MS, _WATCHDOG_MAX_MS, " ms")
         if self.platform == "esp32" and "nvs_namespace" in b:
             ns = b["nvs_namespace"]
             # NVS namespace names are at most 15 characters (ESP-IDF NVS_KEY_NAME_MAX_SIZE - 1)
@@ -238,7 +245,7 @@ class _Checker:
         units: "tuple[str, ...]"
         if meter == "electricity":
             units = ("imp_per_kwh",)
-        elif meter in METER_TYPES:
+        elif meter in _METER_TYPES:
             units = ("litres_per_imp",)
         else:  # meter_type already reported: do not cascade into the unit field
             units = ("imp_per_kwh", "litres_per_imp")
@@ -246,8 +253,8 @@ class _Checker:
         if sec is None:
             return
         self.pin(sec, name, "pin")
-        self.choice(sec, name, "edge", EDGES)
-        hi = ESP32_FILTER_MAX_NS if self.platform == "esp32" else 10 ** 9
+        self.choice(sec, name, "edge", _EDGES)
+        hi = _ESP32_FILTER_MAX_NS if self.platform == "esp32" else 10 ** 9
         self.integer(sec, name, "filter_ns", 0, hi, " ns")
         if meter == "electricity":
             # meters with LED/S0 outputs: typically 1600-3200 imp/kWh; 100000 is a generous ceiling
@@ -266,7 +273,7 @@ class _Checker:
             for key in ("device", "device_env"):
                 if key in sec and (not isinstance(sec[key], str) or not sec[key]):
                     self.err("%s.%s" % (name, key), "must be a non-empty string")
-            self.choice(sec, name, "baud", BAUDS)
+            self.choice(sec, name, "baud", _BAUDS)
             return None
         sec = self.section(name, esp32_keys)
         if sec is None:
@@ -274,14 +281,14 @@ class _Checker:
         uart = None
         if "uart" in sec and sec["uart"] == 0:
             self.err(name + ".uart", "UART0 is the console; use one of %s"
-                     % _choices(ESP32_RS485_UARTS))
+                     % _choices(_ESP32_RS485_UARTS))
         else:
-            uart = self.choice(sec, name, "uart", ESP32_RS485_UARTS)
+            uart = self.choice(sec, name, "uart", _ESP32_RS485_UARTS)
         self.pin(sec, name, "tx", output=True)
         self.pin(sec, name, "rx")
         if "de_pin" in esp32_keys:
             self.pin(sec, name, "de_pin", output=True)
-        self.choice(sec, name, "baud", BAUDS)
+        self.choice(sec, name, "baud", _BAUDS)
         return uart
 
     def rs485(self):
@@ -302,11 +309,11 @@ class _Checker:
             return
         if self.need(sec, "outbox", "partition"):
             label = sec["partition"]
-            if not isinstance(label, str) or not 1 <= len(label) <= PARTITION_LABEL_MAX:
+            if not isinstance(label, str) or not 1 <= len(label) <= _PARTITION_LABEL_MAX:
                 self.err("outbox.partition", "%r is not a partition label of 1..%d characters"
-                         % (label, PARTITION_LABEL_MAX))
+                         % (label, _PARTITION_LABEL_MAX))
         if "segments" in sec:
-            self.integer(sec, "outbox", "segments", OUTBOX_SEGMENTS_MIN, OUTBOX_SEGMENTS_MAX,
+            self.integer(sec, "outbox", "segments", _OUTBOX_SEGMENTS_MIN, _OUTBOX_SEGMENTS_MAX,
                          " (4 KiB flash sectors)")
 
     def relay(self):
@@ -314,8 +321,8 @@ class _Checker:
         sec = self.section(name, ("kind", "pin", "close_pin", "open_pin", "active", "pulse_ms"))
         if sec is None:
             return
-        kind = self.choice(sec, name, "kind", RELAY_KINDS)
-        self.choice(sec, name, "active", LEVELS)
+        kind = self.choice(sec, name, "kind", _RELAY_KINDS)
+        self.choice(sec, name, "active", _LEVELS)
         if kind == "level":
             self.pin(sec, name, "pin", output=True)
             for key in ("close_pin", "open_pin", "pulse_ms"):
@@ -325,7 +332,7 @@ class _Checker:
             # a bistable relay: a pulse on one coil closes it, on the other opens it
             self.pin(sec, name, "close_pin", output=True)
             self.pin(sec, name, "open_pin", output=True)
-            self.integer(sec, name, "pulse_ms", PULSE_MS_MIN, PULSE_MS_MAX, " ms")
+            self.integer(sec, name, "pulse_ms", _PULSE_MS_MIN, _PULSE_MS_MAX, " ms")
             if "pin" in sec:
                 self.err("relay.pin", "only for kind level (latching uses close_pin/open_pin)")
 
@@ -334,16 +341,16 @@ class _Checker:
         if sec is None:
             return
         self.pin(sec, "led", "pin", output=True)
-        self.choice(sec, "led", "active", LEVELS)
+        self.choice(sec, "led", "active", _LEVELS)
 
     def inputs(self):
-        for name in INPUT_FIELDS:
+        for name in _INPUT_FIELDS:
             sec = self.section(name, ("pin", "active", "pull"))
             if sec is None:
                 continue
-            pull = self.choice(sec, name, "pull", PULLS, default="none")
+            pull = self.choice(sec, name, "pull", _PULLS, default="none")
             self.pin(sec, name, "pin", pull=pull or "none")
-            self.choice(sec, name, "active", LEVELS)
+            self.choice(sec, name, "active", _LEVELS)
 
     def duplicates(self):
         seen: "dict[int, str]" = {}

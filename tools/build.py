@@ -43,6 +43,14 @@ def mpy_cross_command():
     return exe
 
 
+def source_name(rel):
+    """The file name a module's bytecode carries (tracebacks show it): its last name
+    part, ``meter`` for ``firmware/core/meter.py``.  A board interns it (the qstr pool:
+    never freed) and the import interns that name anyway, so it costs nothing; the
+    whole path would be one more name per module on the heap."""
+    return pathlib.PurePath(rel).stem
+
+
 def build_image(dest, root=ROOT, dry_run=False, log=print):
     """Compile every device source into ``dest`` (same package layout, .mpy).
 
@@ -66,7 +74,7 @@ def build_image(dest, root=ROOT, dry_run=False, log=print):
             log("would compile %s -> %s" % (rel, target))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([exe, "-o", str(target), "-s", str(rel), str(root / rel)],
+        proc = subprocess.run([exe, "-o", str(target), "-s", source_name(rel), str(root / rel)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit("mpy-cross failed on %s:\n%s" % (rel, proc.stderr))

@@ -19,8 +19,8 @@ except ImportError:  # CPython
 from boards.unix.flash import FileSlots
 
 PAGE_SIZE = const(256)
-DEFAULT_SEGMENT_COUNT = const(8)
-DEFAULT_SEGMENT_SIZE = const(4096)
+_DEFAULT_SEGMENT_COUNT = const(8)
+_DEFAULT_SEGMENT_SIZE = const(4096)
 
 
 class FileSegments:
@@ -31,8 +31,8 @@ class FileSegments:
     b'record'
     """
 
-    def __init__(self, directory, segment_count=DEFAULT_SEGMENT_COUNT,
-                 segment_size=DEFAULT_SEGMENT_SIZE, page_size=PAGE_SIZE):
+    def __init__(self, directory, segment_count=_DEFAULT_SEGMENT_COUNT,
+                 segment_size=_DEFAULT_SEGMENT_SIZE, page_size=PAGE_SIZE):
         self.directory = directory.rstrip("/") or "/"
         self.segment_count = segment_count
         self.segment_size = segment_size
@@ -95,8 +95,8 @@ class FileSegments:
             self.erase(seg)
 
 
-def file_outbox_storage(directory, segment_count=DEFAULT_SEGMENT_COUNT,
-                        segment_size=DEFAULT_SEGMENT_SIZE):
+def file_outbox_storage(directory, segment_count=_DEFAULT_SEGMENT_COUNT,
+                        segment_size=_DEFAULT_SEGMENT_SIZE):
     """(segments, cursor slots) for ``Outbox`` in one directory.
 
     >>> box = Outbox(*file_outbox_storage("/tmp/urja-meter-1/outbox"))

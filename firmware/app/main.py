@@ -48,6 +48,12 @@ from firmware.core.outbox import Outbox
 from firmware.protocol import messages
 from firmware.protocol.mqtt import MqttError, Session
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
 # Loaded on demand, to keep them off the heap of meters that do not use them: the
 # readers (and their Modbus or DLMS stack) for the link this meter has, the CLI at
 # its first received byte, ``downlinks`` for the rare config/OTA command, and the
@@ -59,18 +65,18 @@ if TYPE_CHECKING:  # mypy only
     from firmware.app.config import ConfigStore
     from firmware.app.readers import DlmsReader, SdmReader
 # The settings the running tasks read (``App.setting``); snapshot taken at boot.
-RUNTIME_SETTINGS = ("broker_host", "broker_port", "step_s", "heartbeat_s", "energy_source",
-                    "modbus_period_s", "dlms_period_s")
+_RUNTIME_SETTINGS = const(("broker_host", "broker_port", "step_s", "heartbeat_s", "energy_source",
+                    "modbus_period_s", "dlms_period_s"))
 
 FW_VERSION = "0.4.0"
 METER_JOURNAL_BYTES = 8192
 POLL_MS = 20  # the poll task's period; it serves the CLI UART too
 CLI_IDLE_UNLOAD_MS = 300000  # wall ms without a CLI byte (and no half line): unload the CLI
 OUTBOX_MAX_MESSAGES = 1024
-PUBLISH_TIMEOUT_S = 10
-OUTBOX_ACK_EVERY = 8  # release the outbox in batches: one cursor write per 8 PUBACKs
-DOWNLINK_QUEUE = 8
-RESTART_DRAIN_MS = 10000  # before an OTA restart: wait this long at most for the ack to go out
+_PUBLISH_TIMEOUT_S = const(10)
+_OUTBOX_ACK_EVERY = const(8)  # release the outbox in batches: one cursor write per 8 PUBACKs
+_DOWNLINK_QUEUE = const(8)
+_RESTART_DRAIN_MS = const(10000)  # before an OTA restart: wait this long at most for the ack to go out
 MAX_BACKFILLS = 4  # backfill ranges waiting to be re-published; more are merged into the last
 
 
@@ -181,7 +187,7 @@ class App:
         self.clock = AcceleratedClock(board.clock.now, self.ms, time_factor)
         self.boot_ms = self.ms()
         self._config: ConfigStore = None  # type: ignore[assignment]  # see ``config``
-        self._settings = {}  # RUNTIME_SETTINGS while the store is not loaded
+        self._settings = {}  # _RUNTIME_SETTINGS while the store is not loaded
         self.liveness = Liveness()
         self.live_values = {}  # latest external readings, our units
         self.live_t = {}  # source -> meter time of its last good read
@@ -242,7 +248,7 @@ class App:
         """
         if self._config is None or self.cli is not None:
             return
-        for name in RUNTIME_SETTINGS:
+        for name in _RUNTIME_SETTINGS:
             self._settings[name] = self._config.get(name)
         self._config = None
         _drop("firmware.app.config")
@@ -519,7 +525,7 @@ class App:
 
     # -- MQTT -----------------------------------------------------------------------------
     def _on_message(self, publish):
-        if len(self._downlinks) >= DOWNLINK_QUEUE:
+        if len(self._downlinks) >= _DOWNLINK_QUEUE:
             self._downlinks.pop(0)  # the broker re-sends unacked QoS 1 only on reconnect; drop oldest
         self._downlinks.append(publish.payload)
         self._downlink_event.set()
@@ -591,8 +597,8 @@ class App:
             self.release_config()
 
     async def _restart_when_sent(self):
-        """Restart into the new image once the ack is out (or after ``RESTART_DRAIN_MS``)."""
-        deadline = self.ms() + RESTART_DRAIN_MS
+        """Restart into the new image once the ack is out (or after ``_RESTART_DRAIN_MS``)."""
+        deadline = self.ms() + _RESTART_DRAIN_MS
         while self.outbox.peek(1, after=self._published_upto) and self.ms() < deadline:
             self.beat("downlink")
             await _sleep_ms(50)
@@ -728,7 +734,7 @@ class App:
             seq, record, again = nxt
             kind, body = split(record)
             try:
-                await conn.publish(messages.topic(mid, kind), body, qos=1, timeout_s=PUBLISH_TIMEOUT_S)
+                await conn.publish(messages.topic(mid, kind), body, qos=1, timeout_s=_PUBLISH_TIMEOUT_S)
             except AckTimeout:
                 raise MqttError("no PUBACK for seq %d" % seq)
             if again is not None:
@@ -738,7 +744,7 @@ class App:
             self._published_upto = seq
             self.published += 1
             unreleased += 1
-            if unreleased >= OUTBOX_ACK_EVERY:
+            if unreleased >= _OUTBOX_ACK_EVERY:
                 self.outbox.ack(seq, self.now())
                 unreleased = 0
         if unreleased:

@@ -23,8 +23,14 @@ from firmware.protocol.mqtt import (
     Connack, MqttError, PacketReader, Pingresp, Puback, Publish, MAX_PACKET,
 )
 
-_CONNACK_KEY = -2  # waiter keys: packet ids are 1..65535
-_PING_KEY = -1
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
+_CONNACK_KEY = const(-2)  # waiter keys: packet ids are 1..65535
+_PING_KEY = const(-1)
 
 
 class ConnectionLost(MqttError):

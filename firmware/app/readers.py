@@ -21,7 +21,7 @@ except ImportError:  # CPython
         return x
 
 POLL_MS = const(5)
-READ_CHUNK = const(256)
+_READ_CHUNK = const(256)
 
 
 async def _pause(ms):
@@ -32,7 +32,7 @@ def _drain(uart):
     """Drop bytes left over from a late reply, so they cannot pose as the next one."""
     n = 0
     while True:
-        data = uart.read(READ_CHUNK)
+        data = uart.read(_READ_CHUNK)
         if not data:
             return n
         n += len(data)
@@ -49,7 +49,7 @@ async def transact(uart, request, ms, retries=2, bits=10):
     _drain(uart)
     uart.write(tx.start(ms()))
     while not tx.done:
-        data = uart.read(READ_CHUNK)
+        data = uart.read(_READ_CHUNK)
         if data:
             tx.feed(data)
         frame = tx.poll(ms())
@@ -129,7 +129,7 @@ class DlmsReader:
         self.uart.write(frame)
         deadline = self.ms() + self.timeout_ms
         while self.ms() < deadline:
-            data = self.uart.read(READ_CHUNK)
+            data = self.uart.read(_READ_CHUNK)
             if data:
                 out, event = client.feed(data)
                 if out:

@@ -43,12 +43,16 @@ def start_meter(app):
     source = app.setting("energy_source")
     if source in ("sdm", "dlms"):
         app.energy_feed = RegisterFeed(app.config.get("pulse_constant"))
+    slave = app.config.get("modbus_slave")
+    physical = app.config.get("dlms_physical")
+    # the last setting read: let the store go before the reader stack loads (boot's heap peak)
+    app.release_config()
     if app.board.rs485 is not None:
         from firmware.app.readers import SdmReader  # Modbus stack: only with an RS485 link
-        app.sdm = SdmReader(app.board.rs485, app.config.get("modbus_slave"), app.ms)
+        app.sdm = SdmReader(app.board.rs485, slave, app.ms)
     if app.parts.dlms is not None:
         from firmware.app.readers import DlmsReader  # DLMS stack: only with a DLMS link
-        app.dlms = DlmsReader(app.parts.dlms, app.ms, app.config.get("dlms_physical"))
+        app.dlms = DlmsReader(app.parts.dlms, app.ms, physical)
     app.sync_relay()
     if app.ota is not None:
         from firmware.app import downlinks
@@ -57,7 +61,6 @@ def start_meter(app):
     app._report(now, status=True)
     print("urja: meter %s up, journal seq %d, outbox depth %d next seq %d" % (
         mc.meter_id, app.journal.sequence, app.outbox.depth, app.outbox.next_seq))
-    app.release_config()
     return True
 
 

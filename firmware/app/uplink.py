@@ -22,7 +22,7 @@ except ImportError:  # CPython
         return x
 
 MAX_RECORDS_PER_READING = const(8)
-MAX_EVENTS_PER_MESSAGE = const(16)
+_MAX_EVENTS_PER_MESSAGE = const(16)
 _SNAP_KINDS = {1: "daily", 2: "monthly"}  # metering.SNAP_DAILY / SNAP_MONTHLY
 
 
@@ -99,7 +99,7 @@ class Uplink:
         The outbox is flash, so once the message is stored the events are
         delivered as far as the log is concerned.  Returns the seq or 0.
         """
-        pending = log.pending(MAX_EVENTS_PER_MESSAGE)
+        pending = log.pending(_MAX_EVENTS_PER_MESSAGE)
         if not pending:
             return 0
         fields = {"e": [[e[0], e[1], e[2], e[3]] for e in pending]}

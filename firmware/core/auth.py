@@ -73,7 +73,7 @@ def __getattr__(name):
 
 
 TOPUP = "topup"
-COMMAND_KEYS = ("kind", "meter_id", "counter", "expires_at", "id", "fields", "mac")
+_COMMAND_KEYS = const(("kind", "meter_id", "counter", "expires_at", "id", "fields", "mac"))
 
 
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
@@ -223,7 +223,7 @@ def _parse(cmd):
     """(canonical bytes, mac bytes) of a command, or None when malformed."""
     if not isinstance(cmd, dict):
         return None
-    for name in COMMAND_KEYS:
+    for name in _COMMAND_KEYS:
         if name not in cmd:
             return None
     counter = cmd["counter"]

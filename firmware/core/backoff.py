@@ -38,12 +38,12 @@ CONNECTED = const(2)
 STATE_NAMES = ("DISCONNECTED", "CONNECTING", "CONNECTED")
 
 # events
-EV_TICK = const(0)
-EV_CONNECT_OK = const(1)
-EV_CONNECT_FAILED = const(2)
-EV_LINK_LOST = const(3)
-EV_TIMEOUT = const(4)  # internal: a tick past the connect deadline
-EV_DUE = const(5)  # internal: a tick at or after retry_at while DISCONNECTED
+_EV_TICK = const(0)
+_EV_CONNECT_OK = const(1)
+_EV_CONNECT_FAILED = const(2)
+_EV_LINK_LOST = const(3)
+_EV_TIMEOUT = const(4)  # internal: a tick past the connect deadline
+_EV_DUE = const(5)  # internal: a tick at or after retry_at while DISCONNECTED
 EVENT_NAMES = ("tick", "connect_ok", "connect_failed", "link_lost", "timeout", "due")
 
 # actions for the shell
@@ -52,26 +52,29 @@ CONNECT = const(1)  # open the socket, send CONNECT
 REPLAY = const(2)   # connected: resubscribe, publish the outbox from its oldest message
 WAIT = const(3)     # stay off the network until retry_at_ms
 ABORT = const(4)    # give up this attempt: close the socket, then wait
-ACTION_NAMES = ("nothing", "connect", "replay", "wait", "abort")
+_ACTION_NAMES = const(("nothing", "connect", "replay", "wait", "abort"))
 
-# (state, event) -> (next state, action); a pair not listed is an illegal event.
-TRANSITIONS = {
-    (DISCONNECTED, EV_TICK): (DISCONNECTED, NOTHING),
-    (DISCONNECTED, EV_DUE): (CONNECTING, CONNECT),
-    (CONNECTING, EV_TICK): (CONNECTING, NOTHING),
-    (CONNECTING, EV_CONNECT_OK): (CONNECTED, REPLAY),
-    (CONNECTING, EV_CONNECT_FAILED): (DISCONNECTED, WAIT),
-    (CONNECTING, EV_LINK_LOST): (DISCONNECTED, WAIT),
-    (CONNECTING, EV_TIMEOUT): (DISCONNECTED, ABORT),
-    (CONNECTED, EV_TICK): (CONNECTED, NOTHING),
-    (CONNECTED, EV_LINK_LOST): (DISCONNECTED, WAIT),
-}
+# (state, event) -> (next state, action), a row of four codes each; a pair not listed
+# is an illegal event.  bytes (every code is < 256): the list is built once at import
+# and let go, so the table is a short bytes object, not a dict of 18 tuples.
+TRANSITIONS = bytes([
+    # state        event                next state     action
+    DISCONNECTED,  _EV_TICK,            DISCONNECTED,  NOTHING,
+    DISCONNECTED,  _EV_DUE,             CONNECTING,    CONNECT,
+    CONNECTING,    _EV_TICK,            CONNECTING,    NOTHING,
+    CONNECTING,    _EV_CONNECT_OK,      CONNECTED,     REPLAY,
+    CONNECTING,    _EV_CONNECT_FAILED,  DISCONNECTED,  WAIT,
+    CONNECTING,    _EV_LINK_LOST,       DISCONNECTED,  WAIT,
+    CONNECTING,    _EV_TIMEOUT,         DISCONNECTED,  ABORT,
+    CONNECTED,     _EV_TICK,            CONNECTED,     NOTHING,
+    CONNECTED,     _EV_LINK_LOST,       DISCONNECTED,  WAIT,
+])
 
-DEFAULT_BASE_MS = const(1000)
-DEFAULT_CAP_MS = const(300000)  # 5 minutes
-DEFAULT_MULTIPLIER = const(2)
-DEFAULT_CONNECT_TIMEOUT_MS = const(30000)
-DEFAULT_STABLE_MS = const(60000)
+_DEFAULT_BASE_MS = const(1000)
+_DEFAULT_CAP_MS = const(300000)  # 5 minutes
+_DEFAULT_MULTIPLIER = const(2)
+_DEFAULT_CONNECT_TIMEOUT_MS = const(30000)
+_DEFAULT_STABLE_MS = const(60000)
 
 
 class BackoffError(ValueError):
@@ -90,8 +93,8 @@ class Backoff:
     [1000, 2000, 4000, 8000, 8000]
     """
 
-    def __init__(self, base_ms=DEFAULT_BASE_MS, cap_ms=DEFAULT_CAP_MS,
-                 multiplier=DEFAULT_MULTIPLIER, randrange=None):
+    def __init__(self, base_ms=_DEFAULT_BASE_MS, cap_ms=_DEFAULT_CAP_MS,
+                 multiplier=_DEFAULT_MULTIPLIER, randrange=None):
         if base_ms < 1 or cap_ms < base_ms or multiplier < 2:
             raise BackoffError("need 1 <= base_ms <= cap_ms and multiplier >= 2, got %r, %r, %r"
                                % (base_ms, cap_ms, multiplier))
@@ -145,8 +148,8 @@ class Supervisor:
     >>> act = sup.connect_failed(now_ms)   # WAIT: sleep until sup.retry_at_ms
     """
 
-    def __init__(self, backoff, now_ms, connect_timeout_ms=DEFAULT_CONNECT_TIMEOUT_MS,
-                 stable_ms=DEFAULT_STABLE_MS, boot_spread_ms=0):
+    def __init__(self, backoff, now_ms, connect_timeout_ms=_DEFAULT_CONNECT_TIMEOUT_MS,
+                 stable_ms=_DEFAULT_STABLE_MS, boot_spread_ms=0):
         self.backoff = backoff
         self.connect_timeout_ms = connect_timeout_ms
         self.stable_ms = stable_ms
@@ -159,11 +162,14 @@ class Supervisor:
         self.failures = 0  # failed or timed-out attempts
 
     def _fire(self, event, now_ms):
-        key = (self.state, event)
-        if key not in TRANSITIONS:
+        t = TRANSITIONS
+        for i in range(0, len(t), 4):
+            if t[i] == self.state and t[i + 1] == event:
+                nxt, action = t[i + 2], t[i + 3]
+                break
+        else:
             raise SupervisorError("%s is not allowed in state %s"
                                   % (EVENT_NAMES[event], STATE_NAMES[self.state]))
-        nxt, action = TRANSITIONS[key]
         if action == CONNECT:
             self.deadline_ms = now_ms + self.connect_timeout_ms
         elif action == REPLAY:
@@ -181,19 +187,19 @@ class Supervisor:
     def tick(self, now_ms):
         """Time passed: CONNECT when a retry is due, ABORT on connect timeout, else NOTHING."""
         if self.state == CONNECTING and now_ms >= self.deadline_ms:
-            return self._fire(EV_TIMEOUT, now_ms)
+            return self._fire(_EV_TIMEOUT, now_ms)
         if self.state == DISCONNECTED and now_ms >= self.retry_at_ms:
-            return self._fire(EV_DUE, now_ms)
-        return self._fire(EV_TICK, now_ms)
+            return self._fire(_EV_DUE, now_ms)
+        return self._fire(_EV_TICK, now_ms)
 
     def connect_ok(self, now_ms):
         """The broker accepted the session (CONNACK 0): returns REPLAY."""
-        return self._fire(EV_CONNECT_OK, now_ms)
+        return self._fire(_EV_CONNECT_OK, now_ms)
 
     def connect_failed(self, now_ms):
         """The attempt failed (socket error, CONNACK refused): returns WAIT."""
-        return self._fire(EV_CONNECT_FAILED, now_ms)
+        return self._fire(_EV_CONNECT_FAILED, now_ms)
 
     def link_lost(self, now_ms):
         """The connection dropped (read error, keepalive missed): returns WAIT."""
-        return self._fire(EV_LINK_LOST, now_ms)
+        return self._fire(_EV_LINK_LOST, now_ms)

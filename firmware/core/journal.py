@@ -33,7 +33,7 @@ except ImportError:  # CPython
 
 MAGIC = b"UJ"
 VERSION = const(1)
-_HEADER_FMT = ">BII"  # version, sequence, payload length (after the magic)
+_HEADER_FMT = const(">BII")  # version, sequence, payload length (after the magic)
 HEADER_LEN = const(11)  # 2 magic + 1 version + 4 sequence + 4 length
 _CRC_LEN = const(4)
 RECORD_OVERHEAD = const(15)  # HEADER_LEN + _CRC_LEN

@@ -115,7 +115,7 @@ PROFILE_POWER_OFF = const(1)  # no samples: this record covers a gap, energy 0
 PROFILE_AFTER_GAP = const(2)  # energy includes what accrued across the preceding gap
 # PROFILE_FLAG_NAMES ((flag, name) pairs, for logs) is made when asked for (__getattr__)
 
-NO_RECORDS = ()  # shared empty result: add_sample allocates nothing when no interval closes
+_NO_RECORDS = const(())  # shared empty result: add_sample allocates nothing when no interval closes
 
 
 class IntervalProfile:
@@ -189,14 +189,14 @@ class IntervalProfile:
         return start
 
     def add_sample(self, t, cumulative_wh, voltage_mv=None, current_ma=None):
-        """Feed one sample; return the records of intervals it closed (often ``NO_RECORDS``)."""
+        """Feed one sample; return the records of intervals it closed (often ``_NO_RECORDS``)."""
         if self.start_t is not None and t < self.last_t:
             raise __getattr__("MeteringError")("sample time went back: %d < %d" % (t, self.last_t))
         if self.start_t is not None and cumulative_wh < self.last_wh:
             raise __getattr__("MeteringError")("cumulative went back: %d < %d" % (cumulative_wh, self.last_wh))
         step = self.interval_s
         start = t - t % step
-        out = NO_RECORDS  # type: tuple | list
+        out = _NO_RECORDS  # type: tuple | list
         if self.start_t is None:
             self._open(start, cumulative_wh, 0)
         elif start != self.start_t:

@@ -6,7 +6,7 @@ Messages (opaque bytes, already CBOR) get a per-meter sequence number 1, 2,
 4.6 requires in publish order, or the head-end's ack) and are replayed with
 ``peek(n)`` after a reconnect.  The outbox is bounded by bytes (the flash
 given to it) and by a message count; when full, the policy either drops the
-OLDEST messages (``DROP_OLDEST``, the default: a fresh reading is worth
+OLDEST messages (``_DROP_OLDEST``, the default: a fresh reading is worth
 more) or refuses the new one (``REFUSE_NEW``, raises ``OutboxFull``).
 Either way every lost message is counted in ``dropped_total`` and survives
 reboots, so the heartbeat can report it: never silent.
@@ -68,19 +68,19 @@ except ImportError:  # CPython
         return x
 
 MAGIC = const(0x55)
-KIND_SEGMENT = const(0x53)  # "S"
+_KIND_SEGMENT = const(0x53)  # "S"
 KIND_MESSAGE = const(0x4D)  # "M"
-_HEADER_FMT = ">BBHI"  # magic, kind, payload length, seq
+_HEADER_FMT = const(">BBHI")  # magic, kind, payload length, seq
 HEADER_LEN = const(8)
 RECORD_OVERHEAD = const(12)  # header + CRC-32
-SEGMENT_HEADER_LEN = const(16)  # overhead + first-seq u32
-_CURSOR_FMT = ">III"  # released, evicted_total, refused_total
+_SEGMENT_HEADER_LEN = const(16)  # overhead + first-seq u32
+_CURSOR_FMT = const(">III")  # released, evicted_total, refused_total
 
-DROP_OLDEST = const(0)
+_DROP_OLDEST = const(0)
 REFUSE_NEW = const(1)
-POLICY_NAMES = ("drop-oldest", "refuse-new")
+_POLICY_NAMES = const(("drop-oldest", "refuse-new"))
 
-DEFAULT_MAX_MESSAGES = const(1024)
+_DEFAULT_MAX_MESSAGES = const(1024)
 _SCAN_CHUNK = const(64)
 
 
@@ -182,18 +182,18 @@ class Outbox:
     Construction recovers the state from storage (``segments`` as described
     at ``RamSegments``; ``cursor_slots`` a ``boards.hal.SlotStorage``).
 
-    >>> box = Outbox(flash, slots, max_messages=192, policy=DROP_OLDEST)
+    >>> box = Outbox(flash, slots, max_messages=192, policy=_DROP_OLDEST)
     >>> seq = box.append(cbor_reading, now)
     >>> for seq, msg in box.peek(8): publish(seq, msg)
     >>> box.ack(seq, now)           # on PUBACK of the last one
     """
 
-    def __init__(self, segments, cursor_slots, max_messages=DEFAULT_MAX_MESSAGES,
-                 policy=DROP_OLDEST, max_payload=None):
+    def __init__(self, segments, cursor_slots, max_messages=_DEFAULT_MAX_MESSAGES,
+                 policy=_DROP_OLDEST, max_payload=None):
         n, size = segments.segment_count, segments.segment_size
         if n < 2:
             raise OutboxError("outbox needs at least 2 segments, got %d" % n)
-        largest = min(size - SEGMENT_HEADER_LEN - RECORD_OVERHEAD, 0xFFFF)  # u16 length field
+        largest = min(size - _SEGMENT_HEADER_LEN - RECORD_OVERHEAD, 0xFFFF)  # u16 length field
         if max_payload is None:
             max_payload = largest
         if max_payload < 1 or max_payload > largest:
@@ -201,7 +201,7 @@ class Outbox:
                               % (max_payload, size, largest))
         if max_messages < 1:
             raise OutboxError("max_messages must be >= 1")
-        if policy not in (DROP_OLDEST, REFUSE_NEW):
+        if policy not in (_DROP_OLDEST, REFUSE_NEW):
             raise OutboxError("unknown outbox policy %r" % (policy,))
         self.store = segments
         self.cursor = Journal(cursor_slots, max_payload=64)
@@ -251,7 +251,7 @@ class Outbox:
             return None
         magic, kind, length, seq = struct.unpack(_HEADER_FMT, head)
         end = offset + RECORD_OVERHEAD + length
-        if end > size or kind not in (KIND_SEGMENT, KIND_MESSAGE):
+        if end > size or kind not in (_KIND_SEGMENT, KIND_MESSAGE):
             return None
         rest = self.store.read(pos, offset + HEADER_LEN, length + 4)
         if len(rest) < length + 4:
@@ -263,7 +263,7 @@ class Outbox:
 
     def _scan(self, pos):
         rec = self._read_record(pos, 0)
-        if rec is None or rec[0] != KIND_SEGMENT or len(rec[2]) != 4 or rec[1] == 0:
+        if rec is None or rec[0] != _KIND_SEGMENT or len(rec[2]) != 4 or rec[1] == 0:
             return  # free: erased, torn header, or garbage
         serial, first = rec[1], struct.unpack(">I", rec[2])[0]
         expect, offset = first, rec[3]
@@ -408,11 +408,11 @@ class Outbox:
             self._history_hint = None
         self.store.erase(target)
         self.erases_total += 1
-        header = encode_record(KIND_SEGMENT, top + 1, struct.pack(">I", self.next_seq))
+        header = encode_record(_KIND_SEGMENT, top + 1, struct.pack(">I", self.next_seq))
         self.store.write(target, 0, header)
         self.wear.record(now)
         self._serial[target], self._first[target] = top + 1, self.next_seq
-        self._last[target], self._end[target] = self.next_seq - 1, SEGMENT_HEADER_LEN
+        self._last[target], self._end[target] = self.next_seq - 1, _SEGMENT_HEADER_LEN
         self._head, self._sealed = target, False
         return target
 
@@ -492,7 +492,7 @@ class Outbox:
                 break
             if self._last[pos] < lo or self._first[pos] > hi:
                 continue
-            offset = SEGMENT_HEADER_LEN
+            offset = _SEGMENT_HEADER_LEN
             if hint is not None and hint[0] == pos and hint[1] == self._serial[pos] and hint[3] <= lo:
                 offset = hint[2]
             while offset < self._end[pos] and len(out) < n:

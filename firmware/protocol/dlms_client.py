@@ -25,12 +25,12 @@ from firmware.protocol import dlms, hdlc
 from firmware.protocol.dlms_data import decode
 
 IDLE = const(0)
-LINKING = const(1)  # SNRM sent
+_LINKING = const(1)  # SNRM sent
 LINKED = const(2)  # UA received, no association
-ASSOCIATING = const(3)  # AARQ sent
+_ASSOCIATING = const(3)  # AARQ sent
 READY = const(4)  # associated, nothing outstanding
 READING = const(5)  # GET outstanding (possibly mid block transfer)
-CLOSING = const(6)  # DISC sent
+_CLOSING = const(6)  # DISC sent
 CLOSED = const(7)
 STATE_NAMES = ("IDLE", "LINKING", "LINKED", "ASSOCIATING", "READY", "READING", "CLOSING", "CLOSED")
 
@@ -42,25 +42,25 @@ EV_DATA = const(4)  # value: decoded A-XDR data
 EV_ACCESS_ERROR = const(5)  # value: Data-Access-Result code (dlms.DAR_NAMES)
 EV_CLOSED = const(6)  # value: None
 
-_ACTIVE = (LINKING, LINKED, ASSOCIATING, READY, READING)
+_ACTIVE = (_LINKING, LINKED, _ASSOCIATING, READY, READING)
 
 # (state, trigger) -> next state.  Triggers: our calls and what the server sent.
 _NEXT = {
-    (IDLE, "connect"): LINKING,
-    (CLOSED, "connect"): LINKING,
-    (LINKING, "ua"): LINKED,
-    (LINKED, "associate"): ASSOCIATING,
-    (ASSOCIATING, "accepted"): READY,
-    (ASSOCIATING, "rejected"): LINKED,
+    (IDLE, "connect"): _LINKING,
+    (CLOSED, "connect"): _LINKING,
+    (_LINKING, "ua"): LINKED,
+    (LINKED, "associate"): _ASSOCIATING,
+    (_ASSOCIATING, "accepted"): READY,
+    (_ASSOCIATING, "rejected"): LINKED,
     (READY, "get"): READING,
     (READING, "block"): READING,
     (READING, "data"): READY,
     (READING, "access_error"): READY,
-    (CLOSING, "ua"): CLOSED,
-    (CLOSING, "dm"): CLOSED,
+    (_CLOSING, "ua"): CLOSED,
+    (_CLOSING, "dm"): CLOSED,
 }
 for _s in _ACTIVE:
-    _NEXT[(_s, "disconnect")] = CLOSING
+    _NEXT[(_s, "disconnect")] = _CLOSING
 
 
 class DlmsStateError(RuntimeError):
@@ -139,7 +139,7 @@ class DlmsClient:
         for frame in self.parser.feed(data):
             if not self.link.is_for_us(frame):
                 continue
-            if self.state == CLOSING and frame.kind == "DM":
+            if self.state == _CLOSING and frame.kind == "DM":
                 self._go("dm")
                 self.link.state = hdlc.DISCONNECTED
                 event = Event(EV_CLOSED)
@@ -147,10 +147,10 @@ class DlmsClient:
             reply, apdu = self.link.receive(frame)
             out += reply
             if frame.kind == "UA":
-                if self.state == LINKING:
+                if self.state == _LINKING:
                     self._go("ua")
                     event = Event(EV_LINKED)
-                elif self.state == CLOSING:
+                elif self.state == _CLOSING:
                     self._go("ua")
                     event = Event(EV_CLOSED)
             if apdu is not None:
@@ -160,7 +160,7 @@ class DlmsClient:
         return out, event
 
     def _on_apdu(self, apdu) -> tuple:
-        if self.state == ASSOCIATING:
+        if self.state == _ASSOCIATING:
             aare = dlms.parse_aare(apdu)
             self.aare = aare
             if aare.accepted:

@@ -21,36 +21,36 @@ except ImportError:  # CPython
 from firmware.core.localtime import days_from_civil
 
 NULL = const(0)
-ARRAY = const(1)
-STRUCTURE = const(2)
-BOOLEAN = const(3)
-BIT_STRING = const(4)
-DOUBLE_LONG = const(5)
+_ARRAY = const(1)
+_STRUCTURE = const(2)
+_BOOLEAN = const(3)
+_BIT_STRING = const(4)
+_DOUBLE_LONG = const(5)
 DOUBLE_LONG_UNSIGNED = const(6)
-OCTET_STRING = const(9)
-VISIBLE_STRING = const(10)
-UTF8_STRING = const(12)
-BCD = const(13)
+_OCTET_STRING = const(9)
+_VISIBLE_STRING = const(10)
+_UTF8_STRING = const(12)
+_BCD = const(13)
 INTEGER = const(15)
 LONG = const(16)
-UNSIGNED = const(17)
+_UNSIGNED = const(17)
 LONG_UNSIGNED = const(18)
-COMPACT_ARRAY = const(19)
+_COMPACT_ARRAY = const(19)
 LONG64 = const(20)
-LONG64_UNSIGNED = const(21)
+_LONG64_UNSIGNED = const(21)
 ENUM = const(22)
 FLOAT32 = const(23)
-FLOAT64 = const(24)
-DATE_TIME = const(25)
-DATE = const(26)
+_FLOAT64 = const(24)
+_DATE_TIME = const(25)
+_DATE = const(26)
 TIME = const(27)
-DONT_CARE = const(255)
+_DONT_CARE = const(255)
 
 # fixed-size types: tag -> struct format
 _FIXED = {
-    DOUBLE_LONG: ">i", DOUBLE_LONG_UNSIGNED: ">I", BCD: ">b", INTEGER: ">b",
-    LONG: ">h", UNSIGNED: ">B", LONG_UNSIGNED: ">H", LONG64: ">q",
-    LONG64_UNSIGNED: ">Q", ENUM: ">B", FLOAT32: ">f", FLOAT64: ">d",
+    _DOUBLE_LONG: ">i", DOUBLE_LONG_UNSIGNED: ">I", _BCD: ">b", INTEGER: ">b",
+    LONG: ">h", _UNSIGNED: ">B", LONG_UNSIGNED: ">H", LONG64: ">q",
+    _LONG64_UNSIGNED: ">Q", ENUM: ">B", FLOAT32: ">f", _FLOAT64: ">d",
 }
 _SIZE = {">b": 1, ">B": 1, ">h": 2, ">H": 2, ">i": 4, ">I": 4, ">q": 8, ">Q": 8,
          ">f": 4, ">d": 8}
@@ -93,7 +93,7 @@ def encode_length(n: int) -> bytes:
 
 # -- date-time ----------------------------------------------------------------------
 
-DEVIATION_UNSPECIFIED = const(-32768)  # 0x8000
+_DEVIATION_UNSPECIFIED = const(-32768)  # 0x8000
 
 
 class DateTime:
@@ -160,7 +160,7 @@ def decode_datetime(raw) -> DateTime:
     dev = struct.unpack(">h", bytes(raw[9:11]))[0]
     return DateTime(_opt(year, 0xFFFF), _opt(raw[2]), _opt(raw[3]), _opt(raw[4]),
                     _opt(raw[5]), _opt(raw[6]), _opt(raw[7]), _opt(raw[8]),
-                    None if dev == DEVIATION_UNSPECIFIED else dev, _opt(raw[11]))
+                    None if dev == _DEVIATION_UNSPECIFIED else dev, _opt(raw[11]))
 
 
 def encode_datetime(dt: DateTime) -> bytes:
@@ -168,7 +168,7 @@ def encode_datetime(dt: DateTime) -> bytes:
     def b(v):
         return 0xFF if v is None else v
     year = 0xFFFF if dt.year is None else dt.year
-    dev = DEVIATION_UNSPECIFIED if dt.deviation is None else dt.deviation
+    dev = _DEVIATION_UNSPECIFIED if dt.deviation is None else dt.deviation
     return (bytes((year >> 8, year & 0xFF, b(dt.month), b(dt.day), b(dt.weekday),
                    b(dt.hour), b(dt.minute), b(dt.second), b(dt.hundredths)))
             + struct.pack(">h", dev) + bytes((b(dt.status),)))
@@ -198,7 +198,7 @@ def decode_at(buf, pos: int = 0, depth: int = 0) -> tuple:
         if end > len(buf):
             raise DlmsDataError("data truncated in tag %d" % tag)
         return struct.unpack(fmt, bytes(buf[pos:end]))[0], end
-    if tag == STRUCTURE or tag == ARRAY:
+    if tag == _STRUCTURE or tag == _ARRAY:
         count, pos = decode_length(buf, pos)
         if count > len(buf) - pos:  # every element takes at least one byte
             raise DlmsDataError("element count %d larger than the data" % count)
@@ -206,32 +206,32 @@ def decode_at(buf, pos: int = 0, depth: int = 0) -> tuple:
         for _ in range(count):
             item, pos = decode_at(buf, pos, depth + 1)
             items.append(item)
-        return (tuple(items) if tag == STRUCTURE else items), pos
-    if tag in (OCTET_STRING, VISIBLE_STRING, UTF8_STRING):
+        return (tuple(items) if tag == _STRUCTURE else items), pos
+    if tag in (_OCTET_STRING, _VISIBLE_STRING, _UTF8_STRING):
         n, pos = decode_length(buf, pos)
         end = pos + n
         if end > len(buf):
             raise DlmsDataError("string truncated")
         raw = bytes(buf[pos:end])
-        return (raw if tag == OCTET_STRING else raw.decode()), end
-    if tag == BIT_STRING:
+        return (raw if tag == _OCTET_STRING else raw.decode()), end
+    if tag == _BIT_STRING:
         nbits, pos = decode_length(buf, pos)
         end = pos + (nbits + 7) // 8
         if end > len(buf):
             raise DlmsDataError("bit-string truncated")
         return bytes(buf[pos:end]), end
-    if tag == BOOLEAN:
+    if tag == _BOOLEAN:
         if pos >= len(buf):
             raise DlmsDataError("boolean truncated")
         return buf[pos] != 0, pos + 1
-    if tag == NULL or tag == DONT_CARE:
+    if tag == NULL or tag == _DONT_CARE:
         return None, pos
-    if tag == DATE_TIME:
+    if tag == _DATE_TIME:
         if pos + 12 > len(buf):
             raise DlmsDataError("date-time truncated")
         return decode_datetime(buf[pos:pos + 12]), pos + 12
-    if tag == DATE or tag == TIME:
-        end = pos + (5 if tag == DATE else 4)
+    if tag == _DATE or tag == TIME:
+        end = pos + (5 if tag == _DATE else 4)
         if end > len(buf):
             raise DlmsDataError("date/time truncated")
         return bytes(buf[pos:end]), end
@@ -245,7 +245,7 @@ def enc_null() -> bytes:
 
 
 def enc_bool(v) -> bytes:
-    return bytes((BOOLEAN, 1 if v else 0))
+    return bytes((_BOOLEAN, 1 if v else 0))
 
 
 def enc_int(tag: int, v: int) -> bytes:
@@ -257,22 +257,22 @@ def enc_int(tag: int, v: int) -> bytes:
 
 
 def enc_octets(raw) -> bytes:
-    return bytes((OCTET_STRING,)) + encode_length(len(raw)) + bytes(raw)
+    return bytes((_OCTET_STRING,)) + encode_length(len(raw)) + bytes(raw)
 
 
 def enc_visible(text: str) -> bytes:
     raw = text.encode()
-    return bytes((VISIBLE_STRING,)) + encode_length(len(raw)) + raw
+    return bytes((_VISIBLE_STRING,)) + encode_length(len(raw)) + raw
 
 
 def enc_structure(items) -> bytes:
     """Structure of already-encoded elements."""
-    return bytes((STRUCTURE,)) + encode_length(len(items)) + b"".join(items)
+    return bytes((_STRUCTURE,)) + encode_length(len(items)) + b"".join(items)
 
 
 def enc_array(items) -> bytes:
     """Array of already-encoded elements."""
-    return bytes((ARRAY,)) + encode_length(len(items)) + b"".join(items)
+    return bytes((_ARRAY,)) + encode_length(len(items)) + b"".join(items)
 
 
 def enc_datetime_octets(dt: DateTime) -> bytes:

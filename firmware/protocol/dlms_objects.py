@@ -22,23 +22,23 @@ except ImportError:  # CPython
 from firmware.protocol.dlms import DlmsError
 from firmware.protocol.dlms_data import DateTime, decode_datetime
 
-CLASS_DATA = const(1)
-CLASS_REGISTER = const(3)
-CLASS_EXTENDED_REGISTER = const(4)
-CLASS_PROFILE_GENERIC = const(7)
-CLASS_CLOCK = const(8)
+_CLASS_DATA = const(1)
+_CLASS_REGISTER = const(3)
+_CLASS_EXTENDED_REGISTER = const(4)
+_CLASS_PROFILE_GENERIC = const(7)
+_CLASS_CLOCK = const(8)
 
 # Units (Blue Book unit enumeration; same numbers as Gurux's Unit enum)
-UNIT_W = const(27)
-UNIT_VA = const(28)
-UNIT_VAR = const(29)
-UNIT_WH = const(30)
-UNIT_VAH = const(31)
-UNIT_VARH = const(32)
-UNIT_A = const(33)
-UNIT_V = const(35)
-UNIT_HZ = const(44)
-UNIT_COUNT = const(255)  # "no unit"; power factor uses it
+_UNIT_W = const(27)
+_UNIT_VA = const(28)
+_UNIT_VAR = const(29)
+_UNIT_WH = const(30)
+_UNIT_VAH = const(31)
+_UNIT_VARH = const(32)
+_UNIT_A = const(33)
+_UNIT_V = const(35)
+_UNIT_HZ = const(44)
+_UNIT_COUNT = const(255)  # "no unit"; power factor uses it
 
 
 def obis(text: str) -> bytes:
@@ -68,12 +68,12 @@ SERIAL_NUMBER = obis("0.0.96.1.0.255")
 
 # name -> (OBIS, accepted units, exponent of our unit relative to the DLMS unit)
 QUANTITIES = {
-    "energy_import_wh": (ENERGY_IMPORT, (UNIT_WH,), 0),
-    "voltage_mv": (VOLTAGE, (UNIT_V,), -3),
-    "current_ma": (CURRENT, (UNIT_A,), -3),
-    "active_power_w": (ACTIVE_POWER, (UNIT_W,), 0),
-    "power_factor_milli": (POWER_FACTOR, (UNIT_COUNT, 0), -3),
-    "frequency_mhz": (FREQUENCY, (UNIT_HZ,), -3),
+    "energy_import_wh": (ENERGY_IMPORT, (_UNIT_WH,), 0),
+    "voltage_mv": (VOLTAGE, (_UNIT_V,), -3),
+    "current_ma": (CURRENT, (_UNIT_A,), -3),
+    "active_power_w": (ACTIVE_POWER, (_UNIT_W,), 0),
+    "power_factor_milli": (POWER_FACTOR, (_UNIT_COUNT, 0), -3),
+    "frequency_mhz": (FREQUENCY, (_UNIT_HZ,), -3),
 }
 QUANTITY_ORDER = ("energy_import_wh", "voltage_mv", "current_ma", "active_power_w",
                   "power_factor_milli", "frequency_mhz")
@@ -134,7 +134,7 @@ class CaptureObject:
 
     @property
     def is_clock(self) -> bool:
-        return self.class_id == CLASS_CLOCK and self.attribute == 2
+        return self.class_id == _CLASS_CLOCK and self.attribute == 2
 
     def __repr__(self):
         return "CaptureObject(%d, %s, %d)" % (self.class_id, obis_text(self.logical_name), self.attribute)

@@ -27,7 +27,7 @@ except ImportError:  # CPython
     def const(x):  # type: ignore
         return x
 
-FLAG = const(0x7E)
+_FLAG = const(0x7E)
 
 # Control field values with the poll/final bit set (DLMS always sets it).
 SNRM = const(0x93)
@@ -42,22 +42,22 @@ LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
 
 # Defaults of IEC 62056-46 when a parameter is absent from SNRM/UA.
-DEFAULT_MAX_INFO = const(128)
-DEFAULT_WINDOW = const(1)
+_DEFAULT_MAX_INFO = const(128)
+_DEFAULT_WINDOW = const(1)
 
-MAX_FRAME_LENGTH = const(2047)  # 11-bit length field
+_MAX_FRAME_LENGTH = const(2047)  # 11-bit length field
 
 # Reason codes for frames the parser drops.
-ERR_FORMAT = const(1)
+_ERR_FORMAT = const(1)
 ERR_LENGTH = const(2)
-ERR_ADDRESS = const(3)
+_ERR_ADDRESS = const(3)
 ERR_HCS = const(4)
 ERR_FCS = const(5)
 ERR_FLAG = const(6)
 ERROR_NAMES = {
-    ERR_FORMAT: "format field is not type 3",
+    _ERR_FORMAT: "format field is not type 3",
     ERR_LENGTH: "length too small for the header",
-    ERR_ADDRESS: "address is not 1, 2 or 4 bytes",
+    _ERR_ADDRESS: "address is not 1, 2 or 4 bytes",
     ERR_HCS: "header check sequence mismatch",
     ERR_FCS: "frame check sequence mismatch",
     ERR_FLAG: "no closing flag where the length says",
@@ -186,7 +186,7 @@ def encode_frame(dest, src, control: int, info=b"", segmented: bool = False) -> 
     length = 2 + len(dest) + len(src) + 1 + 2
     if info:
         length += 2 + len(info)
-    if length > MAX_FRAME_LENGTH:
+    if length > _MAX_FRAME_LENGTH:
         raise HdlcError("frame longer than 2047 bytes: split the information field")
     header = bytearray((0xA0 | (0x08 if segmented else 0) | (length >> 8), length & 0xFF))
     header += dest
@@ -195,7 +195,7 @@ def encode_frame(dest, src, control: int, info=b"", segmented: bool = False) -> 
     body = header
     if info:
         body = header + _crc_bytes(header) + info
-    return bytes((FLAG,)) + body + _crc_bytes(body) + bytes((FLAG,))
+    return bytes((_FLAG,)) + body + _crc_bytes(body) + bytes((_FLAG,))
 
 
 class Frame:
@@ -254,7 +254,7 @@ class FrameParser:
     ['SNRM']
     """
 
-    def __init__(self, max_frame: int = MAX_FRAME_LENGTH + 2):
+    def __init__(self, max_frame: int = _MAX_FRAME_LENGTH + 2):
         self._buf = bytearray()
         self._pos = 0
         self.max_frame = max_frame
@@ -289,11 +289,11 @@ class FrameParser:
             if avail < 3:
                 break
             fmt = buf[start + 1]
-            if fmt == FLAG:  # closing flag of the previous frame, or idle flags
+            if fmt == _FLAG:  # closing flag of the previous frame, or idle flags
                 self._pos += 1
                 continue
             if fmt & 0xF0 != 0xA0:
-                self._drop(ERR_FORMAT)
+                self._drop(_ERR_FORMAT)
                 continue
             length = ((fmt & 0x07) << 8) | buf[start + 2]
             if length < 7 or length + 2 > self.max_frame:
@@ -305,13 +305,13 @@ class FrameParser:
             if dest_end < 0:
                 if lim < end and lim - start - 3 < 4:
                     break  # address not complete yet
-                self._drop(ERR_ADDRESS)
+                self._drop(_ERR_ADDRESS)
                 continue
             src_end = _address_end(buf, dest_end, lim)
             if src_end < 0:
                 if lim < end and lim - dest_end < 4:
                     break
-                self._drop(ERR_ADDRESS)
+                self._drop(_ERR_ADDRESS)
                 continue
             header_end = src_end + 1  # past the control byte
             no_info_end = header_end + 2  # FCS would end here without information
@@ -326,7 +326,7 @@ class FrameParser:
                     continue
             if len(buf) <= end:
                 break  # wait for the rest
-            if buf[end] != FLAG:
+            if buf[end] != _FLAG:
                 self._drop(ERR_FLAG)
                 continue
             fcs = crc16_x25(memoryview(buf)[start + 1:end - 2])
@@ -348,8 +348,8 @@ class FrameParser:
 class LinkParams:
     """HDLC parameters as the sender of a SNRM or UA states them (its own tx/rx view)."""
 
-    def __init__(self, max_info_tx=DEFAULT_MAX_INFO, max_info_rx=DEFAULT_MAX_INFO,
-                 window_tx=DEFAULT_WINDOW, window_rx=DEFAULT_WINDOW):
+    def __init__(self, max_info_tx=_DEFAULT_MAX_INFO, max_info_rx=_DEFAULT_MAX_INFO,
+                 window_tx=_DEFAULT_WINDOW, window_rx=_DEFAULT_WINDOW):
         self.max_info_tx = max_info_tx
         self.max_info_rx = max_info_rx
         self.window_tx = window_tx
@@ -376,10 +376,10 @@ def encode_params(params: LinkParams) -> bytes:
     """
     body = bytearray()
     for pid, value, default, size in (
-            (5, params.max_info_tx, DEFAULT_MAX_INFO, 0),
-            (6, params.max_info_rx, DEFAULT_MAX_INFO, 0),
-            (7, params.window_tx, DEFAULT_WINDOW, 4),
-            (8, params.window_rx, DEFAULT_WINDOW, 4)):
+            (5, params.max_info_tx, _DEFAULT_MAX_INFO, 0),
+            (6, params.max_info_rx, _DEFAULT_MAX_INFO, 0),
+            (7, params.window_tx, _DEFAULT_WINDOW, 4),
+            (8, params.window_rx, _DEFAULT_WINDOW, 4)):
         if value == default:
             continue
         n = size or (1 if value <= 0xFF else 2)
@@ -428,7 +428,7 @@ def decode_params(info) -> LinkParams:
 DISCONNECTED = const(0)
 CONNECTING = const(1)
 CONNECTED = const(2)
-DISCONNECTING = const(3)
+_DISCONNECTING = const(3)
 
 
 class HdlcLink:
@@ -453,8 +453,8 @@ class HdlcLink:
         self.state = DISCONNECTED
         self.vs = 0  # next N(S) we send
         self.vr = 0  # next N(S) we expect
-        self.max_info_tx = DEFAULT_MAX_INFO
-        self.max_info_rx = DEFAULT_MAX_INFO
+        self.max_info_tx = _DEFAULT_MAX_INFO
+        self.max_info_rx = _DEFAULT_MAX_INFO
         self._segments = bytearray()
 
     def _frame(self, control, info=b"", segmented=False):
@@ -466,7 +466,7 @@ class HdlcLink:
         return self._frame(SNRM, encode_params(self.proposed))
 
     def disc(self) -> bytes:
-        self.state = DISCONNECTING
+        self.state = _DISCONNECTING
         return self._frame(DISC)
 
     def send(self, apdu) -> bytes:
@@ -501,7 +501,7 @@ class HdlcLink:
                 self.vs = self.vr = 0
                 self._segments = bytearray()
                 self.state = CONNECTED
-            elif self.state == DISCONNECTING:
+            elif self.state == _DISCONNECTING:
                 self.state = DISCONNECTED
             return b"", None
         if kind == "DM":

@@ -17,6 +17,12 @@ seconds when created), plus the fields of its kind.
 """
 from firmware.protocol import cbor
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
+
 FORMAT = 1
 PREFIX = "urja/v1/"
 
@@ -32,7 +38,7 @@ UPLINK_KINDS = (READING, EVENT, STATUS, HEARTBEAT, ACK, SNAPSHOT)
 # a tuple per field (that is ~50 tuples fewer on the meter's heap).  Types: "int",
 # "str", "bool", "list", "int?" (int or null).  Unknown fields are allowed (forward
 # compatible) but every listed one is checked.
-_ENVELOPE = ("v", "int", True, "m", "str", True, "s", "int", True, "t", "int", True)
+_ENVELOPE = const(("v", "int", True, "m", "str", True, "s", "int", True, "t", "int", True))
 SCHEMA = {
     # records: [start_t, energy, avg_mv|null, avg_ma|null, flags, span_s]
     READING: ("iv", "int", True, "u", "str", True, "cum", "int", True, "r", "list", True),
@@ -51,7 +57,7 @@ SCHEMA = {
                "bal", "int", True, "md", "int?", False, "f", "int", False),
 }
 READING_RECORD_LEN = 6
-EVENT_RECORD_LEN = 4
+_EVENT_RECORD_LEN = const(4)
 
 
 def __getattr__(name):
@@ -143,7 +149,7 @@ def validate(kind, body):
     if kind == READING:
         _check_records(body["r"], READING_RECORD_LEN, "reading.r")
     elif kind == EVENT:
-        _check_records(body["e"], EVENT_RECORD_LEN, "event.e")
+        _check_records(body["e"], _EVENT_RECORD_LEN, "event.e")
     elif kind == SNAPSHOT and body["k"] not in ("daily", "monthly"):
         raise MessageError("snapshot.k: daily or monthly, got %r" % (body["k"],))
     return body

@@ -17,6 +17,11 @@ the SDM maps turn kWh into Wh (scale 3), volts into decivolts, amps into mA.
 >>> decode_registers((("voltage_dv", 0, F32, 1, "dV"),), 0, block)
 {'voltage_dv': 2300}
 """
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc, no-redef]
+        return x
 
 F32 = "f32"
 U16 = "u16"
@@ -25,7 +30,7 @@ U32 = "u32"
 S32 = "s32"
 WIDTH = {F32: 2, U16: 1, S16: 1, U32: 2, S32: 2}
 
-MAX_READ_REGISTERS = 125  # Modbus Application Protocol V1.1b3, 6.4
+_MAX_READ_REGISTERS = const(125)  # Modbus Application Protocol V1.1b3, 6.4
 # "Each request for data must be restricted to 40 parameters or less" (80
 # registers): Eastron SDM630 Modbus protocol manual 1.2; ESPHome's sdm_meter
 # reads 80 registers from 0x0000 in one request.
@@ -181,7 +186,7 @@ def decode_registers(entries, start, registers):
     return values
 
 
-def plan_reads(entries, max_count=MAX_READ_REGISTERS, max_gap=None):
+def plan_reads(entries, max_count=_MAX_READ_REGISTERS, max_gap=None):
     """The fewest reads that cover every entry: [(address, count, entries), ...].
 
     Greedy from the lowest address: each read starts at the first entry not
