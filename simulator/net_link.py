@@ -18,8 +18,8 @@ publishes only while connected: during an outage the readings wait in the
 outboxes, not in a client library queue.
 
 ``backfill`` downlinks are answered by the firmware app's own code:
-``FeederLink.backfill`` calls ``firmware.app.main.App.backfill`` on the
-meter's ``MeterPort`` (which carries the attributes that method reads), so
+``FeederLink.backfill`` calls ``firmware.app.uplink.queue_backfill`` (what
+``App.backfill`` calls) on the meter's outbox and ``MeterPort.backfills``, so
 the ranges queued, the merge at ``MAX_BACKFILLS`` and the ack's ``n`` / ``lo``
 are the app's.  The pump then publishes those ranges first, re-read from the
 outbox's history (``Outbox.history``), as ``App._next_publish`` orders them:
@@ -40,32 +40,18 @@ import queue
 
 import paho.mqtt.client as paho
 
-from firmware.app.main import App
-from firmware.app.uplink import split
+from firmware.app.uplink import queue_backfill, split
 from firmware.protocol import messages
 
 PUMP_BATCH = 64  # messages peeked from one meter's outbox per pump call
 MAX_OUTSTANDING = 20000  # published, PUBACK not seen: well below paho's 65535 message ids
 
 
-class _NoWake:
-    """``App.backfill`` wakes the app's pump; ``FeederLink.backfill`` marks the meter instead."""
-
-    @staticmethod
-    def set():
-        pass
-
-
 class MeterPort:
-    """One meter's side of the link: its outbox, what is published and awaiting PUBACK.
+    """One meter's side of the link: its outbox, what is published and awaiting PUBACK."""
 
-    ``_backfills``, ``_published_upto``, ``_outbox_event``: the names
-    ``App.backfill`` reads on the app (see the module docstring).
-    """
-
-    __slots__ = ("meter_id", "outbox", "published_upto", "waiting", "acked", "_backfills",
+    __slots__ = ("meter_id", "outbox", "published_upto", "waiting", "acked", "backfills",
                  "resending")
-    _outbox_event = _NoWake()
 
     def __init__(self, meter_id, outbox):
         self.meter_id = meter_id
@@ -73,14 +59,8 @@ class MeterPort:
         self.published_upto = outbox.released
         self.waiting = collections.deque()  # seqs published on this connection, in order
         self.acked = set()
-        self._backfills = []  # [next seq, last seq] ranges to publish again (App._backfills)
-        self.resending = set()  # seqs of _backfills published on this connection, no PUBACK yet
-
-    @property
-    def _published_upto(self):
-        """The app's ``_published_upto``: the newest seq whose PUBACK came.  The app
-        publishes one at a time; here the release cursor follows contiguous PUBACKs."""
-        return self.outbox.released
+        self.backfills = []  # [next seq, last seq] ranges to publish again (App._backfills)
+        self.resending = set()  # seqs of backfills published on this connection, no PUBACK yet
 
     def reset(self, reboot=False):
         """Link lost: everything unreleased is sent again on the next connection, and
@@ -90,9 +70,9 @@ class MeterPort:
         self.waiting.clear()
         self.acked.clear()
         if reboot:
-            self._backfills = []
+            self.backfills = []
         elif self.resending:
-            self._backfills.insert(0, [min(self.resending), max(self.resending)])
+            self.backfills.insert(0, [min(self.resending), max(self.resending)])
         self.resending.clear()
 
 
@@ -215,14 +195,18 @@ class FeederLink:
         self.dirty.add(meter_id)
 
     def backfill(self, meter_id, first, last):
-        """A ``backfill`` the meter's core accepted: ``App.backfill`` on its port; (n, lo).
+        """A ``backfill`` the meter's core accepted, queued as the app does: (n, lo).
 
         >>> link.backfill("UJ-0000001", 40, 49)     # doctest: +SKIP
         (10, 1)
         """
-        out = App.backfill(self.ports[meter_id], first, last)
+        port = self.ports[meter_id]
+        # what was sent: the app publishes one at a time and counts its PUBACKs; here
+        # the release cursor follows contiguous PUBACKs
+        n, lo, _queued = queue_backfill(port.outbox, port.backfills, port.outbox.released,
+                                        first, last)
         self.mark(meter_id)
-        return out
+        return n, lo
 
     def pump(self):
         """Publish the dirty meters' unsent outbox messages, oldest first; returns how many."""
@@ -232,7 +216,7 @@ class FeederLink:
         for meter_id in sorted(self.dirty):
             port = self.ports[meter_id]
             box = port.outbox
-            ranges = port._backfills
+            ranges = port.backfills
             while ranges:  # App._next_publish: backfill ranges first, from the history
                 if len(self.mids) >= MAX_OUTSTANDING:
                     self.published += n

@@ -35,7 +35,7 @@ Sequence gaps such losses leave are closed the way the product closes them:
 the ingest queues a ``backfill`` downlink for a gap still open
 ``backfill_grace_s`` (simulated s, default the ingest's 300; -1: never) after
 it saw it, and each simulated meter answers with the firmware app's own code
-(``net_link``: ``App.backfill`` over the outbox's history).  A gap older than
+(``net_link``: the app's ``uplink.queue_backfill`` over the outbox's history).  A gap older than
 the meter's outbox still holds ends unrecoverable (``data_lost`` alert).
 
 Memory per meter: the outbox flash in RAM, ``outbox_segments`` x
@@ -407,7 +407,7 @@ class Network:
         for r in self.runs:
             for c in r.cons:
                 box = c.ledger.outbox
-                if box.released < box.next_seq - 1 or c.ledger.port._backfills:
+                if box.released < box.next_seq - 1 or c.ledger.port.backfills:
                     return False
         if self.headend.open_commands():
             return False

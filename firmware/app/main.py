@@ -39,7 +39,7 @@ import time
 
 from firmware.app.health import AcceleratedClock, Liveness
 from firmware.app.mqtt_client import AckTimeout, MqttConnection
-from firmware.app.uplink import Uplink, records_end_cum, split
+from firmware.app.uplink import Uplink, queue_backfill, records_end_cum, split
 from firmware.core import auth, backoff, events, metering
 from firmware.core.journal import Journal
 from firmware.core import meter as meter_mod
@@ -77,7 +77,6 @@ _PUBLISH_TIMEOUT_S = const(10)
 _OUTBOX_ACK_EVERY = const(8)  # release the outbox in batches: one cursor write per 8 PUBACKs
 _DOWNLINK_QUEUE = const(8)
 _RESTART_DRAIN_MS = const(10000)  # before an OTA restart: wait this long at most for the ack to go out
-MAX_BACKFILLS = 4  # backfill ranges waiting to be re-published; more are merged into the last
 
 
 def _env(name):
@@ -621,28 +620,10 @@ class App:
         print("urja: clock set to %d (step %d s)" % (t, step))
 
     def backfill(self, first, last):
-        """Queue the held uplinks with ``first <= s <= last`` for publishing again: (n, lo).
-
-        ``n`` counts every held uplink in the range, ``lo`` is the oldest seq
-        the outbox still holds.  Uplinks not sent yet are only counted: the
-        normal pump sends them once, so only ``s`` up to what was already
-        sent is queued again (no uplink goes out twice from one request).
-        The pump publishes these before the outbox's new messages, so the ack
-        queued after this call arrives after them.  Kept in RAM only: after
-        a reset the head-end asks again if its gap is still open.
-        """
-        box = self.outbox
-        lo = box.oldest_held
-        n = box.count_held(first, last)
-        hi = min(last, max(self._published_upto, box.released))
-        start = max(first, lo)
-        if start <= hi:
-            if len(self._backfills) >= MAX_BACKFILLS:
-                # merged: may re-send a few uplinks more than asked (the head-end dedupes)
-                rng = self._backfills[-1]
-                rng[0], rng[1] = min(rng[0], start), max(rng[1], hi)
-            else:
-                self._backfills.append([start, hi])
+        """``uplink.queue_backfill`` on this app's outbox and ranges, waking the pump: (n, lo)."""
+        n, lo, queued = queue_backfill(self.outbox, self._backfills, self._published_upto,
+                                       first, last)
+        if queued:
             self._outbox_event.set()
         return n, lo
 

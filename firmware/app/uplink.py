@@ -24,6 +24,7 @@ except ImportError:  # CPython
 MAX_RECORDS_PER_READING = const(8)
 _MAX_EVENTS_PER_MESSAGE = const(16)
 _SNAP_KINDS = {1: "daily", 2: "monthly"}  # metering.SNAP_DAILY / SNAP_MONTHLY
+MAX_BACKFILLS = 4  # backfill ranges waiting to be re-published; more are merged into the last
 
 
 class UplinkError(ValueError):
@@ -33,6 +34,35 @@ class UplinkError(ValueError):
 def split(record):
     """(kind, cbor body) of a stored outbox record."""
     return messages.UPLINK_KINDS[record[0]], bytes(record[1:])
+
+
+def queue_backfill(outbox, ranges, sent_upto, first, last):
+    """Queue the held uplinks with ``first <= s <= last`` for publishing again: (n, lo, queued).
+
+    ``ranges`` is the publisher's list of [next s, last s] still to re-send (the
+    pump publishes them before the outbox's new messages, so the ack queued
+    after this call arrives after them); ``sent_upto`` the newest s it has
+    published.  ``n`` counts every held uplink in the range, ``lo`` is the
+    oldest s the outbox still holds.  Uplinks not sent yet are only counted:
+    the normal pump sends them once, so only ``s`` up to what was already sent
+    is queued again (no uplink goes out twice from one request).  ``queued``:
+    ``ranges`` changed, the pump has work.  Kept in RAM only: after a reset
+    the head-end asks again if its gap is still open.  The app and the
+    simulator's meters (``simulator/net_link.py``) both answer with this.
+    """
+    lo = outbox.oldest_held
+    n = outbox.count_held(first, last)
+    hi = min(last, max(sent_upto, outbox.released))
+    start = max(first, lo)
+    if start > hi:
+        return n, lo, False
+    if len(ranges) >= MAX_BACKFILLS:
+        # merged: may re-send a few uplinks more than asked (the head-end dedupes)
+        rng = ranges[-1]
+        rng[0], rng[1] = min(rng[0], start), max(rng[1], hi)
+    else:
+        ranges.append([start, hi])
+    return n, lo, True
 
 
 def reading_record(rec):

@@ -7,7 +7,8 @@ from firmware.app.config import ConfigError, ConfigStore
 from firmware.app.downlinks import OTA_MAX_CHUNK, ota_manifest, version_code
 from firmware.app.health import AcceleratedClock, Liveness
 from firmware.app.main import CLI_IDLE_UNLOAD_MS, App, RegisterFeed
-from firmware.app.uplink import MAX_RECORDS_PER_READING, Uplink, reading_record, records_end_cum, split
+from firmware.app.uplink import (MAX_BACKFILLS, MAX_RECORDS_PER_READING, Uplink, queue_backfill,
+                                 reading_record, records_end_cum, split)
 from firmware.core import events
 from firmware.core.events import EventLog
 from firmware.core.meter import EXAMPLE_CONFIG, Meter, MeterConfig
@@ -279,3 +280,22 @@ def test_cli_loads_at_its_first_byte_and_unloads_once_the_technician_has_gone():
         task.cancel()
 
     asyncio.run(drive())
+
+
+def test_queue_backfill_requeues_only_what_was_sent_and_merges_past_the_limit():
+    up = _uplink()
+    for i in range(10):
+        up.heartbeat(T0 + i, {"up": i})  # held: s 1..10
+    box, ranges = up.outbox, []
+    # sent up to 6: 4..9 asked, all 6 counted, only 4..6 queued (7..9 go out once anyway)
+    eq(queue_backfill(box, ranges, 6, 4, 9), (6, 1, True))
+    eq(ranges, [[4, 6]])
+    # nothing of 8..9 was sent yet: counted, nothing queued
+    eq(queue_backfill(box, ranges, 6, 8, 9), (2, 1, False))
+    eq(ranges, [[4, 6]])
+    for first in (1, 2, 3):
+        queue_backfill(box, ranges, 10, first, first)
+    eq(len(ranges), MAX_BACKFILLS)
+    # one more than the limit merges into the last range (may re-send a little more)
+    eq(queue_backfill(box, ranges, 10, 9, 10), (2, 1, True))
+    eq(ranges, [[4, 6], [1, 1], [2, 2], [3, 10]])

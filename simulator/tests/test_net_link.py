@@ -68,7 +68,7 @@ def test_backfill_resends_held_uplinks_first_then_newer_ones_and_the_ack():
     assert {t for t, _ in link.client.sent} == {messages.topic(MID, messages.ACK)}
     assert link.republished == 3 and link.published == 1
     puback_all(link)
-    assert port.outbox.released == 11 and not port.resending and not port._backfills
+    assert port.outbox.released == 11 and not port.resending and not port.backfills
 
 
 def test_a_range_not_published_yet_is_only_counted_and_goes_out_once():
@@ -86,13 +86,13 @@ def test_a_link_loss_sends_the_unpubacked_resends_again_and_a_reboot_forgets_the
     link.backfill(MID, 2, 4)
     link.pump()
     link.drop()  # no PUBACK came for 2..4
-    assert port._backfills == [[2, 4]]
+    assert port.backfills == [[2, 4]]
     link.client, link.state = FakeClient(), "up"
     link.pump()
     assert [s for _, s in link.client.sent] == [2, 3, 4]
     link.backfill(MID, 6, 7)
     port.reset(reboot=True)  # power cut: the app's RAM is gone, the head-end asks again
-    assert port._backfills == [] and not port.resending
+    assert port.backfills == [] and not port.resending
 
 
 def test_a_gap_the_ring_has_erased_is_answered_with_lo_above_it_and_nothing_is_sent():
@@ -103,4 +103,4 @@ def test_a_gap_the_ring_has_erased_is_answered_with_lo_above_it_and_nothing_is_s
     link = up_link(port)
     assert link.backfill(MID, 1, 5) == (0, lo)
     link.pump()
-    assert link.client.sent == [] and port._backfills == []
+    assert link.client.sent == [] and port.backfills == []
