@@ -107,9 +107,9 @@ def _text_array(values, sql_type):
 # PostgreSQL: the dedupe claim (with each reading uplink's register) and the readings
 # in ONE statement per batch.  ``claimed`` holds the (meter, s) this batch newly
 # stored; readings join it, so a replayed uplink's rows never reach them (exactly
-# what the claim-then-insert round trips did).  The statement returns the batch's duplicates (usually
-# none) and the count of readings stored, instead of one row per stored uplink and
-# reading.  Constants (received_at, estimated) are scalars, not arrays.
+# what the claim-then-insert round trips did).  The statement returns the batch's
+# duplicates (usually none) and the count of readings stored, instead of one row per
+# stored uplink and reading.  Constants (received_at, estimated) are scalars, not arrays.
 _PG_CLAIM_READINGS = """WITH inp AS (
     SELECT * FROM unnest(%(m)s::text[], %(s)s::bigint[], %(k)s::text[], %(t)s::bigint[],
                          %(iv)s::integer[], %(cum)s::bigint[])
@@ -240,12 +240,13 @@ class UplinkStore:
                     fresh = [unique[k] for k in keys]
                     self._write_kinds(conn, [b for b in fresh if b["kind"] != "reading"], now)
                 else:
-                    seen = [{"meter_id": b["m"], "seq": b["s"], "kind": b["kind"], "t": b["t"],
-                             "received_at": now, "interval_s": b.get("iv"), "cum": b.get("cum")}
-                            if b["kind"] == "reading" else
-                            {"meter_id": b["m"], "seq": b["s"], "kind": b["kind"], "t": b["t"],
-                             "received_at": now, "interval_s": None, "cum": None}
-                            for b in unique.values()]
+                    seen = []
+                    for b in unique.values():
+                        reading = b["kind"] == "reading"  # a snapshot's cum is not a register
+                        seen.append({"meter_id": b["m"], "seq": b["s"], "kind": b["kind"],
+                                     "t": b["t"], "received_at": now,
+                                     "interval_s": b["iv"] if reading else None,
+                                     "cum": b["cum"] if reading else None})
                     claimed = conn.execute(self._claim, seen).all()
                     keys = [tuple(k) for k in claimed]
                     fresh = [unique[k] for k in keys]
@@ -345,7 +346,7 @@ GAP_SCAN_CHUNK = 1000  # meters per statement: 2,000 parameters (SQLite allows 3
 
 
 def _runs_above(conn, lows):
-    """{meter: (gaps {(first, last)}, top stored seq)} for ``lows`` (meter -> lowest seq to read)."""
+    """{meter: [gaps {(first, last)}, top stored seq]} for ``lows`` (meter -> lowest seq to read)."""
     ph = "?" if conn.dialect.name == "sqlite" else "%s"
     sql = _GAPS_SQL % ",".join(["(%s, %s)" % (ph, ph)] * len(lows))
     params = []
@@ -353,12 +354,11 @@ def _runs_above(conn, lows):
         params += (meter_id, low)
     out = {}
     for meter_id, seq, next_seq in conn.exec_driver_sql(sql, tuple(params)):
-        gaps, _top = out.get(meter_id, (set(), None))
+        found = out.setdefault(meter_id, [set(), None])
         if next_seq is None:
-            out[meter_id] = (gaps, seq)
+            found[1] = seq
         else:
-            gaps.add((seq + 1, next_seq - 1))
-            out[meter_id] = (gaps, _top)
+            found[0].add((seq + 1, next_seq - 1))
     return out
 
 

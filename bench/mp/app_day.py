@@ -101,11 +101,7 @@ def objects_only(names):
     for name in names:
         if not (name.startswith("firmware.") or name.startswith("boards.")):
             continue
-        sys.modules.pop(name, None)
-        cut = name.rfind(".")
-        parent = sys.modules.get(name[:cut])
-        if parent is not None and hasattr(parent, name[cut + 1:]):
-            delattr(parent, name[cut + 1:])
+        app_main._drop(name)  # this runs in micropython, where _drop forgets the module
         before = heap()
         __import__(name)
         out[name] = heap() - before

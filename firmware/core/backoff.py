@@ -52,7 +52,6 @@ CONNECT = const(1)  # open the socket, send CONNECT
 REPLAY = const(2)   # connected: resubscribe, publish the outbox from its oldest message
 WAIT = const(3)     # stay off the network until retry_at_ms
 ABORT = const(4)    # give up this attempt: close the socket, then wait
-_ACTION_NAMES = const(("nothing", "connect", "replay", "wait", "abort"))
 
 # (state, event) -> (next state, action), a row of four codes each; a pair not listed
 # is an illegal event.  bytes (every code is < 256): the list is built once at import

@@ -78,7 +78,6 @@ _CURSOR_FMT = const(">III")  # released, evicted_total, refused_total
 
 _DROP_OLDEST = const(0)
 REFUSE_NEW = const(1)
-_POLICY_NAMES = const(("drop-oldest", "refuse-new"))
 
 _DEFAULT_MAX_MESSAGES = const(1024)
 _SCAN_CHUNK = const(64)
@@ -182,7 +181,7 @@ class Outbox:
     Construction recovers the state from storage (``segments`` as described
     at ``RamSegments``; ``cursor_slots`` a ``boards.hal.SlotStorage``).
 
-    >>> box = Outbox(flash, slots, max_messages=192, policy=_DROP_OLDEST)
+    >>> box = Outbox(flash, slots, max_messages=192)   # drops the oldest when full
     >>> seq = box.append(cbor_reading, now)
     >>> for seq, msg in box.peek(8): publish(seq, msg)
     >>> box.ack(seq, now)           # on PUBACK of the last one
