@@ -31,6 +31,12 @@ from headend.db import Base
 # BIGINT on PostgreSQL, INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there)
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
+# A meter id: VARCHAR(64) COLLATE "C" on PostgreSQL, so the ingest's B-tree and foreign-key
+# lookups compare bytes instead of calling strcoll (docs/SCALING.md).  No ordering changes:
+# meter ids are ASCII, which C.UTF-8 and C order the same.  SQLite has no "C" and compares
+# bytes anyway.  ForeignKey("meters.id") columns declared without a type take it from Meter.id.
+MeterId = String(64).with_variant(String(64, collation="C"), "postgresql")
+
 SERVICES = ("electricity", "water", "gas")
 UNIT_OF_SERVICE = {"electricity": "Wh", "water": "L", "gas": "L"}
 
@@ -82,7 +88,7 @@ class Consumer(Base):
 class Meter(Base):
     """A meter in the registry; ``id`` is the id in its MQTT topics (``urja/v1/<id>/...``)."""
     __tablename__ = "meters"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(MeterId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     consumer_id: Mapped[int | None] = mapped_column(ForeignKey("consumers.id"), default=None,
                                                     index=True)
@@ -144,7 +150,7 @@ class UplinkSeen(Base):
     entry and a foreign-key check per reading (docs/SCALING.md).
     """
     __tablename__ = "uplinks_seen"
-    meter_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    meter_id: Mapped[str] = mapped_column(MeterId, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     t: Mapped[int] = mapped_column(BigInteger)
@@ -170,7 +176,7 @@ class SeqGap(Base):
     __tablename__ = "seq_gaps"
     __table_args__ = (UniqueConstraint("meter_id", "first_seq", "last_seq"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    meter_id: Mapped[str] = mapped_column(String(64), index=True)
+    meter_id: Mapped[str] = mapped_column(MeterId, index=True)
     first_seq: Mapped[int] = mapped_column(BigInteger)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     detected_at: Mapped[int] = mapped_column(BigInteger)

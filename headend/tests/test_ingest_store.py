@@ -256,3 +256,77 @@ def test_migration_0007_moves_reading_registers_into_uplinks_seen_and_back(db_ur
         migrations.upgrade(db_url)
     finally:
         eng.dispose()
+
+
+def _meter_id_collations(conn):
+    """{(table, column): collation or None} of every string column holding a meter id."""
+    if conn.dialect.name == "postgresql":
+        return {(t, c): coll for t, c, coll in conn.execute(text(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND (column_name = 'meter_id' "
+            "OR (table_name = 'meters' AND column_name = 'id'))"))}
+    # SQLite: a collation would show in the table's CREATE statement
+    return {(t, c["name"]): ("C" if 'COLLATE "C"' in sql else None)
+            for t, sql in conn.execute(text("SELECT name, sql FROM sqlite_master "
+                                            "WHERE type = 'table'"))
+            for c in inspect(conn).get_columns(t)
+            if c["name"] == "meter_id" or (t, c["name"]) == ("meters", "id")}
+
+
+def test_migrated_meter_id_collations_match_the_models(engine):
+    # compare_metadata does not compare collations: check them here
+    import headend.alerts, headend.auth, headend.campaigns, headend.channel  # noqa: F401
+    import headend.commands, headend.guardrails, headend.ledger, headend.ota  # noqa: F401
+    import headend.payments, headend.reconcile, headend.tokens, headend.vee  # noqa: F401
+    expected = {(t.name, c.name): ("C" if 'COLLATE "C"' in str(c.type.compile(engine.dialect))
+                                   else None)
+                for t in M.Base.metadata.tables.values() for c in t.columns
+                if c.name == "meter_id" or (t.name, c.name) == ("meters", "id")}
+    with engine.connect() as conn:
+        assert _meter_id_collations(conn) == expected
+    if engine.dialect.name == "postgresql":
+        assert expected[("meters", "id")] == expected[("readings", "meter_id")] == \
+            expected[("uplinks_seen", "meter_id")] == expected[("seq_gaps", "meter_id")] == "C"
+    else:
+        assert set(expected.values()) == {None}
+
+
+def test_migration_0008_collates_meter_ids_c_on_postgresql_and_back(db_url):
+    from headend import migrations
+    eng = make_engine(db_url)
+    try:
+        register_meters(eng, ["UJ-2", "UJ-10", "UJ-1"])
+        UplinkStore(eng).write([reading(m, 1, T0, 7) for m in ("UJ-2", "UJ-10", "UJ-1")],
+                               now=T0)
+        with eng.connect() as conn:
+            at_head = _meter_id_collations(conn)
+        migrations.downgrade(db_url, "0007")
+        with eng.connect() as conn:
+            before = _meter_id_collations(conn)
+            assert before.keys() == at_head.keys()
+            assert set(before.values()) == {None}
+            assert conn.execute(text("SELECT meter_id FROM readings ORDER BY meter_id")
+                                ).scalars().all() == ["UJ-1", "UJ-10", "UJ-2"]
+        migrations.upgrade(db_url)
+        with eng.connect() as conn:
+            assert _meter_id_collations(conn) == at_head
+            # byte order, as before: meter ids are ASCII
+            assert conn.execute(text("SELECT meter_id FROM readings ORDER BY meter_id")
+                                ).scalars().all() == ["UJ-1", "UJ-10", "UJ-2"]
+            assert conn.execute(text("SELECT COUNT(*) FROM readings r JOIN meters m "
+                                     "ON m.id = r.meter_id")).scalar() == 3
+        if eng.dialect.name == "postgresql":
+            changed = {k for k, v in at_head.items() if v == "C"}
+            assert {("meters", "id"), ("readings", "meter_id"), ("uplinks_seen", "meter_id"),
+                    ("seq_gaps", "meter_id"), ("meter_keys", "meter_id")} <= changed
+            assert at_head[("audit_log", "meter_id")] is None
+        else:
+            assert set(at_head.values()) == {None}
+        # the foreign keys to meters.id survived both ways
+        with pytest.raises(Exception, match="(?i)foreign key"):
+            with eng.begin() as conn:
+                conn.execute(text("INSERT INTO readings (meter_id, start_t, energy, flags, "
+                                  "span_s, estimated, received_at) "
+                                  "VALUES ('UJ-404', 1, 1, 0, 900, false, 1)"))
+    finally:
+        eng.dispose()
