@@ -67,6 +67,7 @@ import cbor2  # noqa: E402
 import gmqtt  # noqa: E402
 from gmqtt.mqtt.constants import MQTTv311, MQTTv50  # noqa: E402
 
+from headend import fastscan  # noqa: E402
 from headend.ingest import MOSQUITTO_INGEST_CONF  # noqa: E402
 
 T0 = 1795737600
@@ -332,7 +333,7 @@ def stored_counts(url):
 
 
 async def ingest_run(port, url, total, start_load, batch_max, batch_ms, client="fast",
-                     tune_gc=True):
+                     tune_gc=True, scanner="auto"):
     """One in-process worker; precise marks (first receive, each commit) and lags from ``bt``.
 
     ``tune_gc``: the garbage-collector settings ``python -m headend.ingest`` uses
@@ -355,7 +356,7 @@ async def ingest_run(port, url, total, start_load, batch_max, batch_ms, client="
 
     worker = IngestWorker(engine, "127.0.0.1", port, "ingest-bench", batch_max=batch_max,
                           batch_ms=batch_ms, gap_scan_s=5.0, after_commit=after_commit,
-                          client=client)
+                          client=client, scanner=scanner)
     worker.connected = asyncio.Event()
     if tune_gc:
         settle_gc()
@@ -420,7 +421,7 @@ async def ingest_run(port, url, total, start_load, batch_max, batch_ms, client="
 
 
 def ingest_run_workers(port, url, total, start_load, workers, batch_max, batch_ms,
-                       client="fast"):
+                       client="fast", scanner="auto"):
     """N ``python -m headend.ingest`` processes in one shared group; counters from their JSON lines."""
     import threading
     procs, latest, first_seen = [], {}, {"t": None}
@@ -445,7 +446,8 @@ def ingest_run_workers(port, url, total, start_load, workers, batch_max, batch_m
         p = subprocess.Popen([sys.executable, "-m", "headend.ingest", "--port", str(port),
                               "--client-id", "ingest-bench-%d" % i, "--db", url,
                               "--batch-max", str(batch_max), "--batch-ms", str(batch_ms),
-                              "--stats-s", "0.1", "--client", client],
+                              "--stats-s", "0.1", "--client", client,
+                              "--scanner", scanner],
                              cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
         procs.append(p)
         threading.Thread(target=reader, args=(i, p), daemon=True).start()
@@ -491,10 +493,10 @@ def measure_ingest(args, port, meters, total, load):
         register_meters(url, meters)
         if args.workers == 1:
             out = asyncio.run(ingest_run(port, url, total, load, args.batch_max, args.batch_ms,
-                                         args.client, not args.default_gc))
+                                         args.client, not args.default_gc, args.scanner))
         else:
             out = ingest_run_workers(port, url, total, load, args.workers, args.batch_max,
-                                     args.batch_ms, args.client)
+                                     args.batch_ms, args.client, args.scanner)
         out["rows_in_db"], out["open_gaps"] = stored_counts(url)
     finally:
         cleanup()
@@ -522,6 +524,9 @@ def main():
                         "fastest of them")
     p.add_argument("--client", default="fast", choices=("fast", "gmqtt"),
                    help="the ingest worker's MQTT client")
+    p.add_argument("--scanner", default="auto", choices=("auto", "c", "python"),
+                   help="the fast client's reader: c (reading uplinks decoded in C), python "
+                        "(the reference path), auto (c when built)")
     p.add_argument("--default-gc", action="store_true",
                    help="1 worker: keep Python's GC defaults instead of headend.ingest.settle_gc")
     p.add_argument("--bare-only", action="store_true")
@@ -539,7 +544,10 @@ def main():
     out = {"meters": meters, "per_meter": per_meter, "messages": total,
            "connections": args.connections, "cpus": os.cpu_count(), "db": args.db.split(":")[0],
            "workers": args.workers, "batch_max": args.batch_max, "batch_ms": args.batch_ms,
-           "decoder": "headend.fastdecode (cbor2, reference fallback)",
+           "decoder": ("headend.fastdecode (cbor2, reference fallback)"
+                       if args.scanner == "python" or args.client != "fast"
+                       or not fastscan.available() else
+                       "headend.fastscan (C scanner, then fastdecode, reference fallback)"),
            "ingest_client": args.client,
            "gc": ("python defaults" if args.default_gc and args.workers == 1
                   else "headend.ingest.settle_gc"),

@@ -66,8 +66,9 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from firmware.protocol import messages
 from headend.db import make_engine
+from headend import fastscan
 from headend.fastdecode import decode_uplink
-from headend.mqtt_fast import FastSubscriber
+from headend.mqtt_fast import FastSubscriber, FrameReader
 from headend.store import UplinkStore, known_meters, open_gaps, request_backfills, scan_gaps
 
 log = logging.getLogger("urja.ingest")
@@ -81,6 +82,9 @@ BARE_RATES = {"gmqtt": (42334, 47252), "paho": (13257, 18509)}
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 CLIENTS = ("fast", "gmqtt")  # headend.mqtt_fast (default) or gmqtt
+# "fast" client's frame reader: "c" decodes reading uplinks in C (headend.fastscan),
+# "python" the reference path; "auto" takes C when it is built
+SCANNERS = ("auto", "c", "python")
 # A gap may close by itself: another worker's batch holding the missing uplink
 # is still uncommitted, or the meter's outbox is still re-sending after a
 # reconnect.  Only a gap open this long is worth a backfill downlink.
@@ -168,7 +172,7 @@ class IngestWorker:
 
     def __init__(self, engine, host, port, client_id, group="ingest", batch_max=5000,
                  batch_ms=50, gap_scan_s=1.0, session_expiry_s=7 * 86400, clock=time.time,
-                 after_commit=None, backfill_grace_s=None, client="fast"):
+                 after_commit=None, backfill_grace_s=None, client="fast", scanner="auto"):
         self.engine = engine
         self.store = UplinkStore(engine)
         self.host, self.port, self.client_id, self.group = host, port, client_id, group
@@ -181,6 +185,12 @@ class IngestWorker:
         if client not in CLIENTS:
             raise ValueError("client must be one of %s, got %r" % (", ".join(CLIENTS), client))
         self.client_kind = client
+        if scanner not in SCANNERS:
+            raise ValueError("scanner must be one of %s, got %r" % (", ".join(SCANNERS), scanner))
+        if scanner == "c" and not fastscan.available():
+            raise RuntimeError("scanner 'c': headend._fastingest is not built (reinstall with a "
+                               "C compiler: pip install -e .), or use scanner 'python'")
+        self.scanner = ("c" if fastscan.available() else "python") if scanner == "auto" else scanner
         self.session_expiry_s = session_expiry_s
         self.clock = clock
         self.after_commit = after_commit  # called with (WriteResult, bodies, commit_time)
@@ -233,6 +243,11 @@ class IngestWorker:
             ids = batch.acks[conn] = []
         received = 0
         for p in pubs:
+            if type(p) is fastscan.Readings:  # decoded and classified in C
+                batch.bodies.extend(p.bodies)
+                ids.extend(p.ids)
+                received += len(p.bodies)
+                continue
             if p.topic == DROPPED_TOPIC:
                 try:
                     self.counters.broker_dropped = int(p.payload)
@@ -370,8 +385,12 @@ class IngestWorker:
         self._client = FastSubscriber(
             self.host, self.port, self.client_id,
             [(self.subscription, 1), (DROPPED_TOPIC, 0)], self._on_messages, self._subscribed,
-            keepalive_s=30, session_expiry_s=self.session_expiry_s, receive_maximum=65535)
+            keepalive_s=30, session_expiry_s=self.session_expiry_s, receive_maximum=65535,
+            reader_factory=(self._reading_reader if self.scanner == "c" else FrameReader))
         await self._client.start()
+
+    def _reading_reader(self):
+        return fastscan.ReadingReader(lambda: self._meters)
 
     async def _connect_gmqtt(self):
         client = gmqtt.Client(self.client_id, clean_session=False,
@@ -471,6 +490,10 @@ def parse_args(argv):
                         "seconds after it was seen (default %(default)s; -1: never)")
     p.add_argument("--client", choices=CLIENTS, default="fast",
                    help="MQTT client: fast (headend.mqtt_fast, default) or gmqtt")
+    p.add_argument("--scanner", choices=SCANNERS, default="auto",
+                   help="fast client's reader: c (reading uplinks decoded in C, "
+                        "headend/_fastingest.c), python (the reference path), or auto "
+                        "(default: c when it is built)")
     p.add_argument("--stats-s", type=float, default=0.0,
                    help="print counters as one JSON line every N seconds (0: only at exit)")
     p.add_argument("--print-mosquitto-conf", action="store_true",
@@ -495,13 +518,14 @@ async def _main(args):
                           args.client_id, args.group, args.batch_max, args.batch_ms,
                           backfill_grace_s=(None if args.backfill_grace_s < 0
                                             else args.backfill_grace_s),
-                          client=args.client)
+                          client=args.client, scanner=args.scanner)
     worker.connected = asyncio.Event()
     settle_gc()
 
     async def report():
         await worker.connected.wait()
-        print(json.dumps({"subscribed": worker.client_id}), flush=True)
+        print(json.dumps({"subscribed": worker.client_id, "client": worker.client_kind,
+                          "scanner": worker.scanner}), flush=True)
         while args.stats_s > 0 and not stop.is_set():
             await asyncio.sleep(args.stats_s)
             print(json.dumps(worker.counters.snapshot()), flush=True)

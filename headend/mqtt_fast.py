@@ -129,6 +129,56 @@ class Publish:
                                                          self.packet_id)
 
 
+def parse_frame(buf, pos, end, max_packet=MAX_PACKET):
+    """The frame at ``buf[pos:end]``: (Publish or (type, flags, body bytes), next position),
+    or None while it is incomplete.  MqttError for bytes that are not MQTT v5: every
+    field must lie inside its frame (a PUBLISH whose topic, packet id or properties
+    run past its Remaining Length is refused, not read from the next frame).
+
+    >>> parse_frame(b"\\x30\\x0b\\x00\\x03a/b\\x00hello", 0, 13)
+    (Publish('a/b', 5 bytes, qos=0, id=None), 13)
+    """
+    if end - pos < 2:
+        return None
+    head = buf[pos]
+    rl = _read_varint(buf, pos + 1, end)
+    if rl is None:
+        return None
+    length, body = rl
+    if length > max_packet:
+        raise MqttError("packet of %d bytes exceeds the limit" % length)
+    stop = body + length
+    if stop > end:
+        return None
+    kind = head >> 4
+    if kind != PUBLISH:
+        return (kind, head & 0x0F, bytes(buf[body:stop])), stop
+    qos = (head >> 1) & 3
+    if qos == 3:
+        raise MqttError("PUBLISH with QoS 3")
+    p = body + 2
+    if p > stop:
+        raise MqttError("PUBLISH too short for its topic length")
+    tlen = (buf[body] << 8) | buf[body + 1]
+    topic_end = p + tlen
+    packet_id = None
+    if qos:
+        if topic_end + 2 > stop:
+            raise MqttError("PUBLISH too short for its topic and packet id")
+        packet_id = (buf[topic_end] << 8) | buf[topic_end + 1]
+        p = topic_end + 2
+    else:
+        p = topic_end
+    if p > stop:
+        raise MqttError("PUBLISH too short for its topic")
+    props = _read_varint(buf, p, stop)  # properties: skipped (no aliases asked)
+    if props is None or props[0] > stop - props[1]:
+        raise MqttError("PUBLISH properties run past the frame")
+    p = props[1] + props[0]
+    topic = buf[body + 2:topic_end].decode("utf-8")
+    return Publish(topic, bytes(buf[p:stop]), qos, packet_id, bool(head & 0x08)), stop
+
+
 class FrameReader:
     """Incremental MQTT v5 reader: ``feed(bytes)`` -> (publishes, other packets).
 
@@ -136,9 +186,9 @@ class FrameReader:
     packets come back as (type, flags, body bytes).
 
     >>> r = FrameReader()
-    >>> r.feed(b"\\x30\\x0a\\x00\\x03a/b\\x00hello"[:5])
+    >>> r.feed(b"\\x30\\x0b\\x00\\x03a/b\\x00hello"[:5])
     ([], [])
-    >>> pubs, _ = r.feed(b"\\x30\\x0a\\x00\\x03a/b\\x00hello"[5:]); pubs[0].topic, pubs[0].payload
+    >>> pubs, _ = r.feed(b"\\x30\\x0b\\x00\\x03a/b\\x00hello"[5:]); pubs[0].topic, pubs[0].payload
     ('a/b', b'hello')
     """
 
@@ -152,35 +202,12 @@ class FrameReader:
         end = len(buf)
         pos = 0
         pubs, others = [], []
-        unpack_h = struct.Struct("!H").unpack_from
-        while end - pos >= 2:
-            head = buf[pos]
-            rl = _read_varint(buf, pos + 1, end)
-            if rl is None:
+        while True:
+            frame = parse_frame(buf, pos, end, self.max_packet)
+            if frame is None:
                 break
-            length, body = rl
-            if length > self.max_packet:
-                raise MqttError("packet of %d bytes exceeds the limit" % length)
-            stop = body + length
-            if stop > end:
-                break
-            kind = head >> 4
-            if kind == PUBLISH:
-                qos = (head >> 1) & 3
-                (tlen,) = unpack_h(buf, body)
-                p = body + 2 + tlen
-                topic = buf[body + 2:p].decode("utf-8")
-                packet_id = None
-                if qos:
-                    (packet_id,) = unpack_h(buf, p)
-                    p += 2
-                plen, p = _read_varint(buf, p, stop)  # properties: skipped (no aliases asked)
-                p += plen
-                pubs.append(Publish(topic, bytes(buf[p:stop]), qos, packet_id,
-                                    bool(head & 0x08)))
-            else:
-                others.append((kind, head & 0x0F, bytes(buf[body:stop])))
-            pos = stop
+            item, pos = frame
+            (pubs if type(item) is Publish else others).append(item)
         if pos:
             del buf[:pos]
         return pubs, others
@@ -191,7 +218,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, owner):
         self.owner = owner
-        self.reader = FrameReader()
+        self.reader = owner.reader_factory()
         self.transport = None
         self.loop = asyncio.get_running_loop()
         self.closed = self.loop.create_future()
@@ -240,8 +267,10 @@ class FastSubscriber:
 
     def __init__(self, host, port, client_id, filters, on_messages, on_subscribed=None,
                  keepalive_s=30, session_expiry_s=7 * 86400, receive_maximum=65535,
-                 reconnect_delay_s=1.0, max_reconnect_delay_s=10.0):
+                 reconnect_delay_s=1.0, max_reconnect_delay_s=10.0, reader_factory=FrameReader):
         self.host, self.port, self.client_id = host, port, client_id
+        # a new reader per connection: anything with FrameReader's feed() (headend.fastscan)
+        self.reader_factory = reader_factory
         self.filters = list(filters)  # [(topic filter, qos)]
         self.on_messages = on_messages
         self.on_subscribed = on_subscribed or (lambda: None)

@@ -39,6 +39,11 @@ from sqlalchemy.orm import Session
 from firmware.core.events import TOPUP_APPLIED
 from headend import models as M
 
+try:  # the batch's array literals in C (optional, see setup.py); _claim_params otherwise
+    from headend._fastingest import claim_arrays as _c_claim_arrays
+except ImportError:
+    _c_claim_arrays = None
+
 
 class WriteResult:
     """What one batch did: uplinks newly stored, duplicates skipped, readings stored, dead letters."""
@@ -140,6 +145,32 @@ def _pg_claim_readings(conn, unique, now):
     Returns (set of (meter, s) that were already stored, readings newly stored).
     """
     bodies = list(unique.values())
+    arrays = _c_claim_arrays(bodies) if _c_claim_arrays is not None else None
+    if arrays is not None:  # all readings, one record each: the literals built in C
+        m_text, s_text, k, t, iv, cum, rst, re_, rmv, rma, rf, rsp = arrays
+        params = {"m": m_text, "s": s_text, "k": k, "t": t, "iv": iv, "cum": cum, "now": now,
+                  "n": len(bodies), "rm": m_text, "rs": s_text, "rst": rst, "re": re_,
+                  "rmv": rmv, "rma": rma, "rf": rf, "rsp": rsp}
+    else:
+        params = _claim_params(bodies, now)
+    cur = conn.connection.driver_connection.cursor()  # same connection, same transaction
+    try:
+        cur.execute(_PG_CLAIM_READINGS, params)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    readings = 0
+    seen = set()
+    for m, s, n in rows:
+        if m is None:
+            readings = n
+        else:
+            seen.add((m, s))
+    return seen, readings
+
+
+def _claim_params(bodies, now):
+    """The statement's parameters, in Python (the reference for ``_fastingest.claim_arrays``)."""
     ms = [b["m"] for b in bodies]
     ss = [b["s"] for b in bodies]
     rb = [b for b in bodies if b["kind"] == "reading"]
@@ -173,20 +204,7 @@ def _pg_claim_readings(conn, unique, now):
         "rs": s_text if rs == ss else a(rs, "bigint"),
         "rst": a(rst, "bigint"), "re": a(re_, "bigint"), "rmv": a(rmv, "bigint"),
         "rma": a(rma, "bigint"), "rf": a(rf, "integer"), "rsp": a(rsp, "integer")}
-    cur = conn.connection.driver_connection.cursor()  # same connection, same transaction
-    try:
-        cur.execute(_PG_CLAIM_READINGS, params)
-        rows = cur.fetchall()
-    finally:
-        cur.close()
-    readings = 0
-    seen = set()
-    for m, s, n in rows:
-        if m is None:
-            readings = n
-        else:
-            seen.add((m, s))
-    return seen, readings
+    return params
 
 
 class UplinkStore:
