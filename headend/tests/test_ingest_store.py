@@ -4,6 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import MetaData, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from headend import models as M
@@ -60,6 +61,13 @@ def test_a_duplicate_inside_one_batch_is_counted_and_stored_once(engine):
     result = UplinkStore(engine).write([r, dict(r)], now=T0)
     assert (result.uplinks, result.duplicates) == (1, 1)
     assert count(engine, "readings") == 1
+    # a conflicting copy (same meter and s, other content) in one batch: the first one wins
+    first, second = reading("UJ-1", 2, T0 + 900, 11), reading("UJ-1", 2, T0 + 900, 99)
+    result = UplinkStore(engine).write([first, second, dict(first)], now=T0)
+    assert (result.uplinks, result.duplicates) == (1, 2)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT energy FROM readings WHERE start_t = :t"),
+                            {"t": first["r"][0][0]}).scalar() == first["r"][0][1]
 
 
 def test_a_batch_mixing_replayed_and_new_uplinks_stores_only_the_new_ones(engine):
@@ -322,11 +330,142 @@ def test_migration_0008_collates_meter_ids_c_on_postgresql_and_back(db_url):
             assert at_head[("audit_log", "meter_id")] is None
         else:
             assert set(at_head.values()) == {None}
-        # the foreign keys to meters.id survived both ways
+        # the foreign keys to meters.id survived both ways (readings has none since 0009)
         with pytest.raises(Exception, match="(?i)foreign key"):
             with eng.begin() as conn:
-                conn.execute(text("INSERT INTO readings (meter_id, start_t, energy, flags, "
-                                  "span_s, estimated, received_at) "
-                                  "VALUES ('UJ-404', 1, 1, 0, 900, false, 1)"))
+                conn.execute(text("INSERT INTO events (meter_id, event_seq, t, code, value, seq) "
+                                  "VALUES ('UJ-404', 1, 1, 1, 0, 1)"))
+    finally:
+        eng.dispose()
+
+
+# --- readings without a foreign key (migration 0009) ---------------------------
+
+def _delete_meter(engine, meter_id):
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM meters WHERE id = :m"), {"m": meter_id})
+
+
+def _orphan_reading(conn):
+    conn.execute(text("INSERT INTO readings (meter_id, start_t, energy, flags, span_s, "
+                      "estimated, received_at) VALUES ('UJ-404', 1, 1, 0, 900, false, 1)"))
+
+
+def _keep_readings_guard(conn):
+    """Names of the triggers on meters and of the guard's function (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return set(conn.execute(text(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'meters'::regclass "
+            "AND NOT tgisinternal UNION SELECT proname || '()' FROM pg_proc "
+            "WHERE pronamespace = current_schema()::regnamespace "
+            "AND proname = 'meters_keep_readings'")).scalars())
+    return set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                 "AND tbl_name = 'meters'")).scalars())
+
+
+GUARD = {"postgresql": {"meters_keep_readings", "meters_keep_readings()"},
+         "sqlite": {"meters_keep_readings_delete", "meters_keep_readings_id"}}
+
+
+def test_a_meter_with_readings_cannot_be_deleted_and_both_rows_stay(engine):
+    register_meters(engine, ["UJ-1", "UJ-2"])
+    UplinkStore(engine).write([reading("UJ-1", 1, T0, 7)], now=T0)
+    with pytest.raises(IntegrityError, match="has readings and cannot be deleted: deactivate"):
+        _delete_meter(engine, "UJ-1")
+    if engine.dialect.name == "postgresql":  # SQLite's RAISE message cannot name it
+        with pytest.raises(IntegrityError, match="meter UJ-1 has readings"):
+            _delete_meter(engine, "UJ-1")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM meters ORDER BY id")).scalars().all() == [
+            "UJ-1", "UJ-2"]
+        assert conn.execute(text("SELECT meter_id, energy FROM readings")).all() == [("UJ-1", 7)]
+
+
+def test_a_meter_without_readings_can_be_deleted(engine):
+    register_meters(engine, ["UJ-1", "UJ-2"])
+    UplinkStore(engine).write([reading("UJ-1", 1, T0, 7)], now=T0)
+    _delete_meter(engine, "UJ-2")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM meters")).scalars().all() == ["UJ-1"]
+
+
+def test_a_meter_with_readings_keeps_its_id_and_can_be_deactivated(engine):
+    register_meters(engine, ["UJ-1", "UJ-2"])
+    UplinkStore(engine).write([reading("UJ-1", 1, T0, 7)], now=T0)
+    with pytest.raises(IntegrityError, match="has readings: its id cannot change"):
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE meters SET id = 'UJ-9' WHERE id = 'UJ-1'"))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE meters SET id = 'UJ-9' WHERE id = 'UJ-2'"))  # no readings
+        conn.execute(text("UPDATE meters SET id = id, active = false WHERE id = 'UJ-1'"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, active FROM meters ORDER BY id")).all() == [
+            ("UJ-1", False), ("UJ-9", True)]
+        assert conn.execute(text("SELECT meter_id FROM readings")).scalars().all() == ["UJ-1"]
+
+
+def test_migration_0009_drops_the_readings_foreign_key_for_a_trigger_and_back(db_url):
+    from headend import migrations
+    eng = make_engine(db_url)
+    try:
+        register_meters(eng, ["UJ-1"])
+        UplinkStore(eng).write([reading("UJ-1", 1, T0, 7)], now=T0)
+        guard = GUARD[eng.dialect.name]
+        with eng.connect() as conn:
+            assert _keep_readings_guard(conn) == guard
+            _orphan_reading(conn)  # no foreign key: only the ingest keeps these out
+            conn.rollback()
+        migrations.downgrade(db_url, "0008")
+        with eng.connect() as conn:
+            assert _keep_readings_guard(conn) == set()
+        with pytest.raises(IntegrityError, match="(?i)foreign key"):
+            with eng.begin() as conn:
+                _orphan_reading(conn)
+        with pytest.raises(IntegrityError, match="(?i)foreign key"):
+            _delete_meter(eng, "UJ-1")
+        migrations.upgrade(db_url)
+        with eng.connect() as conn:
+            assert _keep_readings_guard(conn) == guard
+            _orphan_reading(conn)
+            conn.rollback()
+            assert conn.execute(text("SELECT meter_id, energy FROM readings")).all() == [
+                ("UJ-1", 7)]
+        with pytest.raises(IntegrityError, match="has readings and cannot be deleted"):
+            _delete_meter(eng, "UJ-1")
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request, tmp_path):
+    """An empty database (no migrations): a temp SQLite file, or a private PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield "sqlite:///%s" % (tmp_path / "empty.db")
+        return
+    import uuid
+    from headend.tests.conftest import POSTGRES_URL, _postgres_admin_engine, _with_search_path
+    admin = _postgres_admin_engine()
+    schema = "urja_test_%s" % uuid.uuid4().hex[:12]
+    with admin.connect() as conn:
+        conn.execute(text('CREATE SCHEMA "%s"' % schema))
+    try:
+        yield _with_search_path(POSTGRES_URL, schema)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text('DROP SCHEMA IF EXISTS "%s" CASCADE' % schema))
+        admin.dispose()
+
+
+def test_create_all_builds_the_same_guard_as_the_migrations(empty_db_url):
+    eng = make_engine(empty_db_url)
+    try:
+        M.Base.metadata.create_all(eng)
+        M.Base.metadata.create_all(eng)  # tables exist: nothing to do, no error
+        with eng.connect() as conn:
+            assert _keep_readings_guard(conn) == GUARD[eng.dialect.name]
+        register_meters(eng, ["UJ-1"])
+        UplinkStore(eng).write([reading("UJ-1", 1, T0, 7)], now=T0)
+        with pytest.raises(IntegrityError, match="has readings and cannot be deleted"):
+            _delete_meter(eng, "UJ-1")
     finally:
         eng.dispose()
