@@ -39,10 +39,39 @@ from sqlalchemy.orm import Session
 from firmware.core.events import TOPUP_APPLIED
 from headend import models as M
 
-try:  # the batch's array literals in C (optional, see setup.py); _claim_params otherwise
+try:  # the batch's arrays built in C (optional, see setup.py); _claim_params otherwise
     from headend._fastingest import claim_arrays as _c_claim_arrays
 except ImportError:
     _c_claim_arrays = None
+
+
+def _binary_array_types():
+    """Wrapper types psycopg sends as ready-made binary arrays: text[], bigint[], integer[].
+
+    ``_fastingest.claim_arrays`` writes PostgreSQL's binary array format, which the
+    server reads without parsing a number from text per element (docs/SCALING.md).
+    """
+    from psycopg import adapters, postgres
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    types = []
+    for name in ("text", "int8", "int4"):
+        wrapper = type("Pg%sArray" % name.title(), (), {
+            "__slots__": ("data",), "__init__": lambda self, data: setattr(self, "data", data)})
+        dumper = type("Pg%sArrayDumper" % name.title(), (Dumper,), {
+            "format": Format.BINARY, "oid": postgres.types[name].array_oid,
+            "dump": lambda self, obj: obj.data})
+        adapters.register_dumper(wrapper, dumper)
+        types.append(wrapper)
+    return types
+
+
+if _c_claim_arrays is not None:
+    try:
+        _PgText, _PgInt8, _PgInt4 = _binary_array_types()
+    except ImportError:  # no psycopg (SQLite only): the C arrays are never needed
+        _c_claim_arrays = None
 
 
 class WriteResult:
@@ -146,11 +175,12 @@ def _pg_claim_readings(conn, unique, now):
     """
     bodies = list(unique.values())
     arrays = _c_claim_arrays(bodies) if _c_claim_arrays is not None else None
-    if arrays is not None:  # all readings, one record each: the literals built in C
-        m_text, s_text, k, t, iv, cum, rst, re_, rmv, rma, rf, rsp = arrays
-        params = {"m": m_text, "s": s_text, "k": k, "t": t, "iv": iv, "cum": cum, "now": now,
-                  "n": len(bodies), "rm": m_text, "rs": s_text, "rst": rst, "re": re_,
-                  "rmv": rmv, "rma": rma, "rf": rf, "rsp": rsp}
+    if arrays is not None:  # all readings, one record each: binary arrays built in C
+        m, s, k, t, iv, cum, rst, re_, rmv, rma, rf, rsp = arrays
+        m, s, i8, i4 = _PgText(m), _PgInt8(s), _PgInt8, _PgInt4
+        params = {"m": m, "s": s, "k": _PgText(k), "t": i8(t), "iv": i4(iv), "cum": i8(cum),
+                  "now": now, "n": len(bodies), "rm": m, "rs": s, "rst": i8(rst),
+                  "re": i8(re_), "rmv": i8(rmv), "rma": i8(rma), "rf": i4(rf), "rsp": i4(rsp)}
     else:
         params = _claim_params(bodies, now)
     cur = conn.connection.driver_connection.cursor()  # same connection, same transaction
@@ -243,13 +273,12 @@ class UplinkStore:
         Returns a WriteResult; the whole batch commits or nothing does.
         """
         result = WriteResult()
-        unique = {}
-        for b in bodies:
-            key = (b["m"], b["s"])
-            if key in unique:
-                result.duplicates += 1
-            else:
-                unique[key] = b
+        unique = dict(zip([(b["m"], b["s"]) for b in bodies], bodies))
+        if len(unique) < len(bodies):  # duplicates within the batch: the first one wins
+            unique = {}
+            for b in bodies:
+                unique.setdefault((b["m"], b["s"]), b)
+            result.duplicates += len(bodies) - len(unique)
         with self.engine.begin() as conn:
             if unique:
                 if self.dialect == "postgresql":

@@ -295,30 +295,101 @@ def test_hypothesis_random_payloads_match_the_reference(payload, cuts):
     same(publish(messages.topic("UJ-1", "reading"), payload), cuts)
 
 
-# --- claim_arrays: the statement's literals in C ---------------------------------------------
+# --- claim_arrays: the statement's arrays in C, in PostgreSQL's binary format ---------------
+
+NAMES = ("m", "s", "k", "t", "iv", "cum", "rst", "re", "rmv", "rma", "rf", "rsp")
+SQL_TYPES = dict.fromkeys(NAMES, "bigint") | {"m": "text", "k": "text", "iv": "integer",
+                                               "rf": "integer", "rsp": "integer"}
+
 
 def bodies_of(payloads):
     return [messages.decode_uplink(messages.topic(m, "reading"), p) for m, p in payloads]
 
 
-def python_params(bodies):
-    params = store._claim_params(bodies, 0)
-    return tuple(params[k] for k in ("m", "s", "k", "t", "iv", "cum", "rst", "re", "rmv",
-                                     "rma", "rf", "rsp"))
+def expected_columns(bodies):
+    """What each column holds for a batch of one-record readings (store._claim_params' rules)."""
+    rows = [b["r"][0] for b in bodies]
+    return {"m": [b["m"] for b in bodies], "s": [b["s"] for b in bodies],
+            "k": ["reading"] * len(bodies), "t": [b["t"] for b in bodies],
+            "iv": [b["iv"] for b in bodies], "cum": [b["cum"] for b in bodies],
+            "rst": [r[0] for r in rows], "re": [r[1] for r in rows], "rmv": [r[2] for r in rows],
+            "rma": [r[3] for r in rows], "rf": [r[4] or 0 for r in rows],
+            "rsp": [b["iv"] if r[5] is None else r[5] for b, r in zip(bodies, rows)]}
 
 
-def test_claim_arrays_match_the_python_literals():
-    bodies = bodies_of([("UJ-1", reading(s=1)), ("मीटर-1", reading("मीटर-1", 2)),
-                        ("UJ-2", reading("UJ-2", 3, records=[[T0, -5, None, None, None, 60]]))])
-    assert store._c_claim_arrays is not None
-    assert store._c_claim_arrays(bodies) == python_params(bodies)
-    assert store._c_claim_arrays([]) == python_params([])
+def decode_binary_array(data, name):
+    """PostgreSQL's binary array format (array_send), read independently of the C writer."""
+    ndim, has_nulls, oid = struct.unpack_from("!iiI", data)
+    want_oid = {"text": 25, "bigint": 20, "integer": 23}[SQL_TYPES[name]]
+    assert oid == want_oid and has_nulls in (0, 1)
+    if ndim == 0:
+        assert len(data) == 12
+        return []
+    assert ndim == 1
+    n, lower = struct.unpack_from("!iI", data, 12)
+    assert lower == 1
+    pos, out = 20, []
+    for _ in range(n):
+        (length,) = struct.unpack_from("!i", data, pos)
+        pos += 4
+        if length == -1:
+            out.append(None)
+            continue
+        raw = data[pos:pos + length]
+        pos += length
+        if SQL_TYPES[name] == "text":
+            out.append(raw.decode("utf-8"))
+        else:
+            assert length == (4 if SQL_TYPES[name] == "integer" else 8)
+            out.append(int.from_bytes(raw, "big", signed=True))
+    assert pos == len(data) and has_nulls == (None in out)
+    return out
+
+
+def check_claim_arrays(bodies):
+    arrays = store._c_claim_arrays(bodies)
+    assert arrays is not None
+    want = expected_columns(bodies)
+    assert {n: decode_binary_array(a, n) for n, a in zip(NAMES, arrays)} == want
+    # and the Python path's text literals say the same
+    text = store._claim_params(bodies, 0)
+    assert all(text[n] == store._text_array(want[n], "text" if SQL_TYPES[n] == "text" else "x")
+               for n in NAMES)
+    return arrays
+
+
+SAMPLE = [("UJ-1", reading(s=1)), ("मीटर-1", reading("मीटर-1", 2)),
+          ('Q"1', reading('Q"1', 3, records=[[T0, -5, None, -2**63, None, 60]])),
+          ("UJ-2", reading("UJ-2", 4, records=[[None, 2**63 - 1, 0, 0, 7, None]]))]
+
+
+def test_claim_arrays_hold_the_python_paths_values():
+    check_claim_arrays(bodies_of(SAMPLE))
+    check_claim_arrays([])
+
+
+def test_claim_arrays_read_back_by_postgresql_as_the_text_literals(engine):
+    if engine.dialect.name != "postgresql":
+        return  # the SQLite half of the fixture has no arrays
+    bodies = bodies_of(SAMPLE)
+    arrays = check_claim_arrays(bodies)
+    text = store._claim_params(bodies, 0)
+    wrap = {"text": store._PgText, "bigint": store._PgInt8, "integer": store._PgInt4}
+    raw = engine.raw_connection()
+    try:
+        cur = raw.driver_connection.cursor()
+        for name, data in zip(NAMES, arrays):
+            sql = "SELECT %%s::%s[]" % SQL_TYPES[name]
+            got = cur.execute(sql, (wrap[SQL_TYPES[name]](data),)).fetchone()[0]
+            assert got == cur.execute(sql, (text[name],)).fetchone()[0], name
+    finally:
+        raw.close()
 
 
 @pytest.mark.parametrize("why,bodies", [
-    ("quote in a meter id", bodies_of([('Q"1', reading('Q"1'))])),
     ("two records", bodies_of([("UJ-1", reading(records=[[1, 2, 3, 4, 5, 6]] * 2))])),
     ("beyond bigint", bodies_of([("UJ-1", reading(records=[[2**63, 1, 1, 1, 1, 1]]))])),
+    ("beyond integer", bodies_of([("UJ-1", reading(records=[[1, 1, 1, 1, 2**31, 1]]))])),
     ("not a reading", [messages.decode_uplink(messages.topic("UJ-1", "heartbeat"),
                        messages.encode_uplink("heartbeat", "UJ-1", 1, T0, {"up": 1}))]),
 ])
@@ -327,11 +398,25 @@ def test_claim_arrays_declines_what_python_must_build(why, bodies):
 
 
 @settings(**SETTINGS)
-@given(st.lists(st.tuples(st.sampled_from(["UJ-1", "W-9", "मीटर-1"]),
-                          st.integers(0, 2**63 - 1),
+@given(st.lists(st.tuples(st.sampled_from(sorted(UNITS)), st.integers(0, 2**63 - 1),
                           st.lists(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)),
-                                   min_size=6, max_size=6)), max_size=8))
+                                   min_size=4, max_size=4),
+                          st.one_of(st.none(), st.integers(-2**31, 2**31 - 1)),
+                          st.one_of(st.none(), st.integers(-2**31, 2**31 - 1))), max_size=8))
 def test_hypothesis_claim_arrays(rows):
     bodies = bodies_of([(m, messages.encode_uplink("reading", m, s, T0, {
-        "iv": 900, "u": UNITS[m], "cum": s, "r": [row]})) for m, s, row in rows])
-    assert store._c_claim_arrays(bodies) == python_params(bodies)
+        "iv": 900, "u": UNITS[m], "cum": s, "r": [row + [flags, span]]}))
+        for m, s, row, flags, span in rows])
+    check_claim_arrays(bodies)
+
+
+def test_bodies_are_left_out_of_the_cyclic_gc():
+    import gc
+    extra = reading(x=[1, [2, None]])
+    pubs, _ = fastscan.ReadingReader(lambda: UNITS).feed(
+        publish(messages.topic("UJ-1", "reading"), extra))
+    body = pubs[0].bodies[0]
+    assert not any(gc.is_tracked(o) for o in (body, body["r"], body["r"][0], body["x"],
+                                              body["x"][1]))
+    body["later"] = [body]  # a container stored later: the dict is watched again
+    assert gc.is_tracked(body)
