@@ -20,6 +20,8 @@ built, and without it the ingest runs the pure-Python path unchanged.
 >>> reader = ReadingReader(lambda: {"UJ-1": "Wh"})          # doctest: +SKIP
 >>> pubs, others = reader.feed(socket_bytes)                # doctest: +SKIP
 """
+from firmware.protocol import messages
+from headend import fastdecode
 from headend.mqtt_fast import MAX_PACKET, Publish, parse_frame
 
 try:
@@ -27,9 +29,20 @@ try:
 except ImportError:  # not built (no C compiler at install): the Python path serves
     _fastingest = None
 
+# The C code is written for this reading schema (the one fastdecode checks for) and
+# this topic prefix; if ``messages`` ever says otherwise it is not used at all.
+if _fastingest is not None and not (
+        fastdecode._READING_FAST and _fastingest.FORMAT == messages.FORMAT
+        and _fastingest.RECORD_LEN == messages.READING_RECORD_LEN
+        and messages.PREFIX == "urja/v1/"):
+    _fastingest = None
+
+# store.py's batch arrays in C, or None
+claim_arrays = _fastingest.claim_arrays if _fastingest is not None else None
+
 
 def available():
-    """True when the C scanner is built and importable."""
+    """True when the C scanner is built, importable and written for ``messages``' schema."""
     return _fastingest is not None
 
 

@@ -39,10 +39,8 @@ from sqlalchemy.orm import Session
 from firmware.core.events import TOPUP_APPLIED
 from headend import models as M
 
-try:  # the batch's arrays built in C (optional, see setup.py); _claim_params otherwise
-    from headend._fastingest import claim_arrays as _c_claim_arrays
-except ImportError:
-    _c_claim_arrays = None
+# the batch's arrays built in C (optional, see setup.py); _claim_params otherwise
+from headend.fastscan import claim_arrays as _c_claim_arrays
 
 
 def _binary_array_types():

@@ -1,4 +1,5 @@
 """End-to-end ingest: paho meters -> real Mosquitto -> IngestWorker -> SQLite / PostgreSQL."""
+import pytest
 from sqlalchemy import text
 
 from headend.tests.conftest import Meters, count, register_meters, wait_until
@@ -18,11 +19,15 @@ def meter_ids(n):
     return ["UJ-%04d" % k for k in range(n)]
 
 
+# "c": reading uplinks decoded by headend/_fastingest.c (the default when built);
+# "python": the reference path it must agree with
+@pytest.mark.parametrize("scanner", ["c", "python"])
 def test_readings_from_50_meters_x_96_intervals_are_stored_exactly_once(engine, start_worker,
-                                                                        meters):
+                                                                        meters, scanner):
     ids = meter_ids(50)
     register_meters(engine, ids)
-    worker = start_worker()
+    worker = start_worker(scanner=scanner)
+    assert worker.worker.scanner == scanner
     infos = []
     for i in range(96):
         for k, mid in enumerate(ids):
@@ -77,12 +82,13 @@ def test_uplinks_resent_after_a_reconnect_are_deduplicated(engine, start_worker,
     assert worker.counters.duplicates == 20
 
 
+@pytest.mark.parametrize("scanner", ["c", "python"])
 def test_malformed_uplinks_are_dead_lettered_with_a_reason_and_nothing_else_stored(
-        engine, start_worker, meters):
+        engine, start_worker, meters, scanner):
     from firmware.protocol import messages
     register_meters(engine, ["UJ-1"])
     register_meters(engine, ["WT-1"], service="water")
-    worker = start_worker()
+    worker = start_worker(scanner=scanner)
     good = messages.encode_uplink("reading", "UJ-1", 1, T0, reading(0, 5, 5))
     no_cum = dict(reading(0, 5, 5))
     del no_cum["cum"]
