@@ -139,7 +139,12 @@ def _text_array(values, sql_type):
 # PostgreSQL: the dedupe claim (with each reading uplink's register) and the readings
 # in ONE statement per batch.  ``claimed`` holds the (meter, s) this batch newly
 # stored; readings join it, so a replayed uplink's rows never reach them (exactly
-# what the claim-then-insert round trips did).  The statement returns the batch's
+# what the claim-then-insert round trips did).  Only joins: when some of the batch was
+# stored before, the readings take a hash join with ``claimed`` and the duplicates a
+# hash anti join, which spill to disk when large; an ``IN (SELECT ...)`` there ran as a
+# per-row scan once the set outgrew work_mem (a 70,000-uplink batch, half replayed:
+# 152 s instead of 0.3 s).  Each branch is gated by the count, so the usual batch
+# (nothing replayed) pays for neither.  The statement returns the batch's
 # duplicates (usually none) and the count of readings stored, instead of one row per
 # stored uplink and reading.  Constants (received_at, estimated) are scalars, not arrays.
 _PG_CLAIM_READINGS = """WITH inp AS (
@@ -154,16 +159,22 @@ rd AS (
     INSERT INTO readings (meter_id, start_t, energy, avg_mv, avg_ma, flags, span_s, estimated,
                           seq, received_at)
     SELECT r.m, r.st, r.e, r.mv, r.ma, r.f, r.sp, false, r.s, %(now)s
-    FROM unnest(%(rm)s::text[], %(rs)s::bigint[], %(rst)s::bigint[], %(re)s::bigint[],
-                %(rmv)s::bigint[], %(rma)s::bigint[], %(rf)s::integer[], %(rsp)s::integer[])
-        AS r(m, s, st, e, mv, ma, f, sp)
-    WHERE (SELECT count(*) FROM claimed) = %(n)s OR (r.m, r.s) IN (SELECT * FROM claimed)
+    FROM _RECORDS_ AS r(m, s, st, e, mv, ma, f, sp)
+    WHERE (SELECT count(*) FROM claimed) = %(n)s
+    UNION ALL
+    SELECT r.m, r.st, r.e, r.mv, r.ma, r.f, r.sp, false, r.s, %(now)s
+    FROM _RECORDS_ AS r(m, s, st, e, mv, ma, f, sp)
+    JOIN claimed c ON c.meter_id = r.m AND c.seq = r.s
+    WHERE (SELECT count(*) FROM claimed) < %(n)s
     ON CONFLICT DO NOTHING RETURNING 1)
 SELECT NULL::text, NULL::bigint, (SELECT count(*) FROM rd)
 UNION ALL
 SELECT i.m, i.s, NULL FROM inp i
-WHERE (SELECT count(*) FROM claimed) < %(n)s AND (i.m, i.s) NOT IN (SELECT * FROM claimed)
-"""
+WHERE (SELECT count(*) FROM claimed) < %(n)s
+  AND NOT EXISTS (SELECT 1 FROM claimed c WHERE c.meter_id = i.m AND c.seq = i.s)
+""".replace("_RECORDS_", (  # written out in both branches: a CTE read twice is materialised
+    "unnest(%(rm)s::text[], %(rs)s::bigint[], %(rst)s::bigint[], %(re)s::bigint[], "
+    "%(rmv)s::bigint[], %(rma)s::bigint[], %(rf)s::integer[], %(rsp)s::integer[])"))
 
 
 def _pg_claim_readings(conn, unique, now):
