@@ -37,6 +37,8 @@ def test_readings_from_50_meters_x_96_intervals_are_stored_exactly_once(engine, 
     meters.wait(infos)
     wait_until(lambda: count(engine, "readings") >= 4800, what="4800 readings")
     wait_until(lambda: worker.counters.received >= 4800, what="all received")
+    # the counters move just after the commit the rows below came from
+    wait_until(lambda: worker.counters.stored >= 4800, what="stored counter")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM readings")).scalar() == 4800
         assert conn.execute(text(
@@ -113,7 +115,8 @@ def test_malformed_uplinks_are_dead_lettered_with_a_reason_and_nothing_else_stor
         assert reason_part in by_payload[(topic, payload)], (topic, by_payload)
     for table in ("readings", "uplinks_seen", "events", "status_history"):
         assert count(engine, table) == 0, table
-    assert worker.counters.dead_lettered == len(cases)
+    # the counters move just after the commit the rows above came from
+    wait_until(lambda: worker.counters.dead_lettered == len(cases), what="dead-letter counter")
     assert worker.counters.stored == 0
 
 
