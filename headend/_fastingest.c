@@ -208,6 +208,21 @@ fail:
     return NULL;
 }
 
+/* A text item whose bytes are ``want``: a new reference to ``obj`` (the str already
+ * holding them: the topic's meter, the registry's unit), else NOT_TAKEN. */
+static PyObject *
+same_text(const uint8_t *b, Py_ssize_t *p, Py_ssize_t end, const char *want, Py_ssize_t len,
+          PyObject *obj)
+{
+    int major;
+    uint64_t arg;
+    if (head(b, p, end, &major, &arg) < 0 || major != 3 || arg != (uint64_t)len
+        || len > end - *p || memcmp(b + *p, want, len) != 0)
+        return NOT_TAKEN;
+    *p += len;
+    return Py_NewRef(obj);
+}
+
 static int
 key_index(const uint8_t *k, uint64_t len)
 {
@@ -253,12 +268,7 @@ reading_of(const uint8_t *b, Py_ssize_t n, PyObject *meter, const uint8_t *mb,
                 value = PyLong_FromLong(FORMAT);
             break;
         case K_M:
-            if (head(b, &p, n, &major, &arg) == 0 && major == 3 && arg == (uint64_t)mlen
-                && (Py_ssize_t)arg <= n - p && memcmp(b + p, mb, mlen) == 0) {
-                p += mlen;
-                Py_INCREF(meter);
-                value = meter;
-            }
+            value = same_text(b, &p, n, (const char *)mb, mlen, meter);
             break;
         case K_S:
         case K_T:  /* >= 0: major type 0 only */
@@ -277,12 +287,7 @@ reading_of(const uint8_t *b, Py_ssize_t n, PyObject *meter, const uint8_t *mb,
                 Py_DECREF(key);
                 goto fail;
             }
-            if (head(b, &p, n, &major, &arg) == 0 && major == 3 && arg == (uint64_t)ulen
-                && (Py_ssize_t)arg <= n - p && memcmp(b + p, ub, ulen) == 0) {
-                p += ulen;
-                Py_INCREF(unit);
-                value = unit;
-            }
+            value = same_text(b, &p, n, ub, ulen, unit);
             break;
         }
         case K_R:

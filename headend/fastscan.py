@@ -22,7 +22,7 @@ built, and without it the ingest runs the pure-Python path unchanged.
 """
 from firmware.protocol import messages
 from headend import fastdecode
-from headend.mqtt_fast import MAX_PACKET, Publish, parse_frame
+from headend.mqtt_fast import MAX_PACKET, FrameReader
 
 try:
     from headend import _fastingest
@@ -58,7 +58,7 @@ class Readings:
         return "Readings(%d bodies, %d ids)" % (len(self.bodies), len(self.ids))
 
 
-class ReadingReader:
+class ReadingReader(FrameReader):
     """Incremental MQTT v5 reader that decodes reading uplinks in C.
 
     ``units()`` returns the current registry as a dict meter id -> unit (the
@@ -70,27 +70,13 @@ class ReadingReader:
         if _fastingest is None:
             raise RuntimeError("headend._fastingest is not built: reinstall with a C compiler "
                                "(pip install -e .), or use mqtt_fast.FrameReader")
-        self._buf = bytearray()
+        super().__init__(max_packet)
         self.units = units
-        self.max_packet = max_packet
 
-    def feed(self, data):
-        buf = self._buf
-        buf += data
-        end = len(buf)
-        pos = 0
-        pubs, others = [], []
-        scan, max_packet, units = _fastingest.scan, self.max_packet, self.units()
-        while True:
-            bodies, ids = [], []
-            pos = scan(buf, pos, max_packet, units, bodies, ids)
-            if bodies:
-                pubs.append(Readings(bodies, ids))
-            frame = parse_frame(buf, pos, end, max_packet)  # what the scanner left
-            if frame is None:
-                break
-            item, pos = frame
-            (pubs if type(item) is Publish else others).append(item)
-        if pos:
-            del buf[:pos]
-        return pubs, others
+    def _take(self, buf, pos, pubs):
+        """The run of reading frames at ``pos`` the scanner takes, as one Readings item."""
+        bodies, ids = [], []
+        pos = _fastingest.scan(buf, pos, self.max_packet, self.units(), bodies, ids)
+        if bodies:
+            pubs.append(Readings(bodies, ids))
+        return pos
