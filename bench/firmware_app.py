@@ -75,7 +75,7 @@ IMPORT_ORDER = (
     "firmware.protocol.dlms_objects", "firmware.protocol.dlms_client",
     "firmware.sts", "firmware.sts.ea07", "firmware.sts.codec", "firmware.sts.acceptor",
     "firmware.app", "firmware.app.health", "firmware.app.uplink", "firmware.app.config",
-    "firmware.app.readers", "firmware.app.mqtt_client", "firmware.app.platform",
+    "firmware.app.sdm_reader", "firmware.app.dlms_reader", "firmware.app.mqtt_client", "firmware.app.platform",
     "firmware.app.cli", "firmware.app.main",
     "boards.unix", "boards.unix.flash", "boards.unix.control", "boards.unix.hal",
     "boards.unix.outbox_files")
@@ -142,17 +142,21 @@ def run(world, config, image, heap, factor, seconds, romfs=None, imports=None,
         except subprocess.TimeoutExpired:
             sys.stderr.write("%s run with heap %s timed out\n" % (config, heap))
             return None
-        res = pool = day_peak = None
+        res = pool = day_peak = day_pool = None
         for line in proc.stdout.splitlines():
             if line.startswith("@@BENCH "):
                 res = json.loads(line[8:])
             elif line.startswith("@@DAY "):
                 day_peak = int(line[6:])
             elif line.startswith("qstr pool:"):
+                if pool is None and day_peak is not None:
+                    day_pool = parse_qstr(line)  # the names interned by the day's end
                 pool = parse_qstr(line)  # the interned names at the end (never freed)
         if proc.returncode == 0 and res is not None:
             if pool is not None:
                 res["qstr_end"] = pool
+            if day_pool is not None:
+                res["qstr_day"] = day_pool
             return res
         if day_done_is_enough and day_peak is not None:
             return {"peak_heap_excl_image_bytes": day_peak}  # the report after it did not fit
@@ -237,10 +241,10 @@ def report(config, r):
         print("      smallest heap for the span: %s KiB beyond the image (-X heapsize=%s)" % (
             r["smallest_heap_kib_excl_image"], r["smallest_heapsize"]))
     print("      cycle %d us mean, %d us max over %d cycles; %d published, %d journal writes,"
-          " %d tasks, qstrs %d (%d B)" % (
+          " %d tasks, qstrs %d by the day's end (%d pools), %d with the report and CLI" % (
               r["cycle_us_mean"], r["cycle_us_max"], r["metering_cycles"], r["published"],
-              r["journal_writes_total"], r["tasks"], r.get("qstr_end", {}).get("n_qstr", 0),
-              r.get("qstr_end", {}).get("n_total_bytes", 0)))
+              r["journal_writes_total"], r["tasks"], r.get("qstr_day", {}).get("n_qstr", 0),
+              r.get("qstr_day", {}).get("n_pool", 0), r.get("qstr_end", {}).get("n_qstr", 0)))
     mods = r.get("heap_import_bytes_by_module") or {}
     objs = r.get("heap_objects_bytes_by_module") or {}
     q = r.get("qstr_after_build")
@@ -277,11 +281,14 @@ def main():
            "configs": {}}
     try:
         build_image(image, log=lambda *_: None)
-        runner = image / "app_day.mpy"
-        subprocess.run([mpy_cross_command(), "-o", str(runner), "-s", "app_day.py",
-                        str(ROOT / "bench/mp/app_day.py")], check=True, capture_output=True, text=True)
+        runners = []
+        for name in ("app_day", "app_report"):  # the harness, and its reporting (see app_day.py)
+            runners.append(image / (name + ".mpy"))
+            subprocess.run([mpy_cross_command(), "-o", str(runners[-1]), "-s", name + ".py",
+                            str(ROOT / "bench/mp" / (name + ".py"))],
+                           check=True, capture_output=True, text=True)
         shutil.copy(ROOT / "bench/mp/boot.py", image / "boot.py")
-        romfs = build_romfs(image, pathlib.Path(workdir) / "romfs" / "urja.romfs", extra=[runner])
+        romfs = build_romfs(image, pathlib.Path(workdir) / "romfs" / "urja.romfs", extra=runners)
         shutil.copy(image / "boot.py", romfs.parent / "boot.py")
         out["romfs_image_bytes"] = romfs.stat().st_size
         for config in configs:

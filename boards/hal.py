@@ -1,7 +1,9 @@
 """The board interface the firmware programs against (never ``machine`` directly).
 
-Each platform (``boards/esp32``, ``boards/unix``) implements these classes;
-the firmware receives an instance and calls only the methods documented here.
+Each platform (``boards/esp32``, ``boards/unix``) implements these interfaces
+(by their methods: the classes here are ``typing.Protocol``s, for mypy only) and
+subclasses ``Board``; the firmware receives a board and calls only the methods
+documented here.
 """
 
 try:
@@ -10,200 +12,173 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]
         return x
 
-# The interface classes' methods sit under ``if TYPE_CHECKING:`` blocks: mypy
-# treats any TYPE_CHECKING as true, so it checks every call against them,
+# The interface is a set of ``typing.Protocol`` classes under ``if TYPE_CHECKING:``:
+# mypy treats any TYPE_CHECKING as true and checks each platform's classes
+# structurally wherever they are stored or returned as these types (the
+# ``Board`` attributes, ``start_watchdog``), and every call made through them,
 # while MicroPython's compiler drops a block whose condition is a const 0, so
-# they cost no heap on the meter (on CPython they are skipped too).  Each
-# platform implements them all; one it forgot fails with AttributeError.
+# the interface costs no heap on the meter (and CPython skips it too).  The
+# platforms' parts inherit nothing from these classes; one that lacks a method
+# fails with AttributeError where it is called.
 TYPE_CHECKING = const(0)
 
+if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+    from typing import Protocol
 
-class SlotStorage:
-    """Two (or more) independently written slots of persistent bytes.
+    class SlotStorage(Protocol):
+        """Two (or more) independently written slots of persistent bytes.
 
-    The journal (``firmware.core.journal``) writes whole records into slot 0
-    or 1 and reads them back after a reset.  A board implements:
+        The journal (``firmware.core.journal``) writes whole records into slot 0
+        or 1 and reads them back after a reset.  A board implements:
 
-    - ``read(slot)`` -> the bytes last written to ``slot``, or ``None`` when the
-      slot was never written.  After a power cut in the middle of ``write`` it
-      may return a prefix of the new data, or anything else: the journal checks
-      magic, length and CRC, so the storage need not be atomic.
-    - ``write(slot, data)`` -> ``None``; replaces the slot's contents.  Raise
-      ``OSError`` on a hardware failure.
+        - ``read(slot)`` -> the bytes last written to ``slot``, or ``None`` when the
+          slot was never written.  After a power cut in the middle of ``write`` it
+          may return a prefix of the new data, or anything else: the journal checks
+          magic, length and CRC, so the storage need not be atomic.
+        - ``write(slot, data)`` -> ``None``; replaces the slot's contents.  Raise
+          ``OSError`` on a hardware failure.
 
-    Writing one slot must never disturb the other: that is the whole point of
-    keeping two.
+        Writing one slot must never disturb the other: that is the whole point of
+        keeping two.
 
-    >>> class RamSlots(SlotStorage):
-    ...     def __init__(self): self.slots = [None, None]
-    ...     def read(self, slot): return self.slots[slot]
-    ...     def write(self, slot, data): self.slots[slot] = bytes(data)
-    """
+        >>> class RamSlots:  # a SlotStorage by its methods: no base class needed
+        ...     def __init__(self): self.slots = [None, None]
+        ...     def read(self, slot): return self.slots[slot]
+        ...     def write(self, slot, data): self.slots[slot] = bytes(data)
+        """
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def read(self, slot: int):
-            raise NotImplementedError
+        def read(self, slot: int): ...
 
-        def write(self, slot: int, data) -> None:
-            raise NotImplementedError
+        def write(self, slot: int, data) -> None: ...
 
+    class PulseCounter(Protocol):
+        """A free-running impulse counter on the meter's pulse input.
 
-class PulseCounter:
-    """A free-running impulse counter on the meter's pulse input.
+        - ``value()`` -> the raw count, an int that wraps modulo ``2 ** bits``
+          (never reset by reading); feed it to
+          ``firmware.core.metering.CounterDelta(counter.bits)`` to get pulses per read.
+        - ``bits``: the counter's width (each implementation sets it; 32 on the unix board).
 
-    - ``value()`` -> the raw count, an int that wraps modulo ``2 ** bits``
-      (never reset by reading); feed it to
-      ``firmware.core.metering.CounterDelta(counter.bits)`` to get pulses per read.
-    - ``bits``: the counter's width.
+        >>> delta = CounterDelta(board.pulse_counter.bits)
+        >>> pulses = delta.update(board.pulse_counter.value())
+        """
 
-    >>> delta = CounterDelta(board.pulse_counter.bits)
-    >>> pulses = delta.update(board.pulse_counter.value())
-    """
+        bits: int
 
-    bits = 32
+        def value(self) -> int: ...
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def value(self) -> int:
-            raise NotImplementedError
+    class Relay(Protocol):
+        """The load switch.  Only ``firmware.core.credit`` decides it; the board just obeys.
 
+        - ``set(closed)``: True closes the contact (supply on), False opens it.
+        - ``closed()`` -> the state last set (a latching relay cannot be read
+          back: after a reset it is unknown until the first ``set``, so the shell
+          sets it once at boot from the credit state).
 
-class Relay:
-    """The load switch.  Only ``firmware.core.credit`` decides it; the board just obeys.
+        >>> board.relay.set(False); board.relay.closed()
+        False
+        """
 
-    - ``set(closed)``: True closes the contact (supply on), False opens it.
-    - ``closed()`` -> the state last set (a latching relay cannot be read
-      back: after a reset it is unknown until the first ``set``, so the shell
-      sets it once at boot from the credit state).
+        def set(self, closed: bool) -> None: ...
 
-    >>> board.relay.set(False); board.relay.closed()
-    False
-    """
+        def closed(self) -> bool: ...
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def set(self, closed: bool) -> None:
-            raise NotImplementedError
+    class DigitalInput(Protocol):
+        """A polled logic input: cover switch, commissioning input, power-fail detect.
 
-        def closed(self) -> bool:
-            raise NotImplementedError
+        ``value()`` -> True when the input is *active* (cover open, commissioning
+        enabled, supply failing), whatever the pin's electrical level.  Read it
+        from a task; a board never runs firmware code in an interrupt.
 
+        >>> if board.commissioning.value(): allow_key_provisioning()
+        """
 
-class DigitalInput:
-    """A polled logic input: cover switch, commissioning input, power-fail detect.
+        def value(self) -> bool: ...
 
-    ``value()`` -> True when the input is *active* (cover open, commissioning
-    enabled, supply failing), whatever the pin's electrical level.  Read it
-    from a task; a board never runs firmware code in an interrupt.
+    class Uart(Protocol):
+        """A byte link to the RS485 bus (Modbus/DLMS meter), never blocking.
 
-    >>> if board.commissioning.value(): allow_key_provisioning()
-    """
+        - ``read(n)`` -> up to ``n`` bytes that have already arrived, or ``b""``.
+        - ``write(data)`` -> bytes written; the board drives the RS485 driver-enable
+          (DE) pin around the transmission itself, so the caller only sees bytes.
+        - ``baud``: the configured rate (protocol timing, e.g. the Modbus 3.5-character gap).
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def value(self) -> bool:
-            raise NotImplementedError
+        >>> board.rs485.write(frame)
+        >>> reply = board.rs485.read(256)
+        """
 
+        baud: int
 
-class Uart:
-    """A byte link to the RS485 bus (Modbus/DLMS meter), never blocking.
+        def read(self, n: int) -> bytes: ...
 
-    - ``read(n)`` -> up to ``n`` bytes that have already arrived, or ``b""``.
-    - ``write(data)`` -> bytes written; the board drives the RS485 driver-enable
-      (DE) pin around the transmission itself, so the caller only sees bytes.
-    - ``baud``: the configured rate (protocol timing, e.g. the Modbus 3.5-character gap).
+        def write(self, data) -> int: ...
 
-    >>> board.rs485.write(frame)
-    >>> reply = board.rs485.read(256)
-    """
+    class Watchdog(Protocol):
+        """A started hardware watchdog: ``feed()`` within ``timeout_ms`` or the board resets.
 
-    baud = 9600
+        Started only by ``Board.start_watchdog()`` (it cannot be stopped once started).
+        """
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def read(self, n: int) -> bytes:
-            raise NotImplementedError
+        timeout_ms: int
 
-        def write(self, data) -> int:
-            raise NotImplementedError
+        def feed(self) -> None: ...
 
+    class Led(Protocol):
+        """The status LED: ``set(on)``; ``on()`` -> the state last set."""
 
-class Watchdog:
-    """A started hardware watchdog: ``feed()`` before ``timeout_ms`` runs out or the board resets.
+        def set(self, on: bool) -> None: ...
 
-    Started only by ``Board.start_watchdog()`` (it cannot be stopped once started).
-    """
+        def on(self) -> bool: ...
 
-    timeout_ms = 0
+    class Clock(Protocol):
+        """Wall-clock time as integer UTC seconds since 1970 (the only clock the shell reads).
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def feed(self) -> None:
-            raise NotImplementedError
+        - ``now()`` -> int UTC seconds.
+        - ``set(t)``: set it (time sync downlink, commissioning).
 
+        >>> board.clock.set(1795737600); board.clock.now() >= 1795737600
+        True
+        """
 
-class Led:
-    """The status LED: ``set(on)``; ``on()`` -> the state last set."""
+        def now(self) -> int: ...
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def set(self, on: bool) -> None:
-            raise NotImplementedError
-
-        def on(self) -> bool:
-            raise NotImplementedError
-
-
-class Clock:
-    """Wall-clock time as integer UTC seconds since 1970 (the only clock the shell reads).
-
-    - ``now()`` -> int UTC seconds.
-    - ``set(t)``: set it (time sync downlink, commissioning).
-
-    >>> board.clock.set(1795737600); board.clock.now() >= 1795737600
-    True
-    """
-
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def now(self) -> int:
-            raise NotImplementedError
-
-        def set(self, t: int) -> None:
-            raise NotImplementedError
-
-
-# The two-slot journals a board keeps apart (``Board.journal_slots``): the meter's
-# state, the commissioning settings, the outbox's release cursor.
-JOURNAL_NAMES = ("meter", "config", "outbox")
+        def set(self, t: int) -> None: ...
 
 
 class Board:
     """One meter's hardware, built from a validated board file by ``load_board``.
 
-    Attributes (``None`` when the board file has no such part):
-    ``config`` (the board dict), ``name``, ``platform``, ``meter_type``,
-    ``pulse_counter`` (PulseCounter), ``rs485`` (Uart), ``relay`` (Relay),
+    Attributes, each set by the platform's board (``None`` when the board
+    file has no such part):
+    ``config`` (the board dict: ``config["platform"]``, ``config["meter_type"]``...),
+    ``name``, ``pulse_counter`` (PulseCounter), ``rs485`` (Uart), ``relay`` (Relay),
     ``led`` (Led), ``cover``, ``commissioning``, ``power_fail`` (DigitalInput),
     ``clock`` (Clock), ``slots`` (SlotStorage for the meter journal, the same
     as ``journal_slots("meter")``).
 
-    Storage and links the shell asks for by method (each called once at boot):
-    ``journal_slots(name)``, ``outbox_segments()``, ``cli_uart()``,
-    ``dlms_uart()``.
+    Methods: the storage and links the shell asks for once at boot
+    (``journal_slots(name)``, ``outbox_segments()``, ``cli_uart()``,
+    ``dlms_uart()``), ``poll()`` (call often) and ``start_watchdog()``.  Only
+    what both platforms share is code here; the rest is documented under
+    TYPE_CHECKING below and each platform's board defines it.
 
     >>> board = load_board("unix")
     >>> board.relay.set(True)
     """
 
-    pulse_counter: "PulseCounter | None" = None
-    rs485: "Uart | None" = None
-    relay: "Relay | None" = None
-    led: "Led | None" = None
-    cover: "DigitalInput | None" = None
-    commissioning: "DigitalInput | None" = None
-    power_fail: "DigitalInput | None" = None
-    clock: "Clock | None" = None
-    slots: "SlotStorage | None" = None
+    pulse_counter: "PulseCounter | None"
+    rs485: "Uart | None"
+    relay: "Relay | None"
+    led: "Led | None"
+    cover: "DigitalInput | None"
+    commissioning: "DigitalInput | None"
+    power_fail: "DigitalInput | None"
+    clock: "Clock | None"
+    slots: "SlotStorage | None"
 
     def __init__(self, config):
         self.config = config
         self.name = config["name"]
-        self.platform = config["platform"]
-        self.meter_type = config["meter_type"]
 
     def pulse_units(self):
         """(num, den): units (Wh or litres) per impulse, for ``PulseRegister(num, den)``.
@@ -218,65 +193,50 @@ class Board:
             return (1000, p["imp_per_kwh"])
         return (p["litres_per_imp"], 1)
 
-    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
-        def start_watchdog(self) -> Watchdog:
-            """Start the watchdog with the board's ``watchdog_timeout_ms``; returns a Watchdog."""
-            raise NotImplementedError
-
-    def poll(self) -> None:
-        """Service board housekeeping without blocking (the unix control socket); call often."""
-
     def journal_slots(self, name):
-        """SlotStorage for the two-slot journal ``name`` (one of ``JOURNAL_NAMES``).
+        """SlotStorage for the two-slot journal ``name`` (``meter``, ``config``, ``outbox``).
 
         Each name is stored apart from the others (a file directory, an NVS
         key pair), so one journal's writes never touch another's slots.
-        Raises ``ValueError`` for another name.
+        Raises ``ValueError`` for another name.  A platform's board handles
+        the names other than ``meter`` and passes the rest on to this one.
 
         >>> ConfigStore(board.journal_slots("config"))
         """
         if name == "meter" and self.slots is not None:
             return self.slots
-        raise ValueError("no journal %r on board %s (names: %s)"
-                         % (name, self.name, ", ".join(JOURNAL_NAMES)))
+        raise ValueError("no journal %r on board %s (names: meter, config, outbox)"
+                         % (name, self.name))
 
-    def outbox_segments(self):
-        """Flash segments for the uplink outbox, or None when the board has none.
+    if TYPE_CHECKING:  # the interface, for mypy and readers (see TYPE_CHECKING)
+        def poll(self) -> None:
+            """Service board housekeeping without blocking (the unix control socket); call often."""
 
-        The object follows the segment-storage interface documented at
-        ``firmware.core.outbox.RamSegments`` (``segment_count``,
-        ``segment_size``, ``read``, ``write`` of erased bytes only, ``erase``).
-        Raises ``OSError`` when the board file names flash that is not there
-        (the shell then keeps the outbox in RAM and says so).
+        def start_watchdog(self) -> "Watchdog":
+            """Start the watchdog with the board's ``watchdog_timeout_ms``; returns a Watchdog."""
+            raise NotImplementedError
 
-        >>> Outbox(board.outbox_segments(), board.journal_slots("outbox"))
-        """
-        return None
+        def outbox_segments(self):
+            """Flash segments for the uplink outbox, or None when the board has none.
 
-    def cli_uart(self):
-        """The commissioning CLI's byte link (a ``Uart``, never the REPL), or None."""
-        return None
+            The object follows the segment-storage interface documented at
+            ``firmware.core.outbox.RamSegments`` (``segment_count``,
+            ``segment_size``, ``read``, ``write`` of erased bytes only, ``erase``).
+            Raises ``OSError`` when the board file names flash that is not there
+            (the shell then keeps the outbox in RAM and says so).
 
-    def dlms_uart(self):
-        """A second meter link for a DLMS meter (a ``Uart``), or None."""
-        return None
+            >>> Outbox(board.outbox_segments(), board.journal_slots("outbox"))
+            """
+
+        def cli_uart(self) -> "Uart | None":
+            """The commissioning CLI's byte link (a ``Uart``, never the REPL), or None."""
+
+        def dlms_uart(self) -> "Uart | None":
+            """A second meter link for a DLMS meter (a ``Uart``), or None."""
 
 
 # Short names for the shipped board files (relative to this package's folder).
 BOARD_FILES = {"unix": "unix/board.json", "wroom32": "esp32/wroom32.json"}
-
-
-def board_path(name_or_path):
-    """A board file path: ``"unix"`` / ``"wroom32"`` or any path ending in ``.json``."""
-    if name_or_path.endswith(".json"):
-        return name_or_path
-    rel = BOARD_FILES.get(name_or_path)
-    if rel is None:
-        raise ValueError("unknown board %r: give a .json path or one of %s"
-                         % (name_or_path, ", ".join(sorted(BOARD_FILES))))
-    here = globals().get("__file__") or "boards/hal.py"  # this package's folder
-    cut = here.replace("\\", "/").rfind("/")
-    return (here[:cut] if cut >= 0 else ".") + "/" + rel
 
 
 def load_board(name_or_path, overrides=None):
@@ -294,7 +254,15 @@ def load_board(name_or_path, overrides=None):
     import sys
     from boards import schema
 
-    path = board_path(name_or_path)
+    path = name_or_path  # a path ending in .json, or a short name from BOARD_FILES
+    if not path.endswith(".json"):
+        rel = BOARD_FILES.get(path)
+        if rel is None:
+            raise ValueError("unknown board %r: give a .json path or one of %s"
+                             % (path, ", ".join(sorted(BOARD_FILES))))
+        here = globals().get("__file__") or "boards/hal.py"  # this package's folder
+        cut = here.replace("\\", "/").rfind("/")
+        path = (here[:cut] if cut >= 0 else ".") + "/" + rel
     config = schema.load(path)
     if overrides:
         config = dict(config)

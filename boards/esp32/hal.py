@@ -25,10 +25,10 @@ from firmware.core import localtime
 _PCNT_MAX = const(32767)
 _EPOCH_2000_S = const(946684800)  # 2000-01-01 UTC in Unix seconds: `date -u -d 2000-01-01 +%s`
 _COUNTER_BITS = const(30)  # machine.Counter is unbounded; 30 bits keep reads small ints
-CONFIG_NAMESPACE = "urjacfg"  # commissioning settings: an NVS namespace of their own
-METER_JOURNAL_CAPACITY = const(8192 + 15)  # firmware.app.main.METER_JOURNAL_BYTES + framing
-CURSOR_CAPACITY = const(64)  # the outbox cursor journal: 12-byte payload + 15 framing
-OTA_CAPACITY = const(512 + 15)  # boards.esp32.ota_partition.OTA_JOURNAL_BYTES + framing
+_CONFIG_NAMESPACE = const("urjacfg")  # commissioning settings: an NVS namespace of their own
+_METER_JOURNAL_CAPACITY = const(8192 + 15)  # firmware.app.main.METER_JOURNAL_BYTES + framing
+_CURSOR_CAPACITY = const(64)  # the outbox cursor journal: 12-byte payload + 15 framing
+_OTA_CAPACITY = const(512 + 15)  # boards.esp32.ota_partition.OTA_JOURNAL_BYTES + framing
 
 
 def _pull(name):
@@ -39,8 +39,11 @@ def _pull(name):
     return None
 
 
-class CounterPulses(hal.PulseCounter):
-    """``machine.Counter`` (MicroPython >= 1.27 on ESP32): PCNT with overflow handled inside."""
+class CounterPulses:
+    """A PulseCounter on ``machine.Counter`` (MicroPython >= 1.27 on ESP32).
+
+    PCNT, with the overflow handled inside.
+    """
 
     bits = _COUNTER_BITS
 
@@ -53,10 +56,11 @@ class CounterPulses(hal.PulseCounter):
         return self.counter.value() & ((1 << _COUNTER_BITS) - 1)
 
 
-class PcntPulses(hal.PulseCounter):
-    """``esp32.PCNT`` fallback: the 16-bit unit resets to 0 on reaching ``max``.
+class PcntPulses:
+    """A PulseCounter on the ``esp32.PCNT`` fallback.
 
-    The IRQ handler only counts those wraps (no allocation, no other work);
+    The 16-bit unit resets to 0 on reaching ``max``; the IRQ handler only
+    counts those wraps (no allocation, no other work);
     ``value()`` combines wraps and the hardware count, re-reading if a wrap
     landed in between.
     """
@@ -84,7 +88,7 @@ class PcntPulses(hal.PulseCounter):
                 return (w * _PCNT_MAX + v) & ((1 << _COUNTER_BITS) - 1)
 
 
-def _pulse_counter(cfg):
+def _pulse_counter(cfg) -> "hal.PulseCounter":
     if hasattr(machine, "Counter"):
         return CounterPulses(0, cfg["pin"], cfg["edge"], cfg["filter_ns"])
     return PcntPulses(0, cfg["pin"], cfg["edge"], cfg["filter_ns"])
@@ -101,8 +105,8 @@ class PinOutput:
         self.pin.value(1 if bool(on) == self.active_high else 0)
 
 
-class LevelRelay(hal.Relay):
-    """A monostable relay: the coil is held for as long as the contact is closed."""
+class LevelRelay:
+    """A Relay, monostable: the coil is held for as long as the contact is closed."""
 
     def __init__(self, cfg):
         self.out = PinOutput(cfg["pin"], cfg["active"])
@@ -116,8 +120,8 @@ class LevelRelay(hal.Relay):
         return self.state
 
 
-class LatchingRelay(hal.Relay):
-    """A bistable relay: a ``pulse_ms`` pulse on one coil closes it, on the other opens it.
+class LatchingRelay:
+    """A Relay, bistable: a ``pulse_ms`` pulse on one coil closes it, on the other opens it.
 
     ``set`` blocks for ``pulse_ms`` (10-1000 ms, rare: only on a credit change)
     and always pulses, because the contact's position cannot be read back.
@@ -140,7 +144,9 @@ class LatchingRelay(hal.Relay):
         return self.state
 
 
-class PinInput(hal.DigitalInput):
+class PinInput:
+    """A DigitalInput on a GPIO, with its active level and pull."""
+
     def __init__(self, cfg):
         pull = _pull(cfg.get("pull", "none"))
         if pull is None:
@@ -153,7 +159,9 @@ class PinInput(hal.DigitalInput):
         return self.pin.value() == self.active_level
 
 
-class PinLed(hal.Led):
+class PinLed:
+    """The Led on a GPIO."""
+
     def __init__(self, cfg):
         self.out = PinOutput(cfg["pin"], cfg["active"])
         self.state = False
@@ -166,8 +174,8 @@ class PinLed(hal.Led):
         return self.state
 
 
-class HardwareUart(hal.Uart):
-    """A hardware UART (1 or 2, pins from the board file), never blocking on read.
+class HardwareUart:
+    """A Uart on a hardware UART (1 or 2, pins from the board file), never blocking on read.
 
     The commissioning CLI uses one as is (``cli_uart``): its own UART and
     pins, so the REPL on UART0 stays what it is and a field technician's
@@ -210,7 +218,9 @@ class Rs485Uart(HardwareUart):
         return n
 
 
-class HardwareWatchdog(hal.Watchdog):
+class HardwareWatchdog:
+    """The Watchdog: ``machine.WDT``."""
+
     def __init__(self, timeout_ms):
         self.timeout_ms = timeout_ms
         self.wdt = machine.WDT(timeout=timeout_ms)
@@ -219,8 +229,8 @@ class HardwareWatchdog(hal.Watchdog):
         self.wdt.feed()
 
 
-class RtcClock(hal.Clock):
-    """The ESP32 RTC as UTC seconds since 1970, whichever epoch the port uses."""
+class RtcClock:
+    """The Clock on the ESP32 RTC as UTC seconds since 1970, whichever epoch the port uses."""
 
     def __init__(self):
         # older ESP32 builds count from 2000-01-01 (time.gmtime(0) says which)
@@ -238,32 +248,33 @@ class RtcClock(hal.Clock):
 
 
 class Esp32Board(hal.Board):
-    relay: hal.Relay
+    relay: "hal.Relay"
     clock: RtcClock
 
     def __init__(self, config):
         hal.Board.__init__(self, config)
-        if "pulse_input" in config:
-            self.pulse_counter = _pulse_counter(config["pulse_input"])
-        if "rs485" in config:
-            self.rs485 = Rs485Uart(config["rs485"])
+        p = config.get("pulse_input")
+        self.pulse_counter = _pulse_counter(p) if p is not None else None
+        self.rs485 = Rs485Uart(config["rs485"]) if "rs485" in config else None
         relay = config["relay"]
         self.relay = LatchingRelay(relay) if relay["kind"] == "latching" else LevelRelay(relay)
-        if "led" in config:
-            self.led = PinLed(config["led"])
+        self.led = PinLed(config["led"]) if "led" in config else None
         self.cover = PinInput(config["cover_input"])
         self.commissioning = PinInput(config["commissioning_input"])
         self.power_fail = PinInput(config["power_fail_input"])
         self.clock = RtcClock()
         self.namespace = config.get("nvs_namespace", "urja")
-        self.slots = NvsSlots(self.namespace, METER_JOURNAL_CAPACITY)
+        self.slots = NvsSlots(self.namespace, _METER_JOURNAL_CAPACITY)
         self.watchdog = None
         self._cli: "HardwareUart | None" = None
 
-    def start_watchdog(self):
+    def start_watchdog(self) -> "hal.Watchdog":  # annotated: mypy checks HardwareWatchdog
         if self.watchdog is None:
             self.watchdog = HardwareWatchdog(self.config["watchdog_timeout_ms"])
         return self.watchdog
+
+    def poll(self):
+        """Nothing to service: every part is read when the firmware asks."""
 
     def journal_slots(self, name):
         """NVS key pairs: meter ``j0``/``j1`` and outbox ``o0``/``o1`` in the board's
@@ -271,11 +282,11 @@ class Esp32Board(hal.Board):
         ``ota`` (the firmware update in progress, ``ota_partition.OtaPartitions``):
         ``u0``/``u1`` in the board's namespace."""
         if name == "config":
-            return NvsSlots(CONFIG_NAMESPACE, DEFAULT_CAPACITY)
+            return NvsSlots(_CONFIG_NAMESPACE, DEFAULT_CAPACITY)
         if name == "outbox":
-            return NvsSlots(self.namespace, CURSOR_CAPACITY, ("o0", "o1"))
+            return NvsSlots(self.namespace, _CURSOR_CAPACITY, ("o0", "o1"))
         if name == "ota":
-            return NvsSlots(self.namespace, OTA_CAPACITY, ("u0", "u1"))
+            return NvsSlots(self.namespace, _OTA_CAPACITY, ("u0", "u1"))
         return hal.Board.journal_slots(self, name)
 
     def outbox_segments(self):
@@ -286,13 +297,15 @@ class Esp32Board(hal.Board):
         from boards.esp32.outbox_flash import PartitionSegments, find_partition
         return PartitionSegments(find_partition(cfg["partition"]), cfg.get("segments"))
 
-    def cli_uart(self):
+    def cli_uart(self) -> "hal.Uart | None":
         """The board file's ``cli_uart`` (UART1/2 on its own pins), opened once; None without one."""
         if self._cli is None and "cli_uart" in self.config:
             self._cli = HardwareUart(self.config["cli_uart"])
         return self._cli
 
+    def dlms_uart(self) -> "hal.Uart | None":
+        """None: a DLMS meter link is not wired on this board yet."""
+        return None
 
-def make_board(config):
-    """Instantiate a validated ESP32 board dict (``boards.hal.load_board`` calls this)."""
-    return Esp32Board(config)
+
+make_board = Esp32Board  # what ``boards.hal.load_board`` calls with the validated board dict

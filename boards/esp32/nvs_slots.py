@@ -15,8 +15,6 @@ one NVS entry each, never a sector erase of their own.
 """
 import esp32
 
-from boards.hal import SlotStorage
-
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -24,11 +22,13 @@ except ImportError:  # CPython
         return x
 
 DEFAULT_CAPACITY = const(4111)  # journal's 4096-byte payload limit + 15 bytes of framing
-_KEYS = ("j0", "j1")
+_KEYS = const(("j0", "j1"))
 
 
-class NvsSlots(SlotStorage):
-    """Two NVS blobs ``keys`` in ``namespace``; ``capacity`` bounds a slot's size (bytes).
+class NvsSlots:
+    """A ``boards.hal.SlotStorage``: two NVS blobs ``keys`` in ``namespace``.
+
+    ``capacity`` bounds a slot's size (bytes).
 
     The read buffer is allocated per read, not kept: slots are read only at
     boot, and a journal of 8 KB would otherwise hold 8 KB of heap for good.

@@ -48,7 +48,7 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
         return x
 
-SECTOR_SIZE = const(4096)  # esp32_partition.c: BLOCK_SIZE_BYTES, the SPI flash erase unit
+_SECTOR_SIZE = const(4096)  # esp32_partition.c: BLOCK_SIZE_BYTES, the SPI flash erase unit
 _IOCTL_BLOCK_ERASE = const(6)  # MP_BLOCKDEV_IOCTL_BLOCK_ERASE, extmod/vfs.h
 _ENOENT = const(2)
 _EINVAL = const(22)
@@ -75,7 +75,7 @@ class PartitionSegments:
     >>> box = Outbox(flash, NvsSlots("urja", 64, ("o0", "o1")))
     """
 
-    segment_size = SECTOR_SIZE
+    segment_size = _SECTOR_SIZE
 
     def __init__(self, partition, segment_count=None):
         info = partition.info()  # (type, subtype, address, size, label, encrypted)
@@ -83,7 +83,7 @@ class PartitionSegments:
         if info[5]:
             raise OSError(_EINVAL, "partition %s is encrypted: the outbox appends at any byte "
                           "offset, encrypted flash needs 16-byte aligned writes" % self.label)
-        sectors = info[3] // SECTOR_SIZE
+        sectors = info[3] // _SECTOR_SIZE
         if segment_count is None:
             segment_count = sectors
         if segment_count < 2 or segment_count > sectors:
@@ -93,13 +93,13 @@ class PartitionSegments:
         self.segment_count = segment_count
 
     def _check(self, seg, offset, n):
-        if not 0 <= seg < self.segment_count or offset < 0 or offset + n > SECTOR_SIZE:
+        if not 0 <= seg < self.segment_count or offset < 0 or offset + n > _SECTOR_SIZE:
             raise OSError(_EINVAL, "outbox %s: segment %r bytes %r..%r out of range"
                           % (self.label, seg, offset, offset + n))
 
     def read(self, seg, offset, n):
         """Up to ``n`` bytes (fewer at the sector end); erased flash reads 0xFF."""
-        n = min(n, SECTOR_SIZE - offset)
+        n = min(n, _SECTOR_SIZE - offset)
         if n <= 0:
             return b""
         self._check(seg, offset, n)

@@ -1,4 +1,9 @@
-"""The unix board's control-socket protocol, sans-IO: bytes in, reply lines out.
+"""The unix board's control-socket protocol: bytes in, reply lines out.
+
+``parse``, ``handle`` and ``LineBuffer`` are sans-IO; ``BoardSession`` is the
+socket glue for one client of ``boards.unix.hal.UnixBoard``, here so that it
+loads with the protocol, at the first client (a meter nobody drives pays no
+heap for it).
 
 A test (or the simulator) plays the meter's physical world over a socket:
 it injects pulses, flips the cover/commissioning/power-fail inputs, jumps
@@ -29,9 +34,18 @@ active level.  Anything else gets ``err <why>`` and changes nothing.
 ['ok pulses 5', 'relay closed']
 """
 
-INPUT_NAMES = ("cover", "commissioning", "power_fail")
-MAX_LINE = 80
-MAX_PULSES = 1000000000  # per command; a test never needs more, a typo is caught
+import errno
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
+        return x
+
+_READ_CHUNK = const(256)
+_INPUT_NAMES = const(("cover", "commissioning", "power_fail"))  # as UnixBoard's attributes
+_MAX_LINE = const(80)
+_MAX_PULSES = const(1000000000)  # per command; a test never needs more, a typo is caught
 COMMANDS = "pulses N, pulses?, input NAME 0|1, input? NAME, relay?, led?, clock T, clock?, watchdog?, help"
 
 
@@ -52,8 +66,8 @@ def _uint(text, what, maximum):
 
 
 def _input_name(text):
-    if text not in INPUT_NAMES:
-        raise ControlError("unknown input %r (inputs: %s)" % (text, ", ".join(INPUT_NAMES)))
+    if text not in _INPUT_NAMES:
+        raise ControlError("unknown input %r (inputs: %s)" % (text, ", ".join(_INPUT_NAMES)))
     return text
 
 
@@ -68,7 +82,7 @@ def parse(line):
         raise ControlError("empty line (try help)")
     verb, args = words[0], words[1:]
     if verb == "pulses" and len(args) == 1:
-        return ("pulses", _uint(args[0], "pulse count", MAX_PULSES))
+        return ("pulses", _uint(args[0], "pulse count", _MAX_PULSES))
     if verb == "input" and len(args) == 2:
         if args[1] not in ("0", "1"):
             raise ControlError("input value must be 0 or 1, got %r" % args[1])
@@ -92,10 +106,10 @@ def handle(line, target):
     line).  ``target`` is the board's world: ``add_pulses(n) -> total``,
     ``pulse_total()``, ``set_input(name, bool)``, ``input_value(name) -> bool``,
     ``relay_closed() -> bool``, ``led_on() -> bool``, ``now() -> int``,
-    ``set_now(t)``, ``watchdog_feeds() -> int``.
+    ``set_now(t)``, ``watchdog_feeds() -> int`` (``BoardSession`` on the unix board).
     """
     if line is None:
-        return "err line longer than %d bytes" % MAX_LINE
+        return "err line longer than %d bytes" % _MAX_LINE
     try:
         if isinstance(line, (bytes, bytearray)):
             for b in line:
@@ -140,7 +154,7 @@ class LineBuffer:
     [b'relay?', None]
     """
 
-    def __init__(self, max_line=MAX_LINE):
+    def __init__(self, max_line=_MAX_LINE):
         self.max_line = max_line
         self.buf = bytearray()
         self.overlong = False
@@ -166,3 +180,82 @@ class LineBuffer:
             else:
                 self.buf.append(b)
         return out
+
+
+class BoardSession:
+    """One control client of a ``boards.unix.hal.UnixBoard``, and ``handle``'s target for it.
+
+    The board accepts the client, adds the session to its ``clients`` and
+    registers ``conn`` with its ``poller``; it calls ``serve`` whenever
+    ``conn`` is readable.  The target methods read and set the board's memory
+    parts.
+
+    >>> handle(b"pulses 16", BoardSession(board, conn))
+    'ok pulses 16'
+    """
+
+    def __init__(self, board, conn):
+        self.board = board
+        self.conn = conn
+        self.lines = LineBuffer()
+
+    def serve(self):
+        """Answer the complete lines that arrived; a client that is gone is dropped."""
+        try:
+            data = self.conn.recv(_READ_CHUNK)
+        except OSError as err:
+            if err.errno == errno.EAGAIN:  # spurious wake-up: nothing to read yet
+                return
+            data = b""  # ECONNRESET and friends: the client is gone
+        if not data:
+            self.close()
+            return
+        replies = [handle(line, self) for line in self.lines.feed(data)]
+        if replies:
+            try:
+                self.conn.send(("\n".join(replies) + "\n").encode())
+            except OSError:
+                self.close()
+
+    def close(self):
+        try:
+            self.board.poller.unregister(self.conn)
+        except (OSError, ValueError, KeyError):
+            pass
+        self.conn.close()
+        self.board.clients.remove(self)
+
+    # ---------------------------------------- handle's target: the board's memory parts
+    def add_pulses(self, n):
+        counter = self.board.pulse_counter
+        if counter is None:  # a board file without a pulse input
+            return 0
+        counter.total += n
+        return counter.total
+
+    def pulse_total(self):
+        counter = self.board.pulse_counter
+        return counter.total if counter is not None else 0
+
+    def set_input(self, name, active):
+        getattr(self.board, name).set(active)  # name: one of _INPUT_NAMES, checked by parse
+
+    def input_value(self, name):
+        return getattr(self.board, name).value()
+
+    def relay_closed(self):
+        return self.board.relay.closed()
+
+    def led_on(self):
+        led = self.board.led
+        return led.on() if led is not None else False
+
+    def now(self):
+        return self.board.clock.now()
+
+    def set_now(self, t):
+        self.board.clock.set(t)
+
+    def watchdog_feeds(self):
+        wdt = self.board.watchdog
+        return wdt.feeds if wdt is not None else 0

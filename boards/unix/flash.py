@@ -14,13 +14,13 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
         return x
 
-from boards.hal import SlotStorage
-
-PAGE_SIZE = const(256)
+_PAGE_SIZE = const(256)
 
 
-class FileSlots(SlotStorage):
-    """Slots ``slot0.bin`` / ``slot1.bin`` in ``directory`` (created if missing, one level).
+class FileSlots:
+    """A ``boards.hal.SlotStorage``: ``slot0.bin`` / ``slot1.bin`` in ``directory``.
+
+    ``directory`` is created if missing (one level).
 
     >>> slots = FileSlots("/tmp/urja-meter-1")
     >>> slots.write(0, b"record")
@@ -28,7 +28,7 @@ class FileSlots(SlotStorage):
     (b'record', None)
     """
 
-    def __init__(self, directory, page_size=PAGE_SIZE):
+    def __init__(self, directory, page_size=_PAGE_SIZE):
         self.directory = directory.rstrip("/") or "/"
         self.page_size = page_size
         try:

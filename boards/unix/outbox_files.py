@@ -18,7 +18,7 @@ except ImportError:  # CPython
 
 from boards.unix.flash import FileSlots
 
-PAGE_SIZE = const(256)
+_PAGE_SIZE = const(256)
 _DEFAULT_SEGMENT_COUNT = const(8)
 _DEFAULT_SEGMENT_SIZE = const(4096)
 
@@ -32,7 +32,7 @@ class FileSegments:
     """
 
     def __init__(self, directory, segment_count=_DEFAULT_SEGMENT_COUNT,
-                 segment_size=_DEFAULT_SEGMENT_SIZE, page_size=PAGE_SIZE):
+                 segment_size=_DEFAULT_SEGMENT_SIZE, page_size=_PAGE_SIZE):
         self.directory = directory.rstrip("/") or "/"
         self.segment_count = segment_count
         self.segment_size = segment_size
@@ -46,12 +46,6 @@ class FileSegments:
         if not 0 <= seg < self.segment_count:
             raise ValueError("no segment %r: segments are 0..%d" % (seg, self.segment_count - 1))
         return "%s/seg%d.bin" % (self.directory, seg)
-
-    def _length(self, seg):
-        try:
-            return os.stat(self.path(seg))[6]
-        except OSError:  # ENOENT: erased
-            return 0
 
     def read(self, seg, offset, n):
         try:
@@ -67,7 +61,10 @@ class FileSegments:
     def write(self, seg, offset, data):
         if offset + len(data) > self.segment_size:
             raise OSError(28, "write past the end of " + self.path(seg))
-        have = self._length(seg)
+        try:
+            have = os.stat(self.path(seg))[6]  # st_size: the bytes programmed so far
+        except OSError:  # ENOENT: erased
+            have = 0
         if offset != have:
             raise OSError(5, "%s: write at %d but %d bytes are programmed (flash cannot rewrite)"
                           % (self.path(seg), offset, have))

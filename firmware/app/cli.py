@@ -297,7 +297,8 @@ class Cli:
                 raise CliError(BAD_ARGS, "usage: " + USAGE["events"])
             n = int(rest)
         log = self._meter().log
-        rows = ["%d@%d:%s:%d" % (seq, t, events.NAMES.get(code, "?"), value)
+        names = events.NAMES  # built when asked for (``events.__getattr__``): once, not per row
+        rows = ["%d@%d:%s:%d" % (seq, t, names.get(code, "?"), value)
                 for seq, t, code, value in log.recent(n)]
         return ok([("count", len(rows)), ("last_seq", log.last_seq),
                    ("events", ",".join(rows) if rows else None)])

@@ -8,7 +8,7 @@ Tasks (each beats ``Liveness``; the watchdog is fed only while all beat):
 - ``metering``: ``Meter.step`` every ``step_s`` (meter time) with the latest
   voltage/current, a power sample for the load limiter, closed intervals and
   billing snapshots -> uplinks, credit changes -> relay + status;
-- ``modbus``: an SDM120 on the board's RS485 (``readers.SdmReader``), live
+- ``modbus``: an SDM120 on the board's RS485 (``sdm_reader.SdmReader``), live
   values, and the energy register when ``energy_source`` is ``sdm``;
 - ``dlms`` (when the board has a DLMS link): the same from a DLMS meter;
 - ``mqtt``: the link supervisor (``core.backoff``), then publish the outbox
@@ -63,7 +63,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # mypy only
     from firmware.app.cli import Cli
     from firmware.app.config import ConfigStore
-    from firmware.app.readers import DlmsReader, SdmReader
+    from firmware.app.dlms_reader import DlmsReader
+    from firmware.app.sdm_reader import SdmReader
 # The settings the running tasks read (``App.setting``); snapshot taken at boot.
 _RUNTIME_SETTINGS = const(("broker_host", "broker_port", "step_s", "heartbeat_s", "energy_source",
                     "modbus_period_s", "dlms_period_s"))

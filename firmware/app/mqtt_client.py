@@ -10,7 +10,7 @@ are sent again after the next CONNACK.
     session = Session("meter-42", keepalive_s=60, clean_session=False,
                       will_topic="urja/m/42/status", will_message=b"offline")
     conn = MqttConnection(session)
-    await conn.connect("broker.local", 1883)
+    present = await conn.connect("broker.local", 1883)          # CONNACK's session present
     await conn.subscribe([("urja/m/42/cmd/#", 1)])
     await conn.publish("urja/m/42/readings", payload, qos=1)   # waits for PUBACK
     msg = await conn.next_message(timeout_s=5)                  # or on_message=callback
@@ -19,9 +19,7 @@ are sent again after the next CONNACK.
 import asyncio
 import time
 
-from firmware.protocol.mqtt import (
-    Connack, MqttError, PacketReader, Pingresp, Puback, Publish, MAX_PACKET,
-)
+from firmware.protocol.mqtt import MqttError, PacketReader, Publish, MAX_PACKET
 
 try:
     from micropython import const
@@ -29,8 +27,26 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]
         return x
 
-_CONNACK_KEY = const(-2)  # waiter keys: packet ids are 1..65535
-_PING_KEY = const(-1)
+# packet types (MQTT 3.1.1 2.2.1) of the tuples ``mqtt`` decodes the broker's packets to
+_CONNACK = const(2)
+_PUBACK = const(4)
+_PINGRESP = const(13)
+# waiter keys: the packet id of a PUBACK, SUBACK or UNSUBACK (1..65535), or
+# minus the packet type for the one CONNACK or PINGRESP awaited
+_CONNACK_KEY = const(-2)
+_PING_KEY = const(-13)
+
+
+def __getattr__(name):
+    # ConnectRefused (an MqttError with ``return_code`` and ``name``: the broker
+    # answered CONNECT with a non-zero return code) is made on first use and kept
+    # in the module dict: a meter whose broker takes it never holds the class.
+    if name == "ConnectRefused":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (MqttError,), {})
+        return g[name]
+    raise AttributeError(name)
 
 
 class ConnectionLost(MqttError):
@@ -41,38 +57,22 @@ class AckTimeout(MqttError):
     """No acknowledgement in time; a QoS 1 publish stays in flight and is resent."""
 
 
-class ConnectRefused(MqttError):
-    """The broker answered CONNECT with a non-zero return code (``return_code``, ``name``)."""
-
-    def __init__(self, connack):
-        super().__init__("broker refused CONNECT: %s (%d)" % (connack.name, connack.return_code))
-        self.return_code = connack.return_code
-        self.name = connack.name
+_ticks_ms = getattr(time, "ticks_ms", None)
+_elapsed_ms = 0
+_last_ticks = _ticks_ms() if _ticks_ms else 0
 
 
-class MonotonicSeconds:
+def monotonic_s():
     """Integer seconds from a clock that never jumps: ticks_ms on MicroPython
     (wrap-safe as long as it is read at least every few days), time.monotonic
     on CPython.  Wall-clock time is useless here: an NTP sync would fire pings."""
-
-    def __init__(self):
-        self._ticks = getattr(time, "ticks_ms", None)
-        self._ms = 0
-        self._last = self._ticks() if self._ticks else 0
-
-    def __call__(self):
-        if self._ticks is None:
-            return int(time.monotonic())  # type: ignore[attr-defined]  # CPython only
-        t = self._ticks()
-        self._ms += time.ticks_diff(t, self._last)
-        self._last = t
-        return self._ms // 1000
-
-
-class _Waiter:
-    def __init__(self):
-        self.event = asyncio.Event()
-        self.packet = None
+    global _elapsed_ms, _last_ticks
+    if _ticks_ms is None:
+        return int(time.monotonic())  # type: ignore[attr-defined]  # CPython only
+    t = _ticks_ms()
+    _elapsed_ms += time.ticks_diff(t, _last_ticks)
+    _last_ticks = t
+    return _elapsed_ms // 1000
 
 
 class MqttConnection:
@@ -95,7 +95,7 @@ class MqttConnection:
                  max_packet=MAX_PACKET, tick_s=1, inbox_size=16, keepalive_task=True):
         self.session = session
         self.on_message = on_message
-        self.clock = clock or MonotonicSeconds()
+        self.clock = clock or monotonic_s
         self.read_size = read_size
         self.tick_s = tick_s
         self.inbox_size = inbox_size
@@ -106,10 +106,12 @@ class MqttConnection:
         self._reader = None
         self._writer = None
         self._write_lock = asyncio.Lock()
-        self._waiters = {}
+        self._waiters = {}  # key -> [Event, the packet that set it, or None: link lost]
         self._inbox = []
-        self._inbox_event = asyncio.Event()
-        self._acked = asyncio.Event()
+        # Events made by the first next_message / wait_all_acked: the meter calls
+        # neither (on_message, one PUBACK at a time), so its connection holds none.
+        self._inbox_event = None  # set when the inbox gets a message
+        self._acked = None  # set on every PUBACK
         self._rx_task = None
         self._ka_task = None
         self._keepalive_task = keepalive_task
@@ -122,7 +124,7 @@ class MqttConnection:
 
     # ------------------------------------------------------------ connect / close
     async def connect(self, host, port, timeout_s=10):
-        """Open TCP, send CONNECT, wait for CONNACK; return the ``Connack``.
+        """Open TCP, send CONNECT, wait for CONNACK; return its session present flag.
 
         Raises ConnectRefused, AckTimeout (no CONNACK), or OSError from the socket.
         Unacked QoS 1 publishes of the session go out right after the CONNACK.
@@ -132,20 +134,25 @@ class MqttConnection:
         self._reader, self._writer = await asyncio.wait_for(
             asyncio.open_connection(host, port), timeout_s)
         self._open = True
-        waiter = self._expect(_CONNACK_KEY)
         self._rx_task = asyncio.create_task(self._receive_loop())
         try:
-            await self._send(self.session.connect(self.clock()))
-            connack = await self._wait(_CONNACK_KEY, waiter, timeout_s, "CONNACK")
+            connack = await self._request(_CONNACK_KEY, self.session.connect(self.clock()),
+                                          timeout_s, "CONNACK")
         except Exception:
             await self._shutdown("connect failed")
             raise
-        if not connack.accepted:
-            await self._shutdown("broker refused CONNECT: " + connack.name)
-            raise ConnectRefused(connack)
+        code = connack[1]
+        if code:
+            from firmware.protocol.mqtt_more import connack_name
+            name = connack_name(code)
+            await self._shutdown("broker refused CONNECT: " + name)
+            err = __getattr__("ConnectRefused")("broker refused CONNECT: %s (%d)" % (name, code))
+            err.return_code = code
+            err.name = name
+            raise err
         if self._keepalive_task:
             self._ka_task = asyncio.create_task(self._keepalive_loop())
-        return connack
+        return connack[2]
 
     async def close(self):
         """Send DISCONNECT (the broker discards the will) and close the socket."""
@@ -173,34 +180,26 @@ class MqttConnection:
         if qos == 0:
             await self._send(frame)
             return 0
-        waiter = self._expect(pid)
-        await self._send(frame)
-        await self._wait(pid, waiter, timeout_s, "PUBACK")
+        await self._request(pid, frame, timeout_s, "PUBACK")
         return pid
 
     async def subscribe(self, subscriptions, timeout_s=10):
         """SUBSCRIBE to [(filter, qos), ...]; return the granted QoS list (0x80 = refused)."""
         self._check_open()
         pid, frame = self.session.subscribe(subscriptions, self.clock())
-        waiter = self._expect(pid)
-        await self._send(frame)
-        suback = await self._wait(pid, waiter, timeout_s, "SUBACK")
-        return suback.granted
+        suback = await self._request(pid, frame, timeout_s, "SUBACK")
+        return suback[2]
 
     async def unsubscribe(self, topic_filters, timeout_s=10):
         """UNSUBSCRIBE from [filter, ...] and wait for UNSUBACK."""
         self._check_open()
         pid, frame = self.session.unsubscribe(topic_filters, self.clock())
-        waiter = self._expect(pid)
-        await self._send(frame)
-        await self._wait(pid, waiter, timeout_s, "UNSUBACK")
+        await self._request(pid, frame, timeout_s, "UNSUBACK")
 
     async def ping(self, timeout_s=10):
         """Send PINGREQ now and wait for PINGRESP."""
         self._check_open()
-        waiter = self._expect(_PING_KEY)
-        await self._send(self.session.ping(self.clock()))
-        await self._wait(_PING_KEY, waiter, timeout_s, "PINGRESP")
+        await self._request(_PING_KEY, self.session.ping(self.clock()), timeout_s, "PINGRESP")
 
     async def wait_all_acked(self, timeout_s=10):
         """Wait until no QoS 1 publish of the session awaits PUBACK."""
@@ -217,12 +216,15 @@ class MqttConnection:
         """
         while not self._inbox:
             self._check_open()
-            self._inbox_event.clear()
+            event = self._inbox_event
+            if event is None:
+                event = self._inbox_event = asyncio.Event()
+            event.clear()
             if timeout_s is None:
-                await self._inbox_event.wait()
+                await event.wait()
                 continue
             try:
-                await asyncio.wait_for(self._inbox_event.wait(), timeout_s)
+                await asyncio.wait_for(event.wait(), timeout_s)
             except asyncio.TimeoutError:
                 return None
         return self._inbox.pop(0)
@@ -232,34 +234,38 @@ class MqttConnection:
         if not self._open:
             raise ConnectionLost(self.error or "not connected")
 
-    def _expect(self, key):
-        w = _Waiter()
-        self._waiters[key] = w
-        return w
-
-    async def _wait(self, key, waiter, timeout_s, what):
+    async def _request(self, key, frame, timeout_s, what):
+        # Send ``frame``, then wait for the broker's answer (``what``), which
+        # _receive_loop hands to the waiter under ``key``; the waiter is in place
+        # before the frame goes, so no answer can come first.
+        waiter: "list" = [asyncio.Event(), None]  # the event, then the answer
+        self._waiters[key] = waiter
         try:
-            await asyncio.wait_for(waiter.event.wait(), timeout_s)
+            await self._send(frame)
+            await asyncio.wait_for(waiter[0].wait(), timeout_s)
         except asyncio.TimeoutError:
             raise AckTimeout("no %s within %ss" % (what, timeout_s))
         finally:
             if self._waiters.get(key) is waiter:
                 del self._waiters[key]
-        if waiter.packet is None:
+        if waiter[1] is None:
             raise ConnectionLost(self.error)
-        return waiter.packet
+        return waiter[1]
 
     def _wake(self, key, packet):
         w = self._waiters.pop(key, None)
         if w is not None:
-            w.packet = packet
-            w.event.set()
+            w[1] = packet
+            w[0].set()
 
     async def _until_all_acked(self):
         while self.session.in_flight_ids():
             self._check_open()
-            self._acked.clear()
-            await self._acked.wait()
+            event = self._acked
+            if event is None:
+                event = self._acked = asyncio.Event()
+            event.clear()
+            await event.wait()
 
     async def _send(self, frame):
         writer = self._writer
@@ -289,24 +295,20 @@ class MqttConnection:
                 if not data:
                     raise ConnectionLost("broker closed the connection")
                 for packet in self._packets.feed(data):
-                    await self._handle(packet)
+                    for frame in self.session.received(packet, self.clock()):
+                        await self._send(frame)
+                    if isinstance(packet, Publish):
+                        self._deliver(packet)
+                        continue
+                    kind = packet[0]  # session.received let only broker packets through
+                    if kind == _CONNACK or kind == _PINGRESP:
+                        self._wake(-kind, packet)
+                    else:  # PUBACK, SUBACK or UNSUBACK: keyed by packet id
+                        self._wake(packet[1], packet)
+                        if kind == _PUBACK and self._acked is not None:
+                            self._acked.set()
         except Exception as err:  # socket errors, malformed packets: the link is over
             await self._shutdown("%s: %s" % (type(err).__name__, err))
-
-    async def _handle(self, packet):
-        for frame in self.session.received(packet, self.clock()):
-            await self._send(frame)
-        if isinstance(packet, Publish):
-            self._deliver(packet)
-        elif isinstance(packet, Puback):
-            self._wake(packet.packet_id, packet)
-            self._acked.set()
-        elif isinstance(packet, Pingresp):
-            self._wake(_PING_KEY, packet)
-        elif isinstance(packet, Connack):
-            self._wake(_CONNACK_KEY, packet)
-        else:  # SUBACK or UNSUBACK: session.received let nothing else through
-            self._wake(packet.packet_id, packet)
 
     def _deliver(self, publish):
         if self.on_message is not None:
@@ -319,7 +321,8 @@ class MqttConnection:
             self._inbox.pop(0)
             self.dropped += 1
         self._inbox.append(publish)
-        self._inbox_event.set()
+        if self._inbox_event is not None:
+            self._inbox_event.set()
 
     async def tick(self):
         """One keepalive check: close the connection if the broker is dead, else send
@@ -347,8 +350,9 @@ class MqttConnection:
         self.session.connection_lost()
         for key in list(self._waiters):
             self._wake(key, None)
-        self._acked.set()
-        self._inbox_event.set()
+        for event in (self._acked, self._inbox_event):
+            if event is not None:
+                event.set()
         current = asyncio.current_task()
         for task in (self._rx_task, self._ka_task):
             if task is not None and task is not current:

@@ -11,7 +11,6 @@ and says so at boot (``persistent`` False: readings do not survive a reset).
 >>> parts = board_parts(board)
 >>> parts.config_slots, parts.outbox_segments, parts.outbox_slots, parts.cli, parts.dlms
 """
-from firmware.core.outbox import RamSegments, RamSlots
 
 
 class BoardParts:
@@ -36,6 +35,8 @@ def board_parts(board):
     if segments is None:
         if board.config.get("outbox") is None:
             print("urja: board has no outbox flash: outbox in RAM, readings lost on reset")
+        # imported only here: a board with outbox flash never loads the RAM stand-ins
+        from firmware.core.ramflash import RamSegments, RamSlots
         segments, cursor, persistent = RamSegments(4, 4096), RamSlots(), False
     else:
         cursor, persistent = board.journal_slots("outbox"), True

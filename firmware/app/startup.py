@@ -48,10 +48,10 @@ def start_meter(app):
     # the last setting read: let the store go before the reader stack loads (boot's heap peak)
     app.release_config()
     if app.board.rs485 is not None:
-        from firmware.app.readers import SdmReader  # Modbus stack: only with an RS485 link
+        from firmware.app.sdm_reader import SdmReader  # Modbus stack: only with an RS485 link
         app.sdm = SdmReader(app.board.rs485, slave, app.ms)
     if app.parts.dlms is not None:
-        from firmware.app.readers import DlmsReader  # DLMS stack: only with a DLMS link
+        from firmware.app.dlms_reader import DlmsReader  # DLMS stack: only with a DLMS link
         app.dlms = DlmsReader(app.parts.dlms, app.ms, physical)
     app.sync_relay()
     if app.ota is not None:
@@ -86,6 +86,11 @@ def build_app(version, ota_dir, board):
         slots = board_ota(hw, ota_dir)
     app = App(hw, board_parts(hw), int(_env("URJA_TIME_FACTOR") or "1"),
               int(start_t) if start_t else None, version=version, ota_slots=slots)
+    # Every part is built by now: keep only the fields read after boot (the watchdog's
+    # timeout when run() starts it, and the board's identity); the rest of the board
+    # file's nested dicts would sit on the heap for the meter's life (~2 KB).
+    hw.config = {k: hw.config[k] for k in ("name", "platform", "watchdog_timeout_ms")
+                 if k in hw.config}
     factory = _env("URJA_CONFIG")
     if factory:
         with open(factory) as f:

@@ -37,14 +37,13 @@ CONNECTING = const(1)
 CONNECTED = const(2)
 STATE_NAMES = ("DISCONNECTED", "CONNECTING", "CONNECTED")
 
-# events
+# events (their names, ``EVENT_NAMES``, are made when asked for: see ``__getattr__``)
 _EV_TICK = const(0)
 _EV_CONNECT_OK = const(1)
 _EV_CONNECT_FAILED = const(2)
 _EV_LINK_LOST = const(3)
 _EV_TIMEOUT = const(4)  # internal: a tick past the connect deadline
 _EV_DUE = const(5)  # internal: a tick at or after retry_at while DISCONNECTED
-EVENT_NAMES = ("tick", "connect_ok", "connect_failed", "link_lost", "timeout", "due")
 
 # actions for the shell
 NOTHING = const(0)
@@ -76,12 +75,24 @@ _DEFAULT_CONNECT_TIMEOUT_MS = const(30000)
 _DEFAULT_STABLE_MS = const(60000)
 
 
-class BackoffError(ValueError):
-    """Backoff parameters that make no sense (base < 1, cap < base, multiplier < 2)."""
-
-
-class SupervisorError(ValueError):
-    """An event the supervisor's table does not allow in the current state."""
+def __getattr__(name):
+    # The exception classes: BackoffError (a ValueError), backoff parameters that make no
+    # sense (base < 1, cap < base, multiplier < 2); SupervisorError (a ValueError), an
+    # event the supervisor's table does not allow in the current state.  Made on first
+    # use and kept in the module dict (a class held from import on costs ~250 bytes of
+    # heap that a meter fed sane inputs never needs); raise sites here call
+    # ``__getattr__("BackoffError")``, while ``backoff.BackoffError`` and ``from
+    # firmware.core.backoff import BackoffError`` work as for any class.
+    if name == "BackoffError" or name == "SupervisorError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
+    # EVENT_NAMES (index = event code, for the error message) is made when asked for,
+    # from one string: a tuple held from import on would sit in every meter's heap.
+    if name == "EVENT_NAMES":
+        return tuple("tick connect_ok connect_failed link_lost timeout due".split())
+    raise AttributeError(name)
 
 
 class Backoff:
@@ -95,10 +106,11 @@ class Backoff:
     def __init__(self, base_ms=_DEFAULT_BASE_MS, cap_ms=_DEFAULT_CAP_MS,
                  multiplier=_DEFAULT_MULTIPLIER, randrange=None):
         if base_ms < 1 or cap_ms < base_ms or multiplier < 2:
-            raise BackoffError("need 1 <= base_ms <= cap_ms and multiplier >= 2, got %r, %r, %r"
-                               % (base_ms, cap_ms, multiplier))
+            raise __getattr__("BackoffError")(
+                "need 1 <= base_ms <= cap_ms and multiplier >= 2, got %r, %r, %r"
+                % (base_ms, cap_ms, multiplier))
         if randrange is None:
-            raise BackoffError("pass a random source: randrange(stop) -> int in [0, stop)")
+            raise __getattr__("BackoffError")("pass a random source: randrange(stop) -> int in [0, stop)")
         self.base_ms = base_ms
         self.cap_ms = cap_ms
         self.multiplier = multiplier
@@ -167,8 +179,9 @@ class Supervisor:
                 nxt, action = t[i + 2], t[i + 3]
                 break
         else:
-            raise SupervisorError("%s is not allowed in state %s"
-                                  % (EVENT_NAMES[event], STATE_NAMES[self.state]))
+            raise __getattr__("SupervisorError")("%s is not allowed in state %s"
+                                                 % (__getattr__("EVENT_NAMES")[event],
+                                                    STATE_NAMES[self.state]))
         if action == CONNECT:
             self.deadline_ms = now_ms + self.connect_timeout_ms
         elif action == REPLAY:

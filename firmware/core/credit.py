@@ -66,15 +66,17 @@ TRIPPED = const(1)
 LOCKED_OUT = const(2)
 
 # --- event codes: the same numbers as core/events.py, so mapping is identity -
-EV_RELAY_OPENED = const(8)
-EV_RELAY_CLOSED = const(9)
-EV_TOPUP_APPLIED = const(10)  # value: amount paise
-EV_LOW_CREDIT_WARNING = const(14)  # value: pct of the last top-up
-EV_CREDIT_EXHAUSTED = const(15)  # value: available paise (<= 0)
-EV_EMERGENCY_STARTED = const(16)  # value: emergency credit limit paise
-EV_STATE_CHANGED = const(17)  # value: new credit state (events.CREDIT_STATE)
-EV_LOAD_TRIP = const(18)  # value: trips inside the window, this one included
-EV_LOAD_LOCKOUT = const(19)  # value: idem
+# Private: ``credit.EV_RELAY_OPENED`` etc. and EVENT_NAMES are made when asked for
+# (``__getattr__``), so no meter holds their names.
+_EV_RELAY_OPENED = const(8)
+_EV_RELAY_CLOSED = const(9)
+_EV_TOPUP_APPLIED = const(10)  # value: amount paise
+_EV_LOW_CREDIT_WARNING = const(14)  # value: pct of the last top-up
+_EV_CREDIT_EXHAUSTED = const(15)  # value: available paise (<= 0)
+_EV_EMERGENCY_STARTED = const(16)  # value: emergency credit limit paise
+_EV_STATE_CHANGED = const(17)  # value: new credit state (events.CREDIT_STATE)
+_EV_LOAD_TRIP = const(18)  # value: trips inside the window, this one included
+_EV_LOAD_LOCKOUT = const(19)  # value: idem
 
 _NO_TIME = const(-1)  # "not set" for stored times; valid times are >= 0
 _MAX_STEPS = const(6)  # longest legal chain is OK -> EMERGENCY -> DISCONNECT_PENDING -> DISCONNECTED
@@ -95,21 +97,27 @@ def __getattr__(name):
             g["CreditError"] = err = type("CreditError", (ValueError,), {})
             g["CreditConfigError"] = type("CreditConfigError", (err,), {})
         return g[name]
-    # STATE_NAMES, LOAD_STATE_NAMES, EVENT_NAMES ({code: name}) are built when asked
-    # for (status, logs, the CLI, tests): held from import on, their dicts and
-    # strings would sit in every meter's heap for nothing.
+    # STATE_NAMES, LOAD_STATE_NAMES, EVENT_NAMES ({code: name}) and the EV_* codes
+    # are built when asked for (status, logs, the CLI, tests): held from import on,
+    # their dicts and names would sit in every meter's heap for nothing.
     if name == "STATE_NAMES":
         return {OK: "OK", LOW: "LOW", EMERGENCY: "EMERGENCY",
                 DISCONNECT_PENDING: "DISCONNECT_PENDING", DISCONNECTED: "DISCONNECTED"}
     if name == "LOAD_STATE_NAMES":
         return {NORMAL: "NORMAL", TRIPPED: "TRIPPED", LOCKED_OUT: "LOCKED_OUT"}
-    if name == "EVENT_NAMES":
-        return {
-            EV_RELAY_OPENED: "RELAY_OPENED", EV_RELAY_CLOSED: "RELAY_CLOSED",
-            EV_TOPUP_APPLIED: "TOPUP_APPLIED", EV_LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
-            EV_CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED", EV_EMERGENCY_STARTED: "EMERGENCY_STARTED",
-            EV_STATE_CHANGED: "STATE_CHANGED", EV_LOAD_TRIP: "LOAD_TRIP", EV_LOAD_LOCKOUT: "LOAD_LOCKOUT",
-        }
+    if name == "EVENT_NAMES" or name.startswith("EV_"):
+        names = dict(zip(
+            (_EV_RELAY_OPENED, _EV_RELAY_CLOSED, _EV_TOPUP_APPLIED, _EV_LOW_CREDIT_WARNING,
+             _EV_CREDIT_EXHAUSTED, _EV_EMERGENCY_STARTED, _EV_STATE_CHANGED, _EV_LOAD_TRIP,
+             _EV_LOAD_LOCKOUT),
+            ("RELAY_OPENED RELAY_CLOSED TOPUP_APPLIED LOW_CREDIT_WARNING CREDIT_EXHAUSTED"
+             " EMERGENCY_STARTED STATE_CHANGED LOAD_TRIP LOAD_LOCKOUT").split()))
+        if name == "EVENT_NAMES":
+            return names
+        for code in names:
+            if name == "EV_" + names[code]:  # EV_STATE_CHANGED -> 17, a global from now on
+                globals()[name] = code
+                return code
     raise AttributeError(name)
 
 
@@ -185,28 +193,34 @@ _OVERLOAD = const(7)  # over the load limit for overload_s
 _RECONNECT_DUE = const(8)  # tripped for reconnect_delay_s
 
 
-def _guard(a, g, now):
-    """True when guard ``g`` holds for account ``a`` at ``now``."""
-    if g == _CREDIT_ABOVE_LOW:
+def _guard(a, guard, now):
+    """True when ``guard`` holds for account ``a`` at ``now``."""
+    if guard == _CREDIT_ABOVE_LOW:
         return a.available_paise > a.config.low_credit_paise
-    if g == _CREDIT_LOW:
+    if guard == _CREDIT_LOW:
         return 0 < a.available_paise <= a.config.low_credit_paise
-    if g == _EXHAUSTED_EMERGENCY_LEFT:
+    if guard == _EXHAUSTED_EMERGENCY_LEFT:
         return a.available_paise <= 0 and a.emergency_left()
-    if g == _EXHAUSTED:
+    if guard == _EXHAUSTED:
         return a.available_paise <= 0
-    if g == _EMERGENCY_SPENT:
+    if guard == _EMERGENCY_SPENT:
         return not a.emergency_left()
-    if g == _DISCONNECT_DUE:
+    if guard == _DISCONNECT_DUE:
         return now >= a.pending_since + a.config.disconnect_grace_s and not a.friendly(now)
     overload = a.over_since != _NO_TIME and now - a.over_since >= a.config.overload_s
-    if g == _OVERLOAD_LOCKOUT:
-        return overload and a.recent_trips(now) + 1 >= a.config.max_trips
-    if g == _OVERLOAD:
+    if guard == _OVERLOAD_LOCKOUT:
+        if not overload:
+            return False
+        n = 1  # this trip, and those within trip_window_s before now
+        for t in a.trip_times:
+            if now - t < a.config.trip_window_s:
+                n += 1
+        return n >= a.config.max_trips
+    if guard == _OVERLOAD:
         return overload
-    if g == _RECONNECT_DUE:
+    if guard == _RECONNECT_DUE:
         return now >= a.tripped_at + a.config.reconnect_delay_s
-    raise __getattr__("CreditError")("no guard %r" % (g,))
+    raise __getattr__("CreditError")("no guard %r" % (guard,))
 
 
 # First matching row (in this order) wins.  There is deliberately no row
@@ -239,9 +253,9 @@ LOAD_TABLE = bytes([
 ])
 
 
-def _next_state(table, state, acc, now):
+def _next_state(table, state, a, now):
     for i in range(0, len(table), 3):
-        if table[i] == state and _guard(acc, table[i + 1], now):
+        if table[i] == state and _guard(a, table[i + 1], now):
             return table[i + 2]
     return None
 
@@ -340,15 +354,6 @@ class CreditAccount:
             return True
         return localtime.date_key(now, off) in cfg.holidays
 
-    def recent_trips(self, now):
-        """Load trips within trip_window_s before ``now``."""
-        w = self.config.trip_window_s
-        n = 0
-        for t in self.trip_times:
-            if now - t < w:
-                n += 1
-        return n
-
     # --- inputs -----------------------------------------------------------
     def charge(self, amount, now):
         """Debit ``amount`` paise: credit, then emergency credit, then debt."""
@@ -383,7 +388,7 @@ class CreditAccount:
         self.total_debt_recovered += recovered
         self.last_topup_paise = amount
         self.warned = []
-        self._events.append((now, EV_TOPUP_APPLIED, amount))
+        self._events.append((now, _EV_TOPUP_APPLIED, amount))
         self._settle(now)
         return credited, repaid, recovered
 
@@ -475,11 +480,16 @@ class CreditAccount:
         self.last_now = now
 
     def _settle(self, now):
+        events = self._events
         for _ in range(_MAX_STEPS):
             dst = _next_state(CREDIT_TABLE, self.state, self, now)
             if dst is None:
                 break
-            self._enter(dst, now)
+            self.state = dst
+            self.pending_since = now if dst == DISCONNECT_PENDING else _NO_TIME
+            events.append((now, _EV_STATE_CHANGED, dst))
+            if dst == EMERGENCY:
+                events.append((now, _EV_EMERGENCY_STARTED, self.config.emergency_credit_paise))
         else:
             raise __getattr__("CreditError")("credit table did not settle in %d steps" % _MAX_STEPS)
         for _ in range(_MAX_STEPS):
@@ -489,24 +499,27 @@ class CreditAccount:
             self._enter_load(dst, now)
         else:
             raise __getattr__("CreditError")("load table did not settle in %d steps" % _MAX_STEPS)
-        self._warn(now)
+        # low-credit warnings, each once per top-up: avail <= pct % of the last top-up
+        # (exactly in integers), then 0 = CREDIT_EXHAUSTED
+        avail = self.available_paise
+        ref = self.last_topup_paise
+        for pct in self.config.warn_pct_of_last_topup:
+            if ref > 0 and avail * _PCT <= pct * ref and pct not in self.warned:
+                self.warned.append(pct)
+                events.append((now, _EV_LOW_CREDIT_WARNING, pct))
+        if avail <= 0 and 0 not in self.warned:
+            self.warned.append(0)
+            events.append((now, _EV_CREDIT_EXHAUSTED, avail))
         closed = self.relay_closed
         if closed != self._relay_was_closed:
             self._relay_was_closed = closed
-            self._events.append((now, EV_RELAY_CLOSED if closed else EV_RELAY_OPENED, 0))
+            events.append((now, _EV_RELAY_CLOSED if closed else _EV_RELAY_OPENED, 0))
 
-    def _enter(self, dst, now):
-        self.state = dst
-        self.pending_since = now if dst == DISCONNECT_PENDING else _NO_TIME
-        self._events.append((now, EV_STATE_CHANGED, dst))
-        if dst == EMERGENCY:
-            self._events.append((now, EV_EMERGENCY_STARTED, self.config.emergency_credit_paise))
-
-    def _enter_load(self, dst, now):
+    def _enter_load(self, state, now):
         self.over_since = _NO_TIME
-        if dst == NORMAL:
+        if state == NORMAL:
             self.tripped_at = _NO_TIME
-            self.load_state = dst
+            self.load_state = state
             return
         w = self.config.trip_window_s
         times = []
@@ -516,23 +529,11 @@ class CreditAccount:
         times.append(now)
         self.trip_times = times
         self.tripped_at = now
-        self.load_state = dst
+        self.load_state = state
         n = len(self.trip_times)
-        self._events.append((now, EV_LOAD_TRIP, n))
-        if dst == LOCKED_OUT:
-            self._events.append((now, EV_LOAD_LOCKOUT, n))
-
-    def _warn(self, now):
-        avail = self.available_paise
-        ref = self.last_topup_paise
-        for pct in self.config.warn_pct_of_last_topup:
-            # avail <= pct % of ref, exactly in integers
-            if ref > 0 and avail * _PCT <= pct * ref and pct not in self.warned:
-                self.warned.append(pct)
-                self._events.append((now, EV_LOW_CREDIT_WARNING, pct))
-        if avail <= 0 and 0 not in self.warned:
-            self.warned.append(0)
-            self._events.append((now, EV_CREDIT_EXHAUSTED, avail))
+        self._events.append((now, _EV_LOAD_TRIP, n))
+        if state == LOCKED_OUT:
+            self._events.append((now, _EV_LOAD_LOCKOUT, n))
 
     # --- journal ----------------------------------------------------------
     def to_state(self):

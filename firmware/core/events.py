@@ -2,7 +2,7 @@
 
 Events are (seq, t, code, value): ``seq`` counts 1, 2, 3, ... for the meter's
 whole life (never reused, kept across restarts through ``to_state``), ``t``
-is UTC seconds, ``code`` one of the constants below, ``value`` a signed
+is UTC seconds, ``code`` one of the codes below (``_CODE_NAMES``), ``value`` a signed
 32-bit int whose meaning depends on the code (paise, Wh, reason code, ...).
 
 The uplink sends ``pending()`` and the head-end acknowledges with
@@ -29,29 +29,28 @@ except ImportError:  # CPython
     def const(x):  # type: ignore
         return x
 
+# Every event code's name, codes 1, 2, 3, ... in this order.  The codes the firmware
+# itself logs are globals below; the others (the credit machine logs them under its own
+# EV_* names, the simulator and head-end use them) and NAMES are made from this one
+# string when asked for (``__getattr__``): a global costs every meter a dict slot and
+# an interned name.
+_CODE_NAMES = const(
+    "POWER_FAIL POWER_RESTORE COVER_OPEN COVER_CLOSE MAGNET REVERSE_CURRENT NEUTRAL_MISSING"
+    " RELAY_OPENED RELAY_CLOSED TOPUP_APPLIED TOPUP_REJECTED TARIFF_CHANGED TARIFF_SCHEDULED"
+    " LOW_CREDIT_WARNING CREDIT_EXHAUSTED EMERGENCY_STARTED CREDIT_STATE LOAD_TRIP"
+    " LOAD_LOCKOUT REGISTER_DECREASE CLOCK_SET JOURNAL_RESTORED EVENTS_LOST READ_FAILED"
+    " READ_RESTORED FW_CONFIRMED FW_ROLLED_BACK")
 POWER_FAIL = const(1)
 POWER_RESTORE = const(2)
 COVER_OPEN = const(3)
 COVER_CLOSE = const(4)
-MAGNET = const(5)
-REVERSE_CURRENT = const(6)
-NEUTRAL_MISSING = const(7)
-RELAY_OPENED = const(8)
-RELAY_CLOSED = const(9)
-TOPUP_APPLIED = const(10)
 TOPUP_REJECTED = const(11)
 TARIFF_CHANGED = const(12)
 TARIFF_SCHEDULED = const(13)
-LOW_CREDIT_WARNING = const(14)
-CREDIT_EXHAUSTED = const(15)
-EMERGENCY_STARTED = const(16)
-CREDIT_STATE = const(17)
-LOAD_TRIP = const(18)
-LOAD_LOCKOUT = const(19)
 REGISTER_DECREASE = const(20)
 CLOCK_SET = const(21)
 JOURNAL_RESTORED = const(22)
-EVENTS_LOST = const(23)  # synthetic: value = number of events overwritten before delivery
+_EVENTS_LOST = const(23)  # synthetic: value = number of events overwritten before delivery
 READ_FAILED = const(24)  # an external meter stopped answering: value = link (READ_LINK_*)
 READ_RESTORED = const(25)  # it answers again: value = link
 FW_CONFIRMED = const(26)  # a new firmware image booted and confirmed: value = version code
@@ -71,38 +70,15 @@ def __getattr__(name):
         if name not in g:
             g[name] = type(name, (ValueError,), {})
         return g[name]
+    names = _CODE_NAMES.split()
     # NAMES ({code: name}) is built when asked for (the CLI, logs, tests): held
     # from import on, it would sit in every meter's heap for nothing.
     if name == "NAMES":
-        return {
-            POWER_FAIL: "POWER_FAIL",
-            POWER_RESTORE: "POWER_RESTORE",
-            COVER_OPEN: "COVER_OPEN",
-            COVER_CLOSE: "COVER_CLOSE",
-            MAGNET: "MAGNET",
-            REVERSE_CURRENT: "REVERSE_CURRENT",
-            NEUTRAL_MISSING: "NEUTRAL_MISSING",
-            RELAY_OPENED: "RELAY_OPENED",
-            RELAY_CLOSED: "RELAY_CLOSED",
-            TOPUP_APPLIED: "TOPUP_APPLIED",
-            TOPUP_REJECTED: "TOPUP_REJECTED",
-            TARIFF_CHANGED: "TARIFF_CHANGED",
-            TARIFF_SCHEDULED: "TARIFF_SCHEDULED",
-            LOW_CREDIT_WARNING: "LOW_CREDIT_WARNING",
-            CREDIT_EXHAUSTED: "CREDIT_EXHAUSTED",
-            EMERGENCY_STARTED: "EMERGENCY_STARTED",
-            CREDIT_STATE: "CREDIT_STATE",
-            LOAD_TRIP: "LOAD_TRIP",
-            LOAD_LOCKOUT: "LOAD_LOCKOUT",
-            REGISTER_DECREASE: "REGISTER_DECREASE",
-            CLOCK_SET: "CLOCK_SET",
-            JOURNAL_RESTORED: "JOURNAL_RESTORED",
-            EVENTS_LOST: "EVENTS_LOST",
-            READ_FAILED: "READ_FAILED",
-            READ_RESTORED: "READ_RESTORED",
-            FW_CONFIRMED: "FW_CONFIRMED",
-            FW_ROLLED_BACK: "FW_ROLLED_BACK",
-        }
+        return dict(enumerate(names, 1))
+    if name in names:  # a code that is not a global (see _CODE_NAMES): one from now on
+        g = globals()
+        g[name] = names.index(name) + 1
+        return g[name]
     raise AttributeError(name)
 
 
@@ -120,9 +96,9 @@ class EventLog:
 
     >>> log = EventLog(capacity=2)
     >>> for t in (10, 20, 30):
-    ...     _ = log.append(t, MAGNET)
+    ...     _ = log.append(t, COVER_OPEN)
     >>> log.pending()        # event 1 was overwritten before delivery
-    [(1, 10, 23, 1), (2, 20, 5, 0), (3, 30, 5, 0)]
+    [(1, 10, 23, 1), (2, 20, 3, 0), (3, 30, 3, 0)]
     >>> log.ack(3), log.pending(), log.lost
     (3, [], 1)
     """
@@ -135,41 +111,34 @@ class EventLog:
         self._code = array("B", bytes(capacity))
         self._value = array("i", bytes(4 * capacity))
         self._next = 1  # seq the next event gets
-        self._count = 0  # events held in the ring (the newest ones)
-        self._acked = 0  # every seq <= _acked was delivered
+        self._count = 0  # events held in the ring: the newest, seq _next - _count on
+        self.acked = 0  # every seq <= acked was delivered (read-only for callers)
         self.lost = 0  # life-time count of events overwritten before delivery
-        self._lost_t = 0  # time of the newest such event (for the marker)
+        self.lost_t = 0  # time of the newest such event (for the marker)
 
     @property
     def last_seq(self) -> int:
         """Seq of the newest event, 0 if none yet."""
         return self._next - 1
 
-    @property
-    def acked(self) -> int:
-        return self._acked
-
-    def _oldest(self) -> int:
-        return self._next - self._count
-
     def missing(self) -> int:
         """Events lost and not yet acknowledged (the value of the EVENTS_LOST marker)."""
-        return max(0, self._oldest() - 1 - self._acked)
+        return max(0, self._next - self._count - 1 - self.acked)
 
     def append(self, t: int, code: int, value: int = 0) -> int:
         """Record an event and return its seq."""
         if not _is_int(t) or t < 0 or t > T_MAX:
             raise __getattr__("EventError")("t must be UTC seconds in 0..2**32-1, got %r" % (t,))
-        if not _is_int(code) or not POWER_FAIL <= code <= FW_ROLLED_BACK or code == EVENTS_LOST:
+        if not _is_int(code) or not POWER_FAIL <= code <= FW_ROLLED_BACK or code == _EVENTS_LOST:
             raise __getattr__("EventError")("unknown event code %r" % (code,))
         if not _is_int(value) or value < VALUE_MIN or value > VALUE_MAX:
             raise __getattr__("EventError")("value must be a signed 32-bit int, got %r" % (value,))
         seq = self._next
         pos = (seq - 1) % self.capacity
         if self._count == self.capacity:
-            if self._oldest() > self._acked:  # about to overwrite an undelivered event
+            if self._next - self._count > self.acked:  # about to overwrite an undelivered event
                 self.lost += 1
-                self._lost_t = self._t[pos]
+                self.lost_t = self._t[pos]
         else:
             self._count += 1
         self._t[pos] = t
@@ -189,8 +158,8 @@ class EventLog:
             return out
         missing = self.missing()
         if missing:
-            out.append((self._oldest() - 1, self._lost_t, EVENTS_LOST, missing))
-        seq = max(self._acked + 1, self._oldest())
+            out.append((self._next - self._count - 1, self.lost_t, _EVENTS_LOST, missing))
+        seq = max(self.acked + 1, self._next - self._count)
         while seq < self._next and len(out) < limit:
             pos = (seq - 1) % self.capacity
             out.append((seq, self._t[pos], self._code[pos], self._value[pos]))
@@ -215,7 +184,7 @@ class EventLog:
         out = []  # type: list[tuple]
         if not _is_int(n) or n <= 0:
             return out
-        seq = max(self._oldest(), self._next - n)
+        seq = self._next - min(self._count, n)
         while seq < self._next:
             pos = (seq - 1) % self.capacity
             out.append((seq, self._t[pos], self._code[pos], self._value[pos]))
@@ -230,18 +199,18 @@ class EventLog:
         """
         if not _is_int(upto_seq):
             raise __getattr__("EventError")("ack needs an int seq, got %r" % (upto_seq,))
-        if upto_seq > self._acked:
-            self._acked = min(upto_seq, self._next - 1)
-        return self._acked
+        if upto_seq > self.acked:
+            self.acked = min(upto_seq, self._next - 1)
+        return self.acked
 
     def unacked(self) -> int:
         """Undelivered events still in the ring (not counting the lost ones)."""
-        return self._next - max(self._acked + 1, self._oldest())
+        return min(self._next - 1 - self.acked, self._count)
 
     def to_state(self) -> dict:
         """Plain data for the journal; delivered events are not kept."""
         events = []
-        seq = max(self._acked + 1, self._oldest())
+        seq = max(self.acked + 1, self._next - self._count)
         while seq < self._next:
             pos = (seq - 1) % self.capacity
             events.append([self._t[pos], self._code[pos], self._value[pos]])
@@ -249,9 +218,9 @@ class EventLog:
         return {
             "capacity": self.capacity,
             "next_seq": self._next,
-            "acked": self._acked,
+            "acked": self.acked,
             "lost": self.lost,
-            "lost_t": self._lost_t,
+            "lost_t": self.lost_t,
             "events": events,  # oldest first, ending at next_seq - 1
         }
 
@@ -274,7 +243,7 @@ class EventLog:
             seq += 1
         log._next = nxt
         log._count = len(events)
-        log._acked = acked
+        log.acked = acked
         log.lost = data["lost"]
-        log._lost_t = data["lost_t"]
+        log.lost_t = data["lost_t"]
         return log

@@ -31,16 +31,16 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
         return x
 
-MAGIC = b"UJ"
-VERSION = const(1)
+_MAGIC = const(b"UJ")
+_VERSION = const(1)
 _HEADER_FMT = const(">BII")  # version, sequence, payload length (after the magic)
-HEADER_LEN = const(11)  # 2 magic + 1 version + 4 sequence + 4 length
+_HEADER_LEN = const(11)  # 2 magic + 1 version + 4 sequence + 4 length
 _CRC_LEN = const(4)
-RECORD_OVERHEAD = const(15)  # HEADER_LEN + _CRC_LEN
+RECORD_OVERHEAD = const(15)  # _HEADER_LEN + _CRC_LEN
 
-SEQ_MOD = 1 << 32
-_SEQ_HALF = 1 << 31
-DAY_S = const(86400)
+_SEQ_MOD = const(0x100000000)  # sequence numbers are u32
+_SEQ_HALF = const(0x80000000)
+_DAY_S = const(86400)
 
 _DEFAULT_MAX_PAYLOAD = const(4096)
 _FIRST_BUF = const(2048)  # commit_members' first record buffer; it grows as needed
@@ -94,15 +94,15 @@ def seq_newer(a, b):
     >>> seq_newer(0, 0xFFFFFFFF)   # 0 follows 2**32 - 1
     True
     """
-    d = (a - b) % SEQ_MOD
+    d = (a - b) % _SEQ_MOD
     return 0 < d < _SEQ_HALF
 
 
 def _seal(buf, seq, n):
-    """Write header and CRC around the ``n`` payload bytes already at ``buf[HEADER_LEN:]``."""
-    end = HEADER_LEN + n
-    buf[0:2] = MAGIC
-    struct.pack_into(_HEADER_FMT, buf, 2, VERSION, seq % SEQ_MOD, n)
+    """Write header and CRC around the ``n`` payload bytes already at ``buf[_HEADER_LEN:]``."""
+    end = _HEADER_LEN + n
+    buf[0:2] = _MAGIC
+    struct.pack_into(_HEADER_FMT, buf, 2, _VERSION, seq % _SEQ_MOD, n)
     struct.pack_into(">I", buf, end, binascii.crc32(memoryview(buf)[0:end]) & 0xFFFFFFFF)
     return end + _CRC_LEN
 
@@ -111,7 +111,7 @@ def encode_record(seq, payload):
     """The bytes of one record holding ``payload`` with sequence ``seq`` (a bytearray)."""
     n = len(payload)
     rec = bytearray(n + RECORD_OVERHEAD)
-    rec[HEADER_LEN:HEADER_LEN + n] = payload
+    rec[_HEADER_LEN:_HEADER_LEN + n] = payload
     _seal(rec, seq, n)
     return rec
 
@@ -126,19 +126,19 @@ def decode_record(data):
         return SLOT_EMPTY, 0, None
     if len(data) < RECORD_OVERHEAD:
         return SLOT_SHORT, 0, None
-    if data[0:2] != MAGIC:
+    if data[0:2] != _MAGIC:
         return SLOT_BAD_MAGIC, 0, None
     version, seq, length = struct.unpack_from(_HEADER_FMT, data, 2)
-    if version != VERSION:
+    if version != _VERSION:
         return SLOT_BAD_VERSION, seq, None
-    end = HEADER_LEN + length
+    end = _HEADER_LEN + length
     if end + _CRC_LEN > len(data):
         return SLOT_SHORT, seq, None
     view = memoryview(data)
     want = struct.unpack_from(">I", data, end)[0]
     if binascii.crc32(view[0:end]) & 0xFFFFFFFF != want:
         return SLOT_BAD_CRC, seq, None
-    return SLOT_VALID, seq, bytes(view[HEADER_LEN:end])
+    return SLOT_VALID, seq, bytes(view[_HEADER_LEN:end])
 
 
 class WearCounter:
@@ -162,7 +162,7 @@ class WearCounter:
 
     def roll(self, now):
         """Move the day window forward to ``now``; a clock that steps back keeps the current day."""
-        day = now // DAY_S
+        day = now // _DAY_S
         if self.day is None:
             self.day = day
         elif day == self.day + 1:
@@ -198,6 +198,8 @@ class Journal:
     After ``load()``: ``slot`` / ``sequence`` name the newest valid record
     (None / 0 when there is none) and ``slot_reasons`` says why each slot was
     or was not usable (``SLOT_*`` codes), so a boot can report a torn write.
+    ``wear`` (a ``WearCounter``) counts the writes (``writes_today``,
+    ``writes_total``).
 
     >>> j = Journal(storage, max_payload=2048)
     >>> state = j.load() or b"{}"
@@ -209,10 +211,10 @@ class Journal:
     """
 
     def __init__(self, storage, max_payload=_DEFAULT_MAX_PAYLOAD,
-                 writes_per_day_budget=_DEFAULT_WRITES_PER_DAY_BUDGET):
+                 budget_per_day=_DEFAULT_WRITES_PER_DAY_BUDGET):
         self.storage = storage
         self.max_payload = max_payload
-        self.wear = WearCounter(writes_per_day_budget)
+        self.wear = WearCounter(budget_per_day)  # writes a day before ``wear.over_budget``
         self.slot = None
         self.sequence = 0
         self.slot_reasons = [SLOT_EMPTY, SLOT_EMPTY]
@@ -255,12 +257,12 @@ class Journal:
         self._check_size(n)
         # a record of its own (commit_members keeps a buffer for frequent commits)
         buf = bytearray(n + RECORD_OVERHEAD)
-        buf[HEADER_LEN:HEADER_LEN + n] = payload
+        buf[_HEADER_LEN:_HEADER_LEN + n] = payload
         return self._write(buf, n, now)
 
-    def commit_members(self, members, now):
-        """``commit`` a JSON object made of the ``(name, value)`` pairs of the iterable
-        ``members``, written one at a time (a generator need hold only one
+    def commit_members(self, pairs, now):
+        """``commit`` a JSON object made of the iterable ``pairs`` of ``(name, value)``
+        members, written one at a time (a generator need hold only one
         value's data at once); returns the sequence.  A value that is a generator
         of ``(name, value)`` pairs is written as a nested object, member by member.
 
@@ -270,17 +272,17 @@ class Journal:
         # buffer of the whole text besides the record (in a 128 KB heap, room
         # for a second record-sized block is what runs out first), and only
         # one member's text is alive at a time.
-        n = self._put_object(HEADER_LEN, members) - HEADER_LEN
+        n = self._put_object(_HEADER_LEN, pairs) - _HEADER_LEN
         self._check_size(n)
         return self._write(self._buf, n, now)
 
-    def _put_object(self, pos, members):
+    def _put_object(self, pos, pairs):
         # A member whose value is itself a generator of pairs is written the same
         # way, as a nested object: a large part of the state (the credit account's
         # twenty fields) then needs no dict and no text of its own.
         pos = self._put(pos, b"{")
         sep = ""
-        for k, v in members:
+        for k, v in pairs:
             # separator, name and colon in one piece: one copy, not three
             pos = self._put(pos, _utf8("%s%s: " % (sep, json.dumps(k))))
             if hasattr(v, "send"):  # a generator (no JSON value has ``send``)
@@ -295,10 +297,10 @@ class Journal:
         end = pos + len(data)
         buf = self._buf
         if buf is None or end + _CRC_LEN > len(buf):
-            self._check_size(end - HEADER_LEN)
+            self._check_size(end - _HEADER_LEN)
             # with 256..511 bytes to spare, so a state that grows a little (events,
             # top-up ids) does not need a new contiguous block at every commit;
-            # never more than the largest record (end <= max_payload + HEADER_LEN)
+            # never more than the largest record (end <= max_payload + _HEADER_LEN)
             grown = bytearray(min(max(_FIRST_BUF, (end + _CRC_LEN + 511) & ~255),
                                   self.max_payload + RECORD_OVERHEAD))
             if buf is not None:
@@ -317,7 +319,7 @@ class Journal:
         if not self._loaded:
             self.load()  # must know which slot is newest before overwriting one
         target = 0 if self.slot is None else 1 - self.slot
-        seq = (self.sequence + 1) % SEQ_MOD
+        seq = (self.sequence + 1) % _SEQ_MOD
         # ``storage.write`` gets a view of the reused buffer, valid during the call
         self.storage.write(target, memoryview(buf)[0:_seal(buf, seq, n)])
         self.wear.record(now)
@@ -330,17 +332,5 @@ class Journal:
         return self.wear.today
 
     @property
-    def writes_previous_day(self):
-        return self.wear.previous_day
-
-    @property
     def writes_total(self):
         return self.wear.total
-
-    @property
-    def writes_per_day_budget(self):
-        return self.wear.budget_per_day
-
-    def over_budget(self, now):
-        """True when this UTC day's writes exceed the daily wear budget."""
-        return self.wear.over_budget(now)

@@ -78,16 +78,17 @@ def local_midnight_utc(days, offset_s):
     return days * DAY_S - offset_s
 
 
-def month_start_utc(month_idx, offset_s):
-    """UTC seconds of the local midnight that starts month ``month_idx``."""
-    return local_midnight_utc(days_from_civil(month_idx // 12, month_idx % 12 + 1, 1), offset_s)
+def month_start_utc(month, offset_s):
+    """UTC seconds of the local midnight that starts month ``month`` (a ``month_index``)."""
+    return local_midnight_utc(days_from_civil(month // 12, month % 12 + 1, 1), offset_s)
 
 
-def in_daily_window(sec_of_day, start_s, end_s):
-    """True when ``sec_of_day`` is in [start, end); a window with start > end wraps midnight.
+def in_daily_window(t, start, end):
+    """True when ``t`` (a ``second_of_day``) is in [start, end); a window with
+    start > end wraps midnight.
 
     start == end is an empty window.
     """
-    if start_s <= end_s:
-        return start_s <= sec_of_day < end_s
-    return sec_of_day >= start_s or sec_of_day < end_s
+    if start <= end:
+        return start <= t < end
+    return t >= start or t < end

@@ -41,17 +41,17 @@ _STATE_FORMAT = const(1)
 REFUSED = const(7)  # authentic but not allowed now (e.g. remote disconnect in friendly hours)
 UNKNOWN_KIND = const(8)
 BAD_VALUE = const(9)  # authentic but its content is invalid (bad tariff, bad amount)
-MAX_BACKFILL_SPAN = const(10000)  # sequence numbers one backfill command may ask for
-CLOCK_EPOCH_T = const(1767225600)  # 2026-01-01 00:00 UTC: no clock this firmware runs on is older
-MAX_CLOCK_STEP_S = const(86400)  # a ``time`` command may move the clock this far unless forced
+_MAX_BACKFILL_SPAN = const(10000)  # sequence numbers one backfill command may ask for
+_CLOCK_EPOCH_T = const(1767225600)  # 2026-01-01 00:00 UTC: no clock this firmware runs on is older
+_MAX_CLOCK_STEP_S = const(86400)  # default ``Meter.max_clock_step_s``
 
 
 def backfill_range(fields):
     """(first_s, last_s) of a ``backfill`` command's fields ``[id, first_s, last_s]``, or None.
 
     None (BAD_VALUE) unless both are ints >= 0, ``first_s <= last_s`` and the
-    range spans at most ``MAX_BACKFILL_SPAN`` sequence numbers.  The meter
-    core only checks and journals the command; the app re-publishes.
+    range spans at most 10,000 sequence numbers.  The meter core only checks
+    and journals the command; the app re-publishes.
 
     >>> backfill_range(["BF-1", 40, 49])
     (40, 49)
@@ -62,14 +62,14 @@ def backfill_range(fields):
     for v in (first, last):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             return None
-    if first > last or last - first + 1 > MAX_BACKFILL_SPAN:
+    if first > last or last - first + 1 > _MAX_BACKFILL_SPAN:
         return None
     return first, last
 
 
 def clock_sync_time(fields):
     """The UTC second a ``time`` command's fields ``[id, utc_s]`` / ``[id, utc_s, "force"]``
-    set the clock to, or None (BAD_VALUE): not an int, before ``CLOCK_EPOCH_T`` or past 2106.
+    set the clock to, or None (BAD_VALUE): not an int, before 2026-01-01 UTC or past 2106.
 
     >>> clock_sync_time(["TS-1", 1795753800])
     1795753800
@@ -79,7 +79,7 @@ def clock_sync_time(fields):
     if len(fields) == 3 and fields[2] != "force":
         return None
     t = fields[1]
-    if not isinstance(t, int) or isinstance(t, bool) or t < CLOCK_EPOCH_T or t > events.T_MAX:
+    if not isinstance(t, int) or isinstance(t, bool) or t < _CLOCK_EPOCH_T or t > events.T_MAX:
         return None
     return t
 
@@ -172,16 +172,13 @@ class MeterConfig:
             raise __getattr__("MeterConfigError")("config: must be a mapping")
         return cls(d)
 
-    def pulse_register(self):
-        if self.service == "electricity":
-            return metering.PulseRegister.electricity(self.pulses_per_unit)
-        return metering.PulseRegister(self.litres_per_pulses, self.pulses_per_unit)
-
 
 class Meter:
     """The meter's whole functional state; see the module docstring."""
 
-    max_clock_step_s = MAX_CLOCK_STEP_S  # the app sets its configured limit (``time`` command)
+    # how far a ``time`` command may move the clock unless forced (the app sets its
+    # configured limit)
+    max_clock_step_s = _MAX_CLOCK_STEP_S
 
     def __init__(self, config, now, journal=None, opening_credit_paise=0, opening_debt_paise=0):
         self.config = config
@@ -199,25 +196,25 @@ class Meter:
         self._commit(now)
 
     # -- construction -------------------------------------------------
-    def _fresh(self, now, opening_credit, opening_debt):
+    def _fresh(self, now, opening_credit_paise, opening_debt_paise):
         c = self.config
-        self.pulses = c.pulse_register()
+        if c.service == "electricity":
+            self.pulses = metering.PulseRegister.electricity(c.pulses_per_unit)
+        else:
+            self.pulses = metering.PulseRegister(c.litres_per_pulses, c.pulses_per_unit)
         self.profile = metering.IntervalProfile(c.interval_s)
         self.md = metering.MaxDemand(c.md_window_s, c.md_step_s)
         self.billing = metering.BillingSnapshots(c.utc_offset_s)
         self.schedule = tariff.TariffSchedule(c.tariff)
         self.biller = tariff.Biller(c.tariff)
-        self.account = credit.CreditAccount(c.credit, now, credit_paise=opening_credit,
-                                            debt_paise=opening_debt)
+        self.account = credit.CreditAccount(c.credit, now, credit_paise=opening_credit_paise,
+                                            debt_paise=opening_debt_paise)
         self.guard = auth.DownlinkGuard(c.meter_id)
         self.log = events.EventLog(c.events_capacity)
         self.tokens = None
         if c.sts is not None:
-            st = c.sts
-            from firmware.sts import acceptor as sts  # only meters that take tokens
-            self.tokens = sts.Acceptor(st["key"], st["krn"], st["key_type"], st["ken"], st["ti"])
-            if st["tables"] == "sample":
-                self.tokens = sts.Acceptor.from_state(dict(self.tokens.to_state(), tables="sample"))
+            from firmware.sts import meter_tokens  # only meters that take tokens (and their names)
+            self.tokens = meter_tokens.make_acceptor(c.sts)
         self.charged_units = 0  # cumulative units already charged by the tariff
         self.last_step_t = now
         self.power_w = 0
@@ -240,8 +237,8 @@ class Meter:
         self.log = events.EventLog.from_state(s["events"])
         self.tokens = None
         if s.get("tokens"):
-            from firmware.sts import acceptor  # only meters that take tokens
-            self.tokens = acceptor.Acceptor.from_state(s["tokens"])
+            from firmware.sts import meter_tokens  # only meters that take tokens
+            self.tokens = meter_tokens.make_acceptor(None, s["tokens"])
         self.charged_units = s["charged_units"]
         self.last_step_t = s["last_step_t"]
         self.power_w = 0
@@ -379,7 +376,7 @@ class Meter:
             try:
                 staged = tariff.Tariff.from_dict(json.loads(fields[1]))
                 self.schedule.set_passive(staged)
-            except (tariff.TariffError, ValueError, IndexError) as err:
+            except (ValueError, IndexError) as err:  # tariff.TariffError is a ValueError
                 return BAD_VALUE, "tariff: %s" % err
             self.log.append(now, events.TARIFF_SCHEDULED, staged.version)
             detail = "tariff %d staged for %d" % (staged.version, staged.activates_at)
@@ -390,17 +387,17 @@ class Meter:
             span = backfill_range(fields)
             if span is None:
                 return BAD_VALUE, "backfill: [id, first_s, last_s], first <= last, span <= %d" % (
-                    MAX_BACKFILL_SPAN)
+                    _MAX_BACKFILL_SPAN)
             detail = "backfill %d..%d" % span
         elif kind == "time":
             new_t = clock_sync_time(fields)
             if new_t is None:
                 return BAD_VALUE, "time: [id, utc_s] or [id, utc_s, \"force\"], utc_s >= %d" % (
-                    CLOCK_EPOCH_T)
+                    _CLOCK_EPOCH_T)
             step = new_t - now
             forced = len(fields) == 3
             # an unset clock (before the epoch) may be set to anything the check above allows
-            if not forced and now >= CLOCK_EPOCH_T and abs(step) > self.max_clock_step_s:
+            if not forced and now >= _CLOCK_EPOCH_T and abs(step) > self.max_clock_step_s:
                 return BAD_VALUE, "time: step %d s exceeds %d s (send with \"force\")" % (
                     step, self.max_clock_step_s)
             self.log.append(now, events.CLOCK_SET,

@@ -2,8 +2,8 @@
 
 Units (integers only): energy Wh (water and gas: litres), voltage mV, current mA,
 power W, time UTC seconds.  Register reads of counters and external meters
-(``CounterDelta``, ``CumulativeRegister``, ``RegisterSnapshot``) are in
-``firmware.core.registers``, still importable from here.
+(``CounterDelta``, ``CumulativeRegister``) are in ``firmware.core.registers``,
+still importable from here.
 
 Boundary rule used throughout: a reading taken at time t ends the period
 (t_prev, t].  A reading exactly on a boundary (interval start, slot start, local
@@ -40,10 +40,10 @@ def __getattr__(name):
             g[name] = type(name, (ValueError,), {})
         return g[name]
     # Readings of counters and meters outside the pulse input (CounterDelta,
-    # CumulativeRegister, REG_*, RegisterSnapshot, round_half_away) live in
-    # ``firmware.core.registers``, loaded on first use: a pulse-only meter never
-    # holds them in its heap.  They stay importable from here.  (No list of their
-    # names here: every name in a module is interned in RAM when it loads.)
+    # CumulativeRegister, REG_*) live in ``firmware.core.registers``, loaded on
+    # first use: a pulse-only meter never holds them in its heap.  They stay
+    # importable from here.  (No list of their names here: every name in a module
+    # is interned in RAM when it loads.)
     if name == "PROFILE_FLAG_NAMES":  # not held in the heap from import on
         return tuple(zip((PROFILE_POWER_OFF, PROFILE_AFTER_GAP), "POWER_OFF AFTER_GAP".split()))
     from firmware.core import registers
@@ -59,6 +59,8 @@ class PulseRegister:
 
     ``units_num / units_den`` units per pulse; the fraction is reduced and the
     remainder kept, so ``total_units == total_pulses * num // den`` always.
+    Water and gas count litres: 1 imp / 10 L is ``PulseRegister(10, 1)``, 1 imp
+    / 0.01 m3 the same, two pulses a litre ``PulseRegister(1, 2)``.
 
     >>> r = PulseRegister.electricity(3200)  # 1000/3200 = 5/16 Wh per pulse
     >>> r.add(1), r.add(15), r.total_units
@@ -82,16 +84,6 @@ class PulseRegister:
     def electricity(cls, imp_per_kwh, total_pulses=0):
         """Wh register for a meter LED/S0 output of ``imp_per_kwh`` (1000 Wh per imp_per_kwh pulses)."""
         return cls(1000, imp_per_kwh, total_pulses)
-
-    @classmethod
-    def water(cls, litres, per_pulses=1, total_pulses=0):
-        """Litre register: ``litres`` per ``per_pulses`` pulses (1 imp / 10 L -> water(10))."""
-        return cls(litres, per_pulses, total_pulses)
-
-    @classmethod
-    def gas(cls, litres, per_pulses=1, total_pulses=0):
-        """Litre register: 1 imp / 0.01 m3 -> gas(10) (0.01 m3 = 10 L)."""
-        return cls(litres, per_pulses, total_pulses)
 
     def add(self, pulses):
         """Count ``pulses`` (>= 0); return the whole units this added."""
@@ -230,8 +222,7 @@ class IntervalProfile:
     @classmethod
     def from_state(cls, data):
         p = cls(data["interval_s"])
-        for key in ("start_t", "base_wh", "last_t", "last_wh", "count",
-                    "sum_mv", "n_mv", "sum_ma", "n_ma", "flags"):
+        for key in p.to_state():  # its keys are the attribute names
             setattr(p, key, data[key])
         return p
 
@@ -382,58 +373,51 @@ class BillingSnapshots:
         self.wh = 0
         self.paise = 0
         self.md_w = 0
-        self._md_given = False  # within one observe: md_w already went to a monthly record
 
     def observe(self, t, cumulative_wh, balance_paise, md_w):
-        out = []
-        if self.last_t is not None:
-            if t < self.last_t:
-                raise __getattr__("MeteringError")("billing time went back: %d < %d" % (t, self.last_t))
-            out = self._snapshots(t, cumulative_wh, balance_paise, md_w)
+        out = []  # type: list
+        last_t = self.last_t
+        if last_t is not None and t < last_t:
+            raise __getattr__("MeteringError")("billing time went back: %d < %d" % (t, last_t))
+        off = self.offset_s
+        first_day = localtime.local_day(t if last_t is None else last_t, off) + 1
+        last_day = localtime.local_day(t, off)
+        if last_day >= first_day:  # local midnights passed since the last observe
+            kept_from = max(first_day, last_day - _MAX_DAILY_BACKFILL + 1)
+            first_month = localtime.month_index(last_t, off) + 1
+            last_month = localtime.month_index(t, off)
+            md = md_w
+            # month starts inside the dropped part of a long outage come first
+            for m in range(max(first_month, last_month - _MAX_MONTHLY_BACKFILL + 1), last_month + 1):
+                start = localtime.month_start_utc(m, off)
+                if localtime.local_day(start, off) >= kept_from:
+                    break
+                out.append(self._record(SNAP_MONTHLY, m - 1, start, t, cumulative_wh, balance_paise, md))
+                md = self.md_w = 0  # later missed months measured nothing (self.md_w is set below)
+            for day in range(kept_from, last_day + 1):
+                midnight = localtime.local_midnight_utc(day, off)
+                y, mo, d = localtime.civil_from_days(day - 1)  # the day that ended
+                out.append(self._record(SNAP_DAILY, y * 10000 + mo * 100 + d, midnight, t,
+                                        cumulative_wh, balance_paise, None))
+                if localtime.civil_from_days(day)[2] == 1:
+                    out.append(self._record(SNAP_MONTHLY, y * 12 + mo - 1, midnight, t,
+                                            cumulative_wh, balance_paise, md))
+                    md = self.md_w = 0
         self.last_t = t
         self.wh = cumulative_wh
         self.paise = balance_paise
         self.md_w = md_w
         return out
 
-    def _snapshots(self, t, wh, paise, md_w):
-        off = self.offset_s
-        first_day = localtime.local_day(self.last_t, off) + 1
-        last_day = localtime.local_day(t, off)
-        out = []  # type: list
-        if last_day < first_day:
-            return out
-        kept_from = max(first_day, last_day - _MAX_DAILY_BACKFILL + 1)
-        first_month = localtime.month_index(self.last_t, off) + 1
-        last_month = localtime.month_index(t, off)
-        self._md_given = False
-        # month starts inside the dropped part of a long outage come first
-        for m in range(max(first_month, last_month - _MAX_MONTHLY_BACKFILL + 1), last_month + 1):
-            start = localtime.month_start_utc(m, off)
-            if localtime.local_day(start, off) >= kept_from:
-                break
-            out.append(self._record(SNAP_MONTHLY, m - 1, start, t, wh, paise, md_w))
-        for day in range(kept_from, last_day + 1):
-            midnight = localtime.local_midnight_utc(day, off)
-            y, mo, d = localtime.civil_from_days(day - 1)  # the day that ended
-            out.append(self._record(SNAP_DAILY, y * 10000 + mo * 100 + d, midnight, t,
-                                    wh, paise, md_w))
-            if localtime.civil_from_days(day)[2] == 1:
-                out.append(self._record(SNAP_MONTHLY, y * 12 + mo - 1, midnight, t,
-                                        wh, paise, md_w))
-        return out
-
     def _record(self, kind, key, midnight, t, wh, paise, md_w):
         if t == midnight:  # this observe is exactly at the boundary: its values are the end values
             flags = 0
         else:
-            wh, paise, md_w = self.wh, self.paise, self.md_w
+            wh, paise = self.wh, self.paise
+            if md_w is not None:  # None: a daily record
+                md_w = self.md_w
             flags = SNAP_STALE if midnight - self.last_t > _STALE_S else 0
-        if kind == SNAP_DAILY:
-            return (kind, key, midnight, wh, paise, None, flags)
-        md = 0 if self._md_given else md_w  # later missed months measured nothing
-        self._md_given = True
-        return (kind, key, midnight, wh, paise, md, flags)
+        return (kind, key, midnight, wh, paise, md_w, flags)
 
     def to_state(self):
         return {"offset_s": self.offset_s, "last_t": self.last_t, "wh": self.wh,

@@ -11,7 +11,8 @@ more) or refuses the new one (``REFUSE_NEW``, raises ``OutboxFull``).
 Either way every lost message is counted in ``dropped_total`` and survives
 reboots, so the heartbeat can report it: never silent.
 
-Flash layout (storage injected, see ``RamSegments`` for the interface):
+Flash layout (storage injected, see ``RamSegments`` in ``firmware.core.ramflash``
+for the interface):
 
 * ``segment_count`` segments of ``segment_size`` bytes (one erase sector
   each), used as a ring and written append-only between erases, so NOR
@@ -67,12 +68,12 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc]  # same body as MicroPython's, looser signature
         return x
 
-MAGIC = const(0x55)
+_MAGIC = const(0x55)
 _KIND_SEGMENT = const(0x53)  # "S"
-KIND_MESSAGE = const(0x4D)  # "M"
+_KIND_MESSAGE = const(0x4D)  # "M"
 _HEADER_FMT = const(">BBHI")  # magic, kind, payload length, seq
-HEADER_LEN = const(8)
-RECORD_OVERHEAD = const(12)  # header + CRC-32
+_HEADER_LEN = const(8)
+_RECORD_OVERHEAD = const(12)  # header + CRC-32
 _SEGMENT_HEADER_LEN = const(16)  # overhead + first-seq u32
 _CURSOR_FMT = const(">III")  # released, evicted_total, refused_total
 
@@ -83,103 +84,48 @@ _DEFAULT_MAX_MESSAGES = const(1024)
 _SCAN_CHUNK = const(64)
 
 
-class OutboxError(ValueError):
-    """A message or a configuration the outbox cannot take (too large, not bytes, bad sizes)."""
-
-
-class OutboxFull(OutboxError):
-    """REFUSE_NEW policy and no room: the message was not stored (and was counted)."""
+def __getattr__(name):
+    # The exception classes: OutboxError (a ValueError), a message or a configuration
+    # the outbox cannot take (too large, not bytes, bad sizes); OutboxFull (an
+    # OutboxError), REFUSE_NEW policy and no room: the message was not stored (and was
+    # counted).  Made on first use and kept in the module dict (a class held from import
+    # on costs ~250 bytes of heap that a meter fed sane inputs never needs); raise sites
+    # here call ``__getattr__("OutboxError")``, while ``outbox.OutboxError`` and ``from
+    # firmware.core.outbox import OutboxError`` work as for any class.
+    if name == "OutboxError" or name == "OutboxFull":
+        g = globals()
+        if "OutboxError" not in g:
+            g["OutboxError"] = err = type("OutboxError", (ValueError,), {})
+            g["OutboxFull"] = type("OutboxFull", (err,), {})
+        return g[name]
+    # The flash-in-RAM stores (RamSegments, RamSlots) live in ``firmware.core.ramflash``,
+    # loaded on first use: a board with outbox flash need not hold them.  They stay
+    # importable from here.
+    if name.startswith("_"):
+        raise AttributeError(name)
+    from firmware.core import ramflash
+    if not hasattr(ramflash, name):
+        raise AttributeError(name)
+    return getattr(ramflash, name)
 
 
 def encode_record(kind, seq, payload):
     """Bytes of one record; ``payload`` must be shorter than 65536 bytes.
 
-    >>> encode_record(KIND_MESSAGE, 7, b"hi")[:8]
+    >>> encode_record(0x4D, 7, b"hi")[:8]   # kind "M": a message
     b'UM\\x00\\x02\\x00\\x00\\x00\\x07'
     """
-    header = struct.pack(_HEADER_FMT, MAGIC, kind, len(payload), seq)
+    header = struct.pack(_HEADER_FMT, _MAGIC, kind, len(payload), seq)
     crc = binascii.crc32(payload, binascii.crc32(header)) & 0xFFFFFFFF
     return header + bytes(payload) + struct.pack(">I", crc)
-
-
-class RamSegments:
-    """In-memory flash for tests and the simulator, with NOR rules enforced.
-
-    The segment-storage interface the outbox programs against:
-
-    - ``segment_count``, ``segment_size``: the geometry, in segments and bytes;
-    - ``read(seg, offset, n)`` -> up to ``n`` bytes (erased flash reads
-      0xFF; a file store may return fewer bytes past what was written);
-    - ``write(seg, offset, data)``: program bytes that were erased;
-    - ``erase(seg)``: the whole segment back to erased.
-
-    Programming a byte that is not erased raises ``OSError``: it proves the
-    outbox only appends.  ``cut_after_bytes`` simulates a power cut: that
-    many more bytes are programmed, then the write raises ``OSError``.
-
-    >>> flash = RamSegments(2, 64)
-    >>> flash.write(0, 0, b"ab"); flash.read(0, 0, 3)
-    b'ab\\xff'
-    """
-
-    def __init__(self, segment_count, segment_size):
-        self.segment_count = segment_count
-        self.segment_size = segment_size
-        self.segments = [bytearray(b"\xff" * segment_size) for _ in range(segment_count)]
-        self.writes = 0
-        self.bytes_written = 0
-        self.erases = [0] * segment_count
-        self.cut_after_bytes: "int | None" = None  # None: power stays on
-
-    def read(self, seg, offset, n):
-        return bytes(self.segments[seg][offset:offset + n])
-
-    def write(self, seg, offset, data):
-        buf = self.segments[seg]
-        if offset < 0 or offset + len(data) > self.segment_size:
-            raise OSError(22, "write past the end of segment %d" % seg)
-        for i in range(len(data)):
-            if buf[offset + i] != 0xFF:
-                raise OSError(5, "segment %d byte %d programmed twice" % (seg, offset + i))
-        n = len(data)
-        left = self.cut_after_bytes
-        cut = left is not None and left < n
-        if left is not None:
-            n = min(n, left)
-            self.cut_after_bytes = left - n
-        buf[offset:offset + n] = data[:n]
-        self.writes += 1
-        self.bytes_written += n
-        if cut:
-            raise OSError(5, "power cut after %d of %d bytes" % (n, len(data)))
-
-    def erase(self, seg):
-        self.segments[seg][:] = b"\xff" * self.segment_size
-        self.erases[seg] += 1
-
-
-class RamSlots:
-    """In-memory two-slot storage for the cursor journal (tests, simulator).
-
-    >>> RamSlots().read(0) is None
-    True
-    """
-
-    def __init__(self):
-        self.slots: "list" = [None, None]
-
-    def read(self, slot):
-        return self.slots[slot]
-
-    def write(self, slot, data):
-        self.slots[slot] = bytes(data)
 
 
 class Outbox:
     """Bounded, power-cut-safe FIFO of uplink messages over segment storage.
 
     Construction recovers the state from storage (``segments`` as described
-    at ``RamSegments``; ``cursor_slots`` a ``boards.hal.SlotStorage``).
+    at ``firmware.core.ramflash.RamSegments``; ``slots`` a
+    ``boards.hal.SlotStorage`` for the release cursor).
 
     >>> box = Outbox(flash, slots, max_messages=192)   # drops the oldest when full
     >>> seq = box.append(cbor_reading, now)
@@ -187,36 +133,29 @@ class Outbox:
     >>> box.ack(seq, now)           # on PUBACK of the last one
     """
 
-    def __init__(self, segments, cursor_slots, max_messages=_DEFAULT_MAX_MESSAGES,
+    def __init__(self, segments, slots, max_messages=_DEFAULT_MAX_MESSAGES,
                  policy=_DROP_OLDEST, max_payload=None):
         n, size = segments.segment_count, segments.segment_size
         if n < 2:
-            raise OutboxError("outbox needs at least 2 segments, got %d" % n)
-        largest = min(size - _SEGMENT_HEADER_LEN - RECORD_OVERHEAD, 0xFFFF)  # u16 length field
+            raise __getattr__("OutboxError")("outbox needs at least 2 segments, got %d" % n)
+        largest = min(size - _SEGMENT_HEADER_LEN - _RECORD_OVERHEAD, 0xFFFF)  # u16 length field
         if max_payload is None:
             max_payload = largest
         if max_payload < 1 or max_payload > largest:
-            raise OutboxError("max_payload %d does not fit a %d-byte segment (largest %d)"
-                              % (max_payload, size, largest))
+            raise __getattr__("OutboxError")(
+                "max_payload %d does not fit a %d-byte segment (largest %d)" % (max_payload, size, largest))
         if max_messages < 1:
-            raise OutboxError("max_messages must be >= 1")
+            raise __getattr__("OutboxError")("max_messages must be >= 1")
         if policy not in (_DROP_OLDEST, REFUSE_NEW):
-            raise OutboxError("unknown outbox policy %r" % (policy,))
-        self.store = segments
-        self.cursor = Journal(cursor_slots, max_payload=64)
+            raise __getattr__("OutboxError")("unknown outbox policy %r" % (policy,))
+        self.segments = segments
+        self.cursor = Journal(slots, max_payload=64)
         self.max_messages = max_messages
         self.policy = policy
         self.max_payload = max_payload
         self.wear = WearCounter()  # segment writes (cursor writes: self.cursor.wear)
         self.erases_total = 0
-        self.torn_tail = False  # the last recovery found a torn record and sealed the head
-        self.recover()
-
-    # ---- recovery -------------------------------------------------------
-
-    def recover(self):
-        """Rebuild the RAM index from storage (the constructor calls it)."""
-        n = self.store.segment_count
+        # ---- recovery: the RAM index, rebuilt from storage
         self._serial = [0] * n  # 0: free (no valid header); serials start at 1
         self._first = [0] * n   # seq of the segment's first message (from its header)
         self._last = [0] * n    # seq of its last valid message, first - 1 when none
@@ -237,22 +176,25 @@ class Outbox:
                 if self._head < 0 or self._serial[pos] > self._serial[self._head]:
                     self._head = pos
         self.next_seq = top + 1
+        # the recovery found a torn record (and sealed the head)
         self.torn_tail = self._head >= 0 and not self._tail_clean(self._head)
         self._sealed = self.torn_tail
 
+    # ---- recovery -------------------------------------------------------
+
     def _read_record(self, pos, offset):
         """(kind, seq, payload, next offset) of the record at ``offset``, or None if it does not check."""
-        size = self.store.segment_size
-        if offset + RECORD_OVERHEAD > size:
+        size = self.segments.segment_size
+        if offset + _RECORD_OVERHEAD > size:
             return None
-        head = self.store.read(pos, offset, HEADER_LEN)
-        if len(head) < HEADER_LEN or head[0] != MAGIC:
+        head = self.segments.read(pos, offset, _HEADER_LEN)
+        if len(head) < _HEADER_LEN or head[0] != _MAGIC:
             return None
         magic, kind, length, seq = struct.unpack(_HEADER_FMT, head)
-        end = offset + RECORD_OVERHEAD + length
-        if end > size or kind not in (_KIND_SEGMENT, KIND_MESSAGE):
+        end = offset + _RECORD_OVERHEAD + length
+        if end > size or kind not in (_KIND_SEGMENT, _KIND_MESSAGE):
             return None
-        rest = self.store.read(pos, offset + HEADER_LEN, length + 4)
+        rest = self.segments.read(pos, offset + _HEADER_LEN, length + 4)
         if len(rest) < length + 4:
             return None
         crc = binascii.crc32(memoryview(rest)[:length], binascii.crc32(head)) & 0xFFFFFFFF
@@ -269,7 +211,7 @@ class Outbox:
         while True:
             rec = self._read_record(pos, offset)
             # seqs inside a segment run on by one: anything else is not ours
-            if rec is None or rec[0] != KIND_MESSAGE or rec[1] != expect:
+            if rec is None or rec[0] != _KIND_MESSAGE or rec[1] != expect:
                 break
             expect, offset = expect + 1, rec[3]
         self._serial[pos], self._first[pos] = serial, first
@@ -277,9 +219,9 @@ class Outbox:
 
     def _tail_clean(self, pos):
         """True when nothing was programmed after the last valid record (no torn write)."""
-        offset, size = self._end[pos], self.store.segment_size
+        offset, size = self._end[pos], self.segments.segment_size
         while offset < size:
-            chunk = self.store.read(pos, offset, min(_SCAN_CHUNK, size - offset))
+            chunk = self.segments.read(pos, offset, min(_SCAN_CHUNK, size - offset))
             if not chunk:
                 return True  # a file store: nothing written past here
             for b in chunk:
@@ -292,7 +234,7 @@ class Outbox:
 
     def _order(self):
         """Positions of the segments in use, oldest first."""
-        used = [pos for pos in range(self.store.segment_count) if self._serial[pos]]
+        used = [pos for pos in range(self.segments.segment_count) if self._serial[pos]]
         used.sort(key=lambda pos: self._serial[pos])
         return used
 
@@ -304,50 +246,28 @@ class Outbox:
     @property
     def depth(self):
         """Messages stored and not yet acked (or dropped)."""
-        return sum(self._unreleased_in(pos) for pos in range(self.store.segment_count))
+        n = 0
+        for pos in range(self.segments.segment_count):
+            n += self._unreleased_in(pos)
+        return n
 
     @property
     def bytes_used(self):
         """Bytes of flash held by segments that still have unacked messages."""
-        return sum(self._end[pos] for pos in range(self.store.segment_count)
-                   if self._unreleased_in(pos))
-
-    @property
-    def capacity_bytes(self):
-        return self.store.segment_count * self.store.segment_size
+        n = 0
+        for pos in range(self.segments.segment_count):
+            if self._unreleased_in(pos):
+                n += self._end[pos]
+        return n
 
     @property
     def dropped_total(self):
         """Life-time count of messages lost for lack of room (evicted + refused)."""
         return self.evicted_total + self.refused_total
 
-    @property
-    def segment_writes(self):
-        return self.wear.total
-
-    @property
-    def cursor_writes(self):
-        return self.cursor.wear.total
-
-    def health(self):
-        """Fields for the next heartbeat: depth, bytes used, drop counters (life-time totals).
-
-        >>> box.health()["dropped_total"]
-        0
-        """
-        return {"outbox_depth": self.depth, "outbox_bytes": self.bytes_used,
-                "dropped_total": self.dropped_total, "evicted_total": self.evicted_total,
-                "refused_total": self.refused_total, "next_seq": self.next_seq}
-
-    def _commit_cursor(self, released, evicted, refused, now):
-        self.cursor.commit(struct.pack(_CURSOR_FMT, released, evicted, refused), now)
-        self.released, self.evicted_total, self.refused_total = released, evicted, refused
-
-    def _oldest_seq(self):
-        for pos in self._order():
-            if self._unreleased_in(pos):
-                return max(self.released + 1, self._first[pos])
-        return 0
+    def _commit_cursor(self, released, evicted_total, refused_total, now):
+        self.cursor.commit(struct.pack(_CURSOR_FMT, released, evicted_total, refused_total), now)
+        self.released, self.evicted_total, self.refused_total = released, evicted_total, refused_total
 
     # ---- operations -----------------------------------------------------
 
@@ -359,19 +279,22 @@ class Outbox:
         and lets the storage's ``OSError`` through (the head is then sealed).
         """
         if not isinstance(payload, (bytes, bytearray)):
-            raise OutboxError("outbox message must be bytes, got %s" % type(payload).__name__)
+            raise __getattr__("OutboxError")("outbox message must be bytes, got %s" % type(payload).__name__)
         if len(payload) > self.max_payload:
-            raise OutboxError("outbox message of %d bytes exceeds the %d-byte limit"
-                              % (len(payload), self.max_payload))
+            raise __getattr__("OutboxError")("outbox message of %d bytes exceeds the %d-byte limit"
+                                             % (len(payload), self.max_payload))
         if self.depth >= self.max_messages:
-            self._make_room(1, self._oldest_seq(), now)
-        need = RECORD_OVERHEAD + len(payload)
+            for pos in self._order():  # the oldest message still held makes room
+                if self._unreleased_in(pos):
+                    self._make_room(1, max(self.released + 1, self._first[pos]), now)
+                    break
+        need = _RECORD_OVERHEAD + len(payload)
         head = self._head
-        if head < 0 or self._sealed or self._end[head] + need > self.store.segment_size:
+        if head < 0 or self._sealed or self._end[head] + need > self.segments.segment_size:
             head = self._rotate(now)
         seq = self.next_seq
         try:
-            self.store.write(head, self._end[head], encode_record(KIND_MESSAGE, seq, payload))
+            self.segments.write(head, self._end[head], encode_record(_KIND_MESSAGE, seq, payload))
         except OSError:
             self._sealed = True  # the tail may hold a torn record: never write after it
             raise
@@ -381,17 +304,18 @@ class Outbox:
         self.next_seq = seq + 1
         return seq
 
-    def _make_room(self, count, upto, now):
-        """Drop ``count`` oldest messages (up to seq ``upto``) or refuse, per policy."""
+    def _make_room(self, count, upto_seq, now):
+        """Drop ``count`` oldest messages (up to seq ``upto_seq``) or refuse, per policy."""
         if self.policy == REFUSE_NEW:
             self._commit_cursor(self.released, self.evicted_total, self.refused_total + 1, now)
-            raise OutboxFull("outbox full (%d messages, %d bytes): message refused, %d dropped so far"
-                             % (self.depth, self.bytes_used, self.dropped_total))
-        self._commit_cursor(upto, self.evicted_total + count, self.refused_total, now)
+            raise __getattr__("OutboxFull")(
+                "outbox full (%d messages, %d bytes): message refused, %d dropped so far"
+                % (self.depth, self.bytes_used, self.dropped_total))
+        self._commit_cursor(upto_seq, self.evicted_total + count, self.refused_total, now)
 
     def _rotate(self, now):
         """Open the next segment in the ring for writing; returns its position."""
-        n = self.store.segment_count
+        n = self.segments.segment_count
         target = (self._head + 1) % n
         lost = self._unreleased_in(target)
         if lost:
@@ -405,10 +329,10 @@ class Outbox:
             self._hint = None
         if self._history_hint is not None and self._history_hint[0] == target:
             self._history_hint = None
-        self.store.erase(target)
+        self.segments.erase(target)
         self.erases_total += 1
         header = encode_record(_KIND_SEGMENT, top + 1, struct.pack(">I", self.next_seq))
-        self.store.write(target, 0, header)
+        self.segments.write(target, 0, header)
         self.wear.record(now)
         self._serial[target], self._first[target] = top + 1, self.next_seq
         self._last[target], self._end[target] = self.next_seq - 1, _SEGMENT_HEADER_LEN
@@ -453,7 +377,7 @@ class Outbox:
     def count_held(self, first, last):
         """How many messages with ``first <= seq <= last`` are still in flash (no flash read)."""
         n = 0
-        for pos in range(self.store.segment_count):
+        for pos in range(self.segments.segment_count):
             if self._serial[pos]:
                 lo, hi = max(first, self._first[pos]), min(last, self._last[pos])
                 if hi >= lo:
@@ -476,35 +400,35 @@ class Outbox:
         out, self._history_hint = self._records(first, last, n, self._history_hint)
         return out
 
-    def _records(self, lo, hi, n, hint):
-        """(``[(seq, payload)]`` for ``lo <= seq <= hi``, at most ``n``; the new hint).
+    def _records(self, first, last, n, hint):
+        """(``[(seq, payload)]`` for ``first <= seq <= last``, at most ``n``; the new hint).
 
         ``hint`` is ``(pos, serial, offset, seq)`` of a record read before: a
         walk that starts at or after that seq in that (same-serial) segment
         starts there instead of at the segment's first record.
         """
         out: "list" = []
-        if n <= 0 or hi < lo:
+        if n <= 0 or last < first:
             return out, hint
         for pos in self._order():
             if len(out) >= n:
                 break
-            if self._last[pos] < lo or self._first[pos] > hi:
+            if self._last[pos] < first or self._first[pos] > last:
                 continue
             offset = _SEGMENT_HEADER_LEN
-            if hint is not None and hint[0] == pos and hint[1] == self._serial[pos] and hint[3] <= lo:
+            if hint is not None and hint[0] == pos and hint[1] == self._serial[pos] and hint[3] <= first:
                 offset = hint[2]
             while offset < self._end[pos] and len(out) < n:
-                head = self.store.read(pos, offset, HEADER_LEN)
+                head = self.segments.read(pos, offset, _HEADER_LEN)
                 seq, length = struct.unpack_from(">I", head, 4)[0], struct.unpack_from(">H", head, 2)[0]
-                if seq > hi:
+                if seq > last:
                     break
-                if seq >= lo:
+                if seq >= first:
                     rec = self._read_record(pos, offset)
                     if rec is None:  # bit rot since recovery: stop, never hand out bad bytes
                         break
                     if not out:
                         hint = (pos, self._serial[pos], offset, seq)
                     out.append((seq, rec[2]))
-                offset += RECORD_OVERHEAD + length
+                offset += _RECORD_OVERHEAD + length
         return out, hint

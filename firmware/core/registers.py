@@ -1,11 +1,11 @@
-"""Registers read from outside the pulse input: wrapping hardware counters,
-external meters' cumulative energy registers, instantaneous snapshots.
+"""Registers read from outside the pulse input: wrapping hardware counters and
+external meters' cumulative energy registers.
 
-Integers only (Wh, mV, mA, W, thousandths of PF, mHz, UTC seconds); floats
-appear only in ``round_half_away`` / ``RegisterSnapshot.from_floats``, the
-boundary where a Modbus meter hands us IEEE floats.  Split from
-``firmware.core.metering`` so a pulse-only meter does not hold this code in
-its heap; ``metering.CounterDelta`` etc. still work.
+Integers only (Wh, UTC seconds).  Split from ``firmware.core.metering`` so a
+pulse-only meter does not hold this code in its heap; ``metering.CounterDelta``
+etc. still work.  Neither is saved in the journal: after a restart the first
+reading is the baseline again (``firmware.app.main.RegisterFeed``, the pulse
+counter at start-up).
 
 >>> c = CounterDelta(16)
 >>> c.update(65535), c.update(3)
@@ -19,10 +19,8 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]
         return x
 
-
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise metering.MeteringError("%s must be an int >= %d, got %r" % (name, minimum, value))
+# metering's check (its message, its MeteringError): one function object, not two
+_check_int = metering._check_int
 
 
 class CounterDelta:
@@ -40,7 +38,6 @@ class CounterDelta:
 
     def __init__(self, bits=16):
         _check_int("bits", bits, 1)
-        self.bits = bits
         self._mask = (1 << bits) - 1
         self.last = None  # raw reading masked to bits; None before the first read
 
@@ -54,15 +51,6 @@ class CounterDelta:
         if last is None:
             return 0
         return (raw - last) & self._mask
-
-    def to_state(self):
-        return {"bits": self.bits, "last": self.last}
-
-    @classmethod
-    def from_state(cls, data):
-        c = cls(data["bits"])
-        c.last = data["last"]
-        return c
 
 
 # ---------------------------------------------------------- cumulative registers
@@ -139,94 +127,3 @@ class CumulativeRegister:
         _check_int("reading", reading, 0)
         self.last_reading = reading
         self.status = REG_OK
-
-    def to_state(self):
-        return {"value": self.value, "last": self.last_reading,
-                "modulus": self.modulus, "max_step_wh": self.max_step_wh}
-
-    @classmethod
-    def from_state(cls, data):
-        r = cls(data["value"], data["modulus"], data["max_step_wh"])
-        r.last_reading = data["last"]
-        return r
-
-
-# ------------------------------------------------------------------ snapshots
-
-def round_half_away(x):
-    """Round a float to the nearest int, halves away from zero; NaN/inf -> None.
-
-    The one rounding rule for floats entering the meter (Modbus IEEE values).
-    It rounds the float it is given: scale first (kWh * 1000), then round.
-
-    >>> round_half_away(2.5), round_half_away(-2.5), round_half_away(2.4999)
-    (3, -3, 2)
-    """
-    if x != x or x - x != 0:  # NaN, or +-inf (inf - inf is NaN)
-        return None
-    if x >= 0:
-        return int(x + 0.5)
-    return -int(-x + 0.5)
-
-
-def _scaled(x, scale):
-    if x is None:
-        return None
-    return round_half_away(x * scale)
-
-
-class RegisterSnapshot:
-    """One instantaneous read of a meter, in integers; None where the source lacks it.
-
-    Produced by the Modbus (SDM120/630) and DLMS readers.
-
-    >>> s = RegisterSnapshot.from_floats(1795737600, volts=230.1, import_kwh=12.3456)
-    >>> s.voltage_mv, s.import_wh, s.current_ma
-    (230100, 12346, None)
-    """
-
-    FIELDS = ("t", "import_wh", "export_wh", "voltage_mv", "current_ma",
-              "power_w", "pf_milli", "freq_mhz")
-
-    def __init__(self, t, import_wh=None, export_wh=None, voltage_mv=None, current_ma=None,
-                 power_w=None, pf_milli=None, freq_mhz=None):
-        _check_int("t", t, 0)
-        self.t = t
-        self.import_wh = import_wh
-        self.export_wh = export_wh
-        self.voltage_mv = voltage_mv
-        self.current_ma = current_ma
-        self.power_w = power_w
-        self.pf_milli = pf_milli
-        self.freq_mhz = freq_mhz
-
-    @classmethod
-    def from_floats(cls, t, volts=None, amps=None, watts=None, pf=None, hz=None,
-                    import_kwh=None, export_kwh=None):
-        """Build from a Modbus meter's floats (V, A, W, PF, Hz, kWh) with ``round_half_away``.
-
-        Scales: V*1000 -> mV, A*1000 -> mA, W*1 -> W, PF*1000, Hz*1000 -> mHz,
-        kWh*1000 -> Wh.  A NaN or infinite value becomes None (missing).
-        The ESP32 port multiplies in single precision, the unix port and CPython
-        in double, so a product within float32 rounding of a half can differ by
-        1 unit between them; an SDM energy float resolves 1 Wh only up to
-        2**24 Wh = 16 777 kWh anyway, so use the DLMS/integer register for billing.
-        """
-        return cls(t, _scaled(import_kwh, 1000), _scaled(export_kwh, 1000),
-                   _scaled(volts, 1000), _scaled(amps, 1000), _scaled(watts, 1),
-                   _scaled(pf, 1000), _scaled(hz, 1000))
-
-    def to_state(self):
-        """Values in FIELDS order (a list, so the encoding is byte-exact on both runtimes)."""
-        return [self.t, self.import_wh, self.export_wh, self.voltage_mv, self.current_ma,
-                self.power_w, self.pf_milli, self.freq_mhz]
-
-    @classmethod
-    def from_state(cls, data):
-        return cls(*data)
-
-    def __eq__(self, other):
-        return isinstance(other, RegisterSnapshot) and self.to_state() == other.to_state()
-
-    def __repr__(self):
-        return "RegisterSnapshot(%r)" % (self.to_state(),)

@@ -123,10 +123,6 @@ class Tariff:
         yield "duty_bp", self.duty_bp
         yield "utc_offset_s", self.utc_offset_s
 
-    def denominator(self):
-        """The one denominator every exact charge of this tariff is written over."""
-        return self.unit_size * _PCT_DEN * _BP_DEN
-
     def tod_pct(self, t):
         """Signed ToD percent for UTC second ``t`` (0 outside every window)."""
         sod = localtime.second_of_day(t, self.utc_offset_s)
@@ -188,7 +184,8 @@ class Biller:
 
     def __init__(self, tariff):
         self.tariff = tariff
-        self.acc = ExactCharge(tariff.denominator())
+        # the one denominator every exact charge of this tariff is written over
+        self.acc = ExactCharge(tariff.unit_size * _PCT_DEN * _BP_DEN)
         self.month = _NO_MONTH  # localtime.month_index of the last charge_usage
         self.mtd_qty = 0
         self.fixed_day = _NO_DAY  # local day number of the last fixed charge
@@ -255,7 +252,7 @@ class Biller:
         b.month = data["month"]
         b.mtd_qty = data["mtd"]
         b.fixed_day = data["day"]
-        b.acc = ExactCharge(b.tariff.denominator(), data["carry"], data["debited"])
+        b.acc = ExactCharge(b.acc.den, data["carry"], data["debited"])
         return b
 
 

@@ -34,50 +34,65 @@ except ImportError:  # CPython
 MAX_DEPTH = const(16)
 MAX_ITEMS = const(1024)
 MAX_BYTES = const(8192)
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
+_U64_MAX = const(0xFFFFFFFFFFFFFFFF)
 
 _FALSE = const(0xF4)
 _TRUE = const(0xF5)
 _NULL = const(0xF6)
 
 
-class CborError(ValueError):
-    """Input that is not well-formed CBOR, or outside the subset we accept."""
+def __getattr__(name):
+    # CborError, Map and Tag are made on first use and kept in the module dict: a
+    # meter encodes dicts and lists of plain values and decodes well-formed commands
+    # without tags, so it never holds these classes (~650 bytes of heap).  Code here
+    # calls ``__getattr__("CborError")``; ``cbor.Map`` and ``from
+    # firmware.protocol.cbor import Tag`` work as for any class.
+    g = globals()
+    if name in g:
+        return g[name]
+    if name == "CborError":
+        class CborError(ValueError):
+            """Input that is not well-formed CBOR, or outside the subset we accept."""
+        g[name] = CborError
+    elif name == "Map":
+        class Map:
+            """A CBOR map whose pairs are encoded in exactly the given order.
 
+            >>> encode(Map([(2, "b"), (1, "a")])).hex()
+            'a2026162016161'
+            """
 
-class Map:
-    """A CBOR map whose pairs are encoded in exactly the given order.
+            def __init__(self, pairs):
+                self.pairs = list(pairs)
 
-    >>> encode(Map([(2, "b"), (1, "a")])).hex()
-    'a2026162016161'
-    """
+            def __eq__(self, other):
+                return isinstance(other, Map) and self.pairs == other.pairs
 
-    def __init__(self, pairs):
-        self.pairs = list(pairs)
+            def __repr__(self):
+                return "Map(%r)" % (self.pairs,)
+        g[name] = Map
+    elif name == "Tag":
+        class Tag:
+            """A tagged item (major type 6), kept as (tag number, value) without interpretation.
 
-    def __eq__(self, other):
-        return isinstance(other, Map) and self.pairs == other.pairs
+            >>> decode(bytes.fromhex("c11a514b67b0"))
+            Tag(1, 1363896240)
+            """
 
-    def __repr__(self):
-        return "Map(%r)" % (self.pairs,)
+            def __init__(self, tag, value):
+                self.tag = tag
+                self.value = value
 
+            def __eq__(self, other):
+                return (isinstance(other, Tag) and self.tag == other.tag
+                        and self.value == other.value)
 
-class Tag:
-    """A tagged item (major type 6), kept as (tag number, value) without interpretation.
-
-    >>> decode(bytes.fromhex("c11a514b67b0"))
-    Tag(1, 1363896240)
-    """
-
-    def __init__(self, tag, value):
-        self.tag = tag
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
-
-    def __repr__(self):
-        return "Tag(%d, %r)" % (self.tag, self.value)
+            def __repr__(self):
+                return "Tag(%d, %r)" % (self.tag, self.value)
+        g[name] = Tag
+    else:
+        raise AttributeError(name)
+    return g[name]
 
 
 # ---------------------------------------------------------------- encoding
@@ -114,12 +129,12 @@ def _head(out, major, n):
 def _check_key(key):
     # bool first: on CPython True is an int, on MicroPython it is not
     if key is True or key is False or not isinstance(key, (int, str)):
-        raise CborError("map key must be int or str, not %s" % type(key).__name__)
+        raise __getattr__("CborError")("map key must be int or str, not %s" % type(key).__name__)
 
 
 def _encode(out, v, depth):
     if depth > MAX_DEPTH:
-        raise CborError("nesting deeper than %d" % MAX_DEPTH)
+        raise __getattr__("CborError")("nesting deeper than %d" % MAX_DEPTH)
     if v is None:
         out.append(_NULL)
     elif v is True:
@@ -129,11 +144,11 @@ def _encode(out, v, depth):
     elif isinstance(v, int):
         if v >= 0:
             if v > _U64_MAX:
-                raise CborError("int %d does not fit in 64 bits" % v)
+                raise __getattr__("CborError")("int %d does not fit in 64 bits" % v)
             _head(out, 0, v)
         else:
             if -1 - v > _U64_MAX:
-                raise CborError("int %d does not fit in 64 bits" % v)
+                raise __getattr__("CborError")("int %d does not fit in 64 bits" % v)
             _head(out, 1, -1 - v)
     elif isinstance(v, str):
         b = v.encode()
@@ -145,17 +160,6 @@ def _encode(out, v, depth):
     elif isinstance(v, (list, tuple)):
         _head(out, 4, len(v))
         for x in v:
-            _encode(out, x, depth + 1)
-    elif isinstance(v, Map):
-        seen = set()
-        for k, _ in v.pairs:
-            _check_key(k)
-            if k in seen:
-                raise CborError("duplicate map key %r" % (k,))
-            seen.add(k)
-        _head(out, 5, len(v.pairs))
-        for k, x in v.pairs:
-            _encode(out, k, depth + 1)
             _encode(out, x, depth + 1)
     elif isinstance(v, dict):
         keyed = []
@@ -169,15 +173,27 @@ def _encode(out, v, depth):
         for key_bytes, x in keyed:
             out.extend(key_bytes)
             _encode(out, x, depth + 1)
-    elif isinstance(v, Tag):
+    # Map and Tag come last: a meter's values never get here, so it never makes them
+    elif isinstance(v, __getattr__("Map")):
+        seen = set()
+        for k, _ in v.pairs:
+            _check_key(k)
+            if k in seen:
+                raise __getattr__("CborError")("duplicate map key %r" % (k,))
+            seen.add(k)
+        _head(out, 5, len(v.pairs))
+        for k, x in v.pairs:
+            _encode(out, k, depth + 1)
+            _encode(out, x, depth + 1)
+    elif isinstance(v, __getattr__("Tag")):
         if not isinstance(v.tag, int) or v.tag < 0 or v.tag > _U64_MAX:
-            raise CborError("tag number must be 0..2**64-1")
+            raise __getattr__("CborError")("tag number must be 0..2**64-1")
         _head(out, 6, v.tag)
         _encode(out, v.value, depth + 1)
     elif isinstance(v, float):
-        raise CborError("floats are not encoded: send integer units (paise, Wh, s)")
+        raise __getattr__("CborError")("floats are not encoded: send integer units (paise, Wh, s)")
     else:
-        raise CborError("cannot encode %s" % type(v).__name__)
+        raise __getattr__("CborError")("cannot encode %s" % type(v).__name__)
 
 
 # ---------------------------------------------------------------- decoding
@@ -191,9 +207,9 @@ def decode(data, max_depth=MAX_DEPTH, max_items=MAX_ITEMS):
     scan = Decoder(max_depth, max_items, _U64_MAX)  # data is already in memory
     end = scan._scan(data)
     if end < 0:
-        raise CborError("truncated: %d bytes end inside an item" % len(data))
+        raise __getattr__("CborError")("truncated: %d bytes end inside an item" % len(data))
     if end != len(data):
-        raise CborError("%d trailing bytes after the item" % (len(data) - end))
+        raise __getattr__("CborError")("%d trailing bytes after the item" % (len(data) - end))
     value, _ = _build(data, 0)
     return value
 
@@ -244,19 +260,20 @@ class Decoder:
         while self._buf:
             try:
                 end = self._scan(self._buf)
-            except CborError:
+            except __getattr__("CborError"):
                 self.reset()
                 raise
             if end < 0:
                 if len(self._buf) > self.max_bytes:
                     self.reset()
-                    raise CborError("item larger than %d bytes" % self.max_bytes)
+                    raise __getattr__("CborError")("item larger than %d bytes" % self.max_bytes)
                 return
             item = bytes(self._buf[:end])
             self._buf = bytearray(self._buf[end:])
             self._restart()
             if end > self.max_bytes:  # same verdict whether it came in one chunk or many
-                raise CborError("item of %d bytes exceeds %d" % (end, self.max_bytes))
+                raise __getattr__("CborError")("item of %d bytes exceeds %d" % (
+                    end, self.max_bytes))
             value, _ = _build(item, 0)
             yield value
 
@@ -283,16 +300,19 @@ class Decoder:
                 arg = int.from_bytes(bytes(buf[pos + 1:pos + hlen]), "big")
             elif ai == 31:
                 if major == 7:
-                    raise CborError("unexpected break byte 0xff at offset %d" % pos)
-                raise CborError("indefinite length (major type %d) not supported" % major)
+                    raise __getattr__("CborError")("unexpected break byte 0xff at offset %d" % pos)
+                raise __getattr__("CborError")(
+                    "indefinite length (major type %d) not supported" % major)
             else:
-                raise CborError("reserved additional info %d at offset %d" % (ai, pos))
+                raise __getattr__("CborError")("reserved additional info %d at offset %d" % (
+                    ai, pos))
             self._count += 1
             if self._count > self.max_items:
-                raise CborError("more than %d data items" % self.max_items)
+                raise __getattr__("CborError")("more than %d data items" % self.max_items)
             if major == 2 or major == 3:
                 if arg > self.max_bytes:
-                    raise CborError("string of %d bytes exceeds %d" % (arg, self.max_bytes))
+                    raise __getattr__("CborError")("string of %d bytes exceeds %d" % (
+                        arg, self.max_bytes))
                 if pos + hlen + arg > n:
                     self._pos = pos  # re-read this head when more bytes come
                     self._count -= 1
@@ -302,14 +322,15 @@ class Decoder:
                 children = arg * 2 if major == 5 else (1 if major == 6 else arg)
                 pos += hlen
                 if children > self.max_items:
-                    raise CborError("container of %d items exceeds %d" % (children, self.max_items))
+                    raise __getattr__("CborError")("container of %d items exceeds %d" % (
+                        children, self.max_items))
                 if children:
                     if len(stack) >= self.max_depth:
-                        raise CborError("nesting deeper than %d" % self.max_depth)
+                        raise __getattr__("CborError")("nesting deeper than %d" % self.max_depth)
                     stack.append(children)
                     continue
             elif major == 7 and ai == 24 and arg < 32:
-                raise CborError("simple value %d in two-byte form" % arg)
+                raise __getattr__("CborError")("simple value %d in two-byte form" % arg)
             else:
                 pos += hlen
             # an item just ended: close every container it completes
@@ -321,19 +342,6 @@ class Decoder:
             if not stack:
                 self._pos = pos
                 return pos
-
-
-def _half_to_float(h):
-    # RFC 8949 Appendix D
-    exp = (h >> 10) & 0x1F
-    mant = h & 0x3FF
-    if exp == 0:
-        val = math.ldexp(mant, -24)
-    elif exp != 31:
-        val = math.ldexp(mant + 1024, exp - 25)
-    else:
-        val = math.inf if mant == 0 else math.nan
-    return -val if h & 0x8000 else val
 
 
 def _build(buf, pos):
@@ -358,7 +366,7 @@ def _build(buf, pos):
         try:
             text = str(bytes(buf[pos:pos + arg]), "utf-8")
         except UnicodeError:
-            raise CborError("text string is not valid UTF-8")
+            raise __getattr__("CborError")("text string is not valid UTF-8")
         return text, pos + arg
     if major == 4:
         items = []
@@ -370,14 +378,15 @@ def _build(buf, pos):
         result = {}
         for _ in range(arg):
             key, pos = _build(buf, pos)
-            _check_key_decoded(key)
+            if key is True or key is False or not isinstance(key, (int, str)):
+                raise __getattr__("CborError")("map key must be int or str, got %r" % (key,))
             if key in result:
-                raise CborError("duplicate map key %r" % (key,))
+                raise __getattr__("CborError")("duplicate map key %r" % (key,))
             result[key], pos = _build(buf, pos)
         return result, pos
     if major == 6:
         item, pos = _build(buf, pos)
-        return Tag(arg, item), pos
+        return __getattr__("Tag")(arg, item), pos
     # major 7: simple values and floats
     if ai == 20:
         return False, pos
@@ -385,17 +394,18 @@ def _build(buf, pos):
         return True, pos
     if ai == 22:
         return None, pos
-    if ai == 25:
-        return _half_to_float(arg), pos
+    if ai == 25:  # half precision: RFC 8949 Appendix D
+        exp = (arg >> 10) & 0x1F
+        mant = arg & 0x3FF
+        if exp == 0:
+            val = math.ldexp(mant, -24)
+        elif exp != 31:
+            val = math.ldexp(mant + 1024, exp - 25)
+        else:
+            val = math.inf if mant == 0 else math.nan
+        return -val if arg & 0x8000 else val, pos
     if ai == 26:
         return struct.unpack(">f", struct.pack(">I", arg))[0], pos
     if ai == 27:
         return struct.unpack(">d", struct.pack(">Q", arg))[0], pos
-    raise CborError("unsupported simple value %d" % arg)
-
-
-def _check_key_decoded(key):
-    try:
-        _check_key(key)
-    except CborError:
-        raise CborError("map key must be int or str, got %r" % (key,))
+    raise __getattr__("CborError")("unsupported simple value %d" % arg)

@@ -5,10 +5,13 @@ parse_topic``), so a meter, which never calls them, does not hold them on its he
 """
 from firmware.protocol import cbor
 from firmware.protocol.messages import (
-    COMMAND_FIELDS, PREFIX, UPLINK_KINDS, MessageError, _check, validate,
+    PREFIX, UPLINK_KINDS, MessageError, _check, _fields, validate,
 )
 
 INGEST_FILTER = "urja/v1/+/up/#"  # head-end: $share/<group>/urja/v1/+/up/#
+
+# what ``messages.__getattr__`` hands out under ``messages``' name
+PUBLIC = ("parse_topic", "decode_uplink", "encode_command", "INGEST_FILTER")
 
 
 def parse_topic(t):
@@ -39,5 +42,5 @@ def decode_uplink(topic_name, payload):
 
 def encode_command(cmd):
     """CBOR body of a downlink command dict (as built by ``core.auth.make_command``)."""
-    _check(cmd, COMMAND_FIELDS, "command")
+    _check(cmd, _fields("command"), "command")
     return cbor.encode(cmd)

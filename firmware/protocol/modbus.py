@@ -30,28 +30,30 @@ _MAX_WRITE_COUNT = const(123)
 _BROADCAST = const(0)
 
 def __getattr__(name):
-    # EXCEPTION_NAMES, the function codes and limits under their public names, and the
-    # requests a meter reading an SDM never sends (FC 03, 06, 16): in ``modbus_more``,
-    # loaded on first use (a meter's heap holds them only then)
+    # ModbusError (a ValueError: a request that cannot be built, or a parser used for a
+    # request with no reply) is made on first use and kept in the module dict: held from
+    # import on, the class would cost heap a meter sending good requests never needs.
+    # Raise sites here call ``__getattr__("ModbusError")``.
+    if name == "ModbusError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
+    # EXCEPTION_NAMES with exception_name(), the function codes and limits under their
+    # public names, the requests a meter reading an SDM never sends (FC 03, 06, 16) and
+    # the timing helpers it never calls: in ``modbus_more``, loaded on first use (a
+    # meter's heap holds them only then)
+    if name[:1] == "_":  # private, or CPython's import probing __path__: never handed out
+        raise AttributeError(name)
     from firmware.protocol import modbus_more
     if name in modbus_more.PUBLIC:
         return getattr(modbus_more, name)
     raise AttributeError(name)
 
 
-def exception_name(code):
-    """Name of a Modbus exception code, e.g. 2 -> 'ILLEGAL_DATA_ADDRESS'."""
-    from firmware.protocol.modbus_more import EXCEPTION_NAMES
-    return EXCEPTION_NAMES.get(code, "UNKNOWN_EXCEPTION_%d" % code)
-
-
-class ModbusError(ValueError):
-    """A request that cannot be built, or a parser used for a request with no reply."""
-
-
 def _check_u16(what, value):
     if not isinstance(value, int) or value < 0 or value > 0xFFFF:
-        raise ModbusError("%s must be 0..65535, got %r" % (what, value))
+        raise __getattr__("ModbusError")("%s must be 0..65535, got %r" % (what, value))
 
 
 class Request:
@@ -65,19 +67,21 @@ class Request:
 
     def __init__(self, slave, function, address, count, values=None):
         if not isinstance(slave, int) or slave < 0 or slave > 247:
-            raise ModbusError("slave must be 0 (broadcast) or 1..247, got %r" % (slave,))
+            raise __getattr__("ModbusError")(
+                "slave must be 0 (broadcast) or 1..247, got %r" % (slave,))
         _check_u16("address", address)
         if function not in (_READ_HOLDING_REGISTERS, _READ_INPUT_REGISTERS,
                             _WRITE_SINGLE_REGISTER, _WRITE_MULTIPLE_REGISTERS):
-            raise ModbusError("function code %r not supported (3, 4, 6, 16)" % (function,))
+            raise __getattr__("ModbusError")(
+                "function code %r not supported (3, 4, 6, 16)" % (function,))
         reads = function == _READ_HOLDING_REGISTERS or function == _READ_INPUT_REGISTERS
         if reads and slave == _BROADCAST:
-            raise ModbusError("a read cannot be broadcast")
+            raise __getattr__("ModbusError")("a read cannot be broadcast")
         limit = _MAX_READ_COUNT if reads else _MAX_WRITE_COUNT
         if count < 1 or count > limit:
-            raise ModbusError("count must be 1..%d, got %d" % (limit, count))
+            raise __getattr__("ModbusError")("count must be 1..%d, got %d" % (limit, count))
         if address + count > 0x10000:
-            raise ModbusError("registers 0x%04x+%d run past 0xffff" % (address, count))
+            raise __getattr__("ModbusError")("registers 0x%04x+%d run past 0xffff" % (address, count))
         self.slave = slave
         self.function = function
         self.address = address
@@ -164,7 +168,10 @@ class Response:
     @property
     def exception_name(self):
         """Name of the exception code ('' for a normal response)."""
-        return exception_name(self.exception_code) if self.exception_code else ""
+        if not self.exception_code:
+            return ""
+        from firmware.protocol.modbus_more import exception_name
+        return exception_name(self.exception_code)
 
     def __repr__(self):
         if self.exception_code:
@@ -193,7 +200,7 @@ class ResponseParser:
 
     def __init__(self, request):
         if request.broadcast:
-            raise ModbusError("a broadcast request gets no response")
+            raise __getattr__("ModbusError")("a broadcast request gets no response")
         self.request = request
         self.discarded = 0
         self.crc_errors = 0
@@ -259,7 +266,8 @@ class ResponseParser:
 # data, parity or second stop, stop); frames are separated by 3.5 character
 # times (t3.5) and a gap over 1.5 (t1.5) inside a frame breaks it.  Above
 # 19200 baud both are fixed: t1.5 = 750 us, t3.5 = 1750 us.  Pass bits=10 for
-# 8N1 links such as the SDM120's default.
+# 8N1 links such as the SDM120's default.  ``char_time_us`` and
+# ``inter_char_timeout_us`` (t1.5) are in ``modbus_more``.
 
 _FAST_BAUD = const(19200)
 _DEFAULT_TURNAROUND_MS = const(200)  # slave processing allowance; not in the standard, tune per meter
@@ -267,11 +275,6 @@ _DEFAULT_TURNAROUND_MS = const(200)  # slave processing allowance; not in the st
 
 def _ceil_div(a, b):
     return (a + b - 1) // b
-
-
-def char_time_us(baud, bits=11):
-    """Microseconds to send one character, rounded up."""
-    return _ceil_div(bits * 1000000, baud)
 
 
 def frame_time_us(nbytes, baud, bits=11):
@@ -284,13 +287,6 @@ def inter_frame_gap_us(baud, bits=11):
     if baud > _FAST_BAUD:
         return 1750
     return _ceil_div(35 * bits * 1000000, 10 * baud)
-
-
-def inter_char_timeout_us(baud, bits=11):
-    """t1.5: a longer gap inside a frame means the frame is broken."""
-    if baud > _FAST_BAUD:
-        return 750
-    return _ceil_div(15 * bits * 1000000, 10 * baud)
 
 
 def response_timeout_ms(request, baud, bits=11, turnaround_ms=_DEFAULT_TURNAROUND_MS):

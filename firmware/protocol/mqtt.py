@@ -13,8 +13,8 @@ Section numbers refer to OASIS "MQTT Version 3.1.1" (29 October 2014).
 
 >>> encode_publish("a/b", b"hi").hex()
 '30070003612f626869'
->>> PacketReader().feed(bytes.fromhex("20020000"))[0].accepted
-True
+>>> PacketReader().feed(bytes.fromhex("20020000"))   # CONNACK, accepted
+[(2, 0, False)]
 """
 try:
     from micropython import const
@@ -22,24 +22,17 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
         return x
 
-# 2.2.1 Table 2.1: control packet types.  Private names, which MicroPython's
-# const compiles away; the public names, CONNACK_NAMES and what only tests or a
-# broker use (encode_unsubscribe, Unsuback) live in ``mqtt_more``, loaded on first
-# use through the module ``__getattr__`` below: a meter never loads it (heap).
-_CONNECT = const(1)
+# 2.2.1 Table 2.1: the control packet types a broker sends us.  Private names,
+# which MicroPython's const compiles away; the public names (the whole table),
+# CONNACK_NAMES, the error reports for packets no broker may send, and what only
+# tests or a broker use (encode_unsubscribe) live in ``mqtt_more``, loaded on
+# first use through the module ``__getattr__`` below: a meter never loads it (heap).
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _PUBACK = const(4)
-_PUBREC = const(5)
-_PUBREL = const(6)
-_PUBCOMP = const(7)
-_SUBSCRIBE = const(8)
 _SUBACK = const(9)
-_UNSUBSCRIBE = const(10)
 _UNSUBACK = const(11)
-_PINGREQ = const(12)
 _PINGRESP = const(13)
-_DISCONNECT = const(14)
 
 _MAX_REMAINING_LENGTH = const(268435455)  # 2.2.3: four bytes, 0xFF 0xFF 0xFF 0x7F
 _MAX_STRING_BYTES = const(65535)  # 1.5.3: two-byte length prefix
@@ -47,14 +40,15 @@ _MAX_STRING_BYTES = const(65535)  # 1.5.3: two-byte length prefix
 # plus 1 KB for topic and headers; keeps a hostile length off the ~100 KB heap.
 MAX_PACKET = const(9216)
 _MAX_PACKET_ID = const(65535)
-SUBACK_FAILURE = const(0x80)  # 3.9.3
-
-PINGREQ_PACKET = b"\xc0\x00"  # 3.12
-DISCONNECT_PACKET = b"\xe0\x00"  # 3.14
+_SUBACK_FAILURE = const(0x80)  # 3.9.3 (public as SUBACK_FAILURE in mqtt_more)
+_PINGREQ_PACKET = const(b"\xc0\x00")  # 3.12
+_DISCONNECT_PACKET = const(b"\xe0\x00")  # 3.14
+# first bytes of the packets a broker may send us, but PUBLISH (its flags vary)
+_FROM_BROKER = const(b"\x20\x40\x90\xb0\xd0")  # CONNACK PUBACK SUBACK UNSUBACK PINGRESP
 
 
 def __getattr__(name):
-    # CONNACK_NAMES, the packet type numbers, encode_unsubscribe, Unsuback, ...
+    # CONNACK_NAMES, connack_name, the packet type numbers, encode_unsubscribe, ...
     from firmware.protocol import mqtt_more
     if name in mqtt_more.PUBLIC:
         return getattr(mqtt_more, name)
@@ -65,12 +59,6 @@ def _name(kind):
     # a packet type's name, for error messages only
     from firmware.protocol.mqtt_more import PACKET_NAMES
     return PACKET_NAMES[kind]
-
-
-def connack_name(code):
-    """Name of a CONNACK return code, e.g. 5 -> 'NOT_AUTHORIZED'."""
-    from firmware.protocol.mqtt_more import CONNACK_NAMES
-    return CONNACK_NAMES.get(code, "RESERVED_%d" % code)
 
 
 class MqttError(ValueError):
@@ -147,9 +135,9 @@ def _field(out, data):
     out.extend(data)
 
 
-def _packet(first_byte, body):
+def _packet(first, body):
     out = bytearray()
-    out.append(first_byte)
+    out.append(first)
     out.extend(encode_remaining_length(len(body)))
     out.extend(body)
     return bytes(out)
@@ -310,25 +298,16 @@ def encode_subscribe(packet_id, subscriptions):
 
 
 # ------------------------------------------------------------------ decoded packets
-
-class Connack:
-    """CONNACK: ``accepted`` when ``return_code`` is 0; ``name`` says why not."""
-
-    def __init__(self, session_present, return_code):
-        self.session_present = session_present
-        self.return_code = return_code
-
-    @property
-    def accepted(self):
-        return self.return_code == 0
-
-    @property
-    def name(self):
-        return connack_name(self.return_code)
-
-    def __repr__(self):
-        return "Connack(session_present=%r, %s)" % (self.session_present, self.name)
-
+#
+# An incoming application message is a ``Publish``.  The broker's other packets
+# are tuples whose first item is the packet type (2.2.1): a class each would
+# hold ~400 bytes of a meter's heap for four one-line records.
+#
+#   CONNACK   (2, return_code, session_present)   accepted when return_code is 0
+#   PUBACK    (4, packet_id)
+#   SUBACK    (9, packet_id, granted)    one granted QoS per filter, or SUBACK_FAILURE
+#   UNSUBACK  (11, packet_id)
+#   PINGRESP  (13,)
 
 class Publish:
     """An incoming application message: topic (str), payload (bytes), qos, packet_id (0 for QoS 0)."""
@@ -346,97 +325,54 @@ class Publish:
             self.topic, self.payload, self.qos, self.packet_id, self.retain, self.dup)
 
 
-class Puback:
-    """PUBACK: the broker has our QoS 1 publish ``packet_id``."""
-
-    def __init__(self, packet_id):
-        self.packet_id = packet_id
-
-    def __repr__(self):
-        return "Puback(%d)" % self.packet_id
-
-
-class Suback:
-    """SUBACK: ``granted`` holds one granted QoS per filter, or SUBACK_FAILURE (0x80)."""
-
-    def __init__(self, packet_id, granted):
-        self.packet_id = packet_id
-        self.granted = granted
-
-    def __repr__(self):
-        return "Suback(%d, %r)" % (self.packet_id, self.granted)
-
-
-class Pingresp:
-    """PINGRESP: the broker is alive."""
-
-    def __repr__(self):
-        return "Pingresp()"
-
-
 def _check_first_byte(first):
-    kind = first >> 4
-    flags = first & 0x0F
-    if kind == 0 or kind == 15:
-        raise MqttError("reserved packet type %d (2.2.1)" % kind)
-    if kind == _PUBLISH:
-        if flags & 0x06 == 0x06:
-            raise MqttError("PUBLISH with QoS 3 is malformed (3.3.1.2)")
-        if flags & 0x06 == 0x04:
-            raise MqttError("PUBLISH at QoS 2 is not supported (we never subscribe at QoS 2)")
+    # Lets through only what a broker may send this client; ``mqtt_more`` says what
+    # is wrong with anything else (a meter never loads it while its broker behaves).
+    if first in _FROM_BROKER or (first >> 4 == _PUBLISH and first & 0x06 < 0x04):
         return
-    want = 0x02 if kind in (_PUBREL, _SUBSCRIBE, _UNSUBSCRIBE) else 0
-    if flags != want:
-        raise MqttError("%s with reserved flags 0x%x, must be 0x%x (2.2.2)" % (
-            _name(kind), flags, want))
-    if kind in (_CONNECT, _SUBSCRIBE, _UNSUBSCRIBE, _PINGREQ, _DISCONNECT):
-        raise MqttError("%s is a client packet; a broker must not send it" % _name(kind))
-    if kind in (_PUBREC, _PUBREL, _PUBCOMP):
-        raise MqttError("%s is QoS 2 flow, which this client does not use" % _name(kind))
+    from firmware.protocol.mqtt_more import first_byte_error
+    raise first_byte_error(first)
 
 
-def _packet_id_only(name, body):
+def _packet_id_only(kind, body):
     if len(body) != 2:
-        raise MqttError("%s remaining length must be 2, got %d" % (name, len(body)))
+        raise MqttError("%s remaining length must be 2, got %d" % (_name(kind), len(body)))
     pid = (body[0] << 8) | body[1]
     if pid == 0:
-        raise MqttError("%s with packet id 0 (2.3.1)" % name)
+        raise MqttError("%s with packet id 0 (2.3.1)" % _name(kind))
     return pid
 
 
-def _decode_publish(flags, body):
-    qos = (flags >> 1) & 3
-    if len(body) < 2:
-        raise MqttError("PUBLISH too short for its topic length")
-    n = (body[0] << 8) | body[1]
-    pos = 2 + n
-    if len(body) < pos + (2 if qos else 0):
-        raise MqttError("PUBLISH topic length %d runs past the packet" % n)
-    try:
-        topic = bytes(body[2:pos]).decode("utf-8")
-    except UnicodeError:
-        raise MqttError("PUBLISH topic is not valid UTF-8 (1.5.3)")
-    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
-        raise MqttError("PUBLISH topic %r is not a valid topic name (3.3.2.1)" % topic)
-    pid = 0
-    if qos:
-        pid = _packet_id_only("PUBLISH", body[pos:pos + 2])
-        pos += 2
-    if qos == 0 and flags & 0x08:
-        raise MqttError("QoS 0 PUBLISH with DUP set (3.3.1.1)")
-    return Publish(topic, bytes(body[pos:]), qos, pid, bool(flags & 1), bool(flags & 8))
-
-
 def decode_packet(first, body):
-    """The packet object for fixed-header byte ``first`` and the bytes after the length.
+    """The packet for fixed-header byte ``first`` and the bytes after the length.
 
-    >>> decode_packet(0x90, bytes.fromhex("00010180"))
-    Suback(1, [1, 128])
+    >>> decode_packet(0x90, bytes.fromhex("00010180"))   # SUBACK
+    (9, 1, [1, 128])
     """
     _check_first_byte(first)
     kind = first >> 4
     if kind == _PUBLISH:
-        return _decode_publish(first & 0x0F, body)
+        flags = first & 0x0F
+        qos = (flags >> 1) & 3
+        if len(body) < 2:
+            raise MqttError("PUBLISH too short for its topic length")
+        n = (body[0] << 8) | body[1]
+        pos = 2 + n
+        if len(body) < pos + (2 if qos else 0):
+            raise MqttError("PUBLISH topic length %d runs past the packet" % n)
+        try:
+            topic = bytes(body[2:pos]).decode("utf-8")
+        except UnicodeError:
+            raise MqttError("PUBLISH topic is not valid UTF-8 (1.5.3)")
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+            raise MqttError("PUBLISH topic %r is not a valid topic name (3.3.2.1)" % topic)
+        pid = 0
+        if qos:
+            pid = _packet_id_only(kind, body[pos:pos + 2])
+            pos += 2
+        if qos == 0 and flags & 0x08:
+            raise MqttError("QoS 0 PUBLISH with DUP set (3.3.1.1)")
+        return Publish(topic, bytes(body[pos:]), qos, pid, bool(flags & 1), bool(flags & 8))
     if kind == _CONNACK:
         if len(body) != 2:
             raise MqttError("CONNACK remaining length must be 2, got %d" % len(body))
@@ -446,24 +382,21 @@ def decode_packet(first, body):
             raise MqttError("CONNACK return code %d is reserved (3.2.2.3)" % body[1])
         if body[1] and body[0]:
             raise MqttError("refused CONNACK with session present set (3.2.2.2)")
-        return Connack(bool(body[0] & 1), body[1])
-    if kind == _PUBACK:
-        return Puback(_packet_id_only("PUBACK", body))
-    if kind == _UNSUBACK:  # never for a meter: it does not unsubscribe
-        from firmware.protocol.mqtt_more import Unsuback
-        return Unsuback(_packet_id_only("UNSUBACK", body))
+        return (kind, body[1], bool(body[0] & 1))
     if kind == _SUBACK:
         if len(body) < 3:
             raise MqttError("SUBACK needs a packet id and at least one return code")
         granted = list(body[2:])
         for code in granted:
-            if code not in (0, 1, 2, SUBACK_FAILURE):
+            if code not in (0, 1, 2, _SUBACK_FAILURE):
                 raise MqttError("SUBACK return code 0x%02x is reserved (3.9.3)" % code)
-        return Suback(_packet_id_only("SUBACK", body[:2]), granted)
-    # PINGRESP: _check_first_byte let nothing else through
-    if len(body):
-        raise MqttError("PINGRESP remaining length must be 0, got %d" % len(body))
-    return Pingresp()
+        return (kind, _packet_id_only(kind, body[:2]), granted)
+    if kind == _PINGRESP:
+        if len(body):
+            raise MqttError("PINGRESP remaining length must be 0, got %d" % len(body))
+        return (kind,)
+    # PUBACK or UNSUBACK: _check_first_byte let nothing else through
+    return (kind, _packet_id_only(kind, body))
 
 
 class PacketReader:
@@ -478,8 +411,8 @@ class PacketReader:
     >>> r = PacketReader()
     >>> r.feed(b"\\xd0")
     []
-    >>> r.feed(b"\\x00\\x90\\x03\\x00\\x01\\x01")
-    [Pingresp(), Suback(1, [1])]
+    >>> r.feed(b"\\x00\\x90\\x03\\x00\\x01\\x01")   # PINGRESP, SUBACK
+    [(13,), (9, 1, [1])]
     """
 
     def __init__(self, max_packet=MAX_PACKET):
@@ -542,16 +475,6 @@ class PacketReader:
 
 # ------------------------------------------------------------------ session
 
-class _Outgoing:
-    # one QoS 1 publish waiting for its PUBACK: its encoded frame, resent as is
-    # with only the DUP bit changed (no second copy of the payload)
-    def __init__(self, packet_id, frame, now):
-        self.packet_id = packet_id
-        self.frame = frame
-        self.sent_at = now
-        self.attempts = 1
-
-
 class Session:
     """Client-side protocol state of one MQTT session; survives reconnects.
 
@@ -572,12 +495,12 @@ class Session:
 
     >>> s = Session("m1", keepalive_s=60)
     >>> frame = s.connect(now=0)            # write it
-    >>> s.received(Connack(False, 0), now=1)
+    >>> s.received((2, 0, False), now=1)    # CONNACK, accepted
     []
     >>> pid, frame = s.publish("urja/m1/r", b"\\x01", qos=1, now=2)
     >>> s.in_flight_ids()
     [1]
-    >>> s.received(Puback(1), now=3), s.in_flight_ids()
+    >>> s.received((4, 1), now=3), s.in_flight_ids()   # PUBACK 1
     ([], [])
     """
 
@@ -598,35 +521,32 @@ class Session:
         self.last_received = 0
         self.resent = 0  # QoS 1 publishes sent again (timeouts and reconnects)
         self._next_id = 1
-        self._in_flight = []  # _Outgoing, in first-send order (dicts are unordered on MicroPython)
+        # QoS 1 publishes awaiting PUBACK, in first-send order (dicts are unordered on
+        # MicroPython): [packet_id, frame, sent_at] each; the frame is resent as is,
+        # with only its DUP bit changed (no second copy of the payload)
+        self._in_flight = []
         self._pending = []  # packet ids of SUBSCRIBE/UNSUBSCRIBE awaiting their ack
 
     # -------------------------------------------------------------- ids
     def in_flight_ids(self):
         """Packet ids of QoS 1 publishes awaiting PUBACK, oldest first."""
-        return [m.packet_id for m in self._in_flight]
-
-    def _in_use(self, pid):
-        if pid in self._pending:
-            return True
-        for m in self._in_flight:
-            if m.packet_id == pid:
-                return True
-        return False
+        return [m[0] for m in self._in_flight]
 
     def next_packet_id(self):
         """Allocate the next free packet id (1..65535, wrapping, skipping ids in use)."""
         for _ in range(_MAX_PACKET_ID):
             pid = self._next_id
             self._next_id = 1 if pid == _MAX_PACKET_ID else pid + 1
-            if not self._in_use(pid):
+            if pid in self._pending:
+                continue
+            for m in self._in_flight:
+                if m[0] == pid:
+                    break
+            else:
                 return pid
         raise MqttError("all 65535 packet ids are in use")
 
     # -------------------------------------------------------------- outgoing
-    def _sent(self, now):
-        self.last_sent = now
-
     def connect(self, now):
         """The CONNECT frame for a new network connection; starts the keepalive clocks."""
         self.connected = False
@@ -651,15 +571,15 @@ class Session:
         self._require_connected()
         if qos == 0:
             frame = encode_publish(topic, payload, 0, 0, retain)
-            self._sent(now)
+            self.last_sent = now
             return 0, frame
         if len(self._in_flight) >= self.max_in_flight:
             raise MqttError("%d QoS 1 publishes already await PUBACK" % len(self._in_flight))
         check_topic_name(topic)  # before taking an id, so a bad topic leaks nothing
         pid = self.next_packet_id()
         frame = encode_publish(topic, payload, qos, pid, retain)
-        self._in_flight.append(_Outgoing(pid, frame, now))
-        self._sent(now)
+        self._in_flight.append([pid, frame, now])
+        self.last_sent = now
         return pid, frame
 
     def subscribe(self, subscriptions, now=0):
@@ -668,7 +588,7 @@ class Session:
         pid = self.next_packet_id()
         frame = encode_subscribe(pid, subscriptions)
         self._pending.append(pid)
-        self._sent(now)
+        self.last_sent = now
         return pid, frame
 
     def unsubscribe(self, topic_filters, now=0):
@@ -678,19 +598,19 @@ class Session:
         from firmware.protocol.mqtt_more import encode_unsubscribe
         frame = encode_unsubscribe(pid, topic_filters)
         self._pending.append(pid)
-        self._sent(now)
+        self.last_sent = now
         return pid, frame
 
     def ping(self, now):
         """A PINGREQ frame now (poll sends these by itself when due)."""
         self.ping_outstanding = True
-        self._sent(now)
-        return PINGREQ_PACKET
+        self.last_sent = now
+        return _PINGREQ_PACKET
 
     def disconnect(self):
         """The DISCONNECT frame; the broker then discards the will (3.14)."""
         self.connected = False
-        return DISCONNECT_PACKET
+        return _DISCONNECT_PACKET
 
     def connection_lost(self):
         """The network connection ended; in-flight publishes wait for the next CONNACK."""
@@ -698,12 +618,12 @@ class Session:
         self.ping_outstanding = False
         self._pending = []
 
-    def _resend(self, msg, dup, now):
-        msg.sent_at = now
-        msg.attempts += 1
+    def _resend(self, m, dup, now):
+        # m: an entry of _in_flight
+        m[2] = now
         self.resent += 1
-        self._sent(now)
-        frame = msg.frame
+        self.last_sent = now
+        frame = m[1]
         frame[0] = (frame[0] | 0x08) if dup else (frame[0] & 0xF7)
         return frame
 
@@ -713,55 +633,53 @@ class Session:
         self.last_received = now
         if isinstance(packet, Publish):
             if packet.qos == 1:
-                self._sent(now)
+                self.last_sent = now
                 return [encode_puback(packet.packet_id)]
             return []
-        if isinstance(packet, Puback):
+        kind = packet[0]
+        if kind == _PUBACK:
             for i in range(len(self._in_flight)):
-                if self._in_flight[i].packet_id == packet.packet_id:
+                if self._in_flight[i][0] == packet[1]:
                     self._in_flight.pop(i)
                     break
-            return []  # an unknown id is a late ack of a resend: nothing to do
-        if isinstance(packet, Pingresp):
+            # an unknown id is a late ack of a resend: nothing to do
+        elif kind == _PINGRESP:
             self.ping_outstanding = False
-            return []
-        if isinstance(packet, Connack):
-            if not packet.accepted:
+        elif kind == _CONNACK:
+            if packet[1]:  # refused
                 self.connected = False
                 return []
             self.connected = True
             dup = not self.clean_session
             return [self._resend(m, dup, now) for m in self._in_flight]
-        if not isinstance(packet, Suback):
-            from firmware.protocol.mqtt_more import Unsuback  # a meter never gets one
-            if not isinstance(packet, Unsuback):
-                raise MqttError("not a packet from a broker: %r" % (packet,))
-        if packet.packet_id in self._pending:
-            self._pending.remove(packet.packet_id)
+        elif kind == _SUBACK or kind == _UNSUBACK:
+            if packet[1] in self._pending:
+                self._pending.remove(packet[1])
+        else:
+            raise MqttError("not a packet from a broker: %r" % (packet,))
         return []
 
     # -------------------------------------------------------------- timers
-    def ping_due(self, now):
-        """True when a PINGREQ should go out (connected, keepalive on, none outstanding)."""
-        k = self.keepalive_s
-        if not self.connected or not k or self.ping_outstanding:
-            return False
-        return now - self.last_sent >= k or now - self.last_received >= k
-
     def broker_dead(self, now):
         """True once 1.5 x keepalive_s passed with no packet from the broker."""
         k = self.keepalive_s
         return bool(k) and 2 * (now - self.last_received) >= 3 * k
 
     def poll(self, now):
-        """Frames due at ``now``: timed-out QoS 1 publishes (DUP=1), then PINGREQ if due."""
+        """Frames due at ``now``: timed-out QoS 1 publishes (DUP=1), then PINGREQ if due.
+
+        PINGREQ is due when nothing was sent or nothing received for keepalive_s
+        (and none is outstanding).
+        """
         if not self.connected:
             return []
         out = []
         if self.retry_s:
             for m in self._in_flight:
-                if now - m.sent_at >= self.retry_s:
+                if now - m[2] >= self.retry_s:
                     out.append(self._resend(m, True, now))
-        if self.ping_due(now):
+        k = self.keepalive_s
+        if k and not self.ping_outstanding and (
+                now - self.last_sent >= k or now - self.last_received >= k):
             out.append(self.ping(now))
         return out

@@ -37,10 +37,6 @@ _MAX_READ_REGISTERS = const(125)  # Modbus Application Protocol V1.1b3, 6.4
 SDM_MAX_READ_REGISTERS = 80
 
 
-class RegisterMapError(ValueError):
-    """A malformed register map, or a block that does not hold an entry."""
-
-
 # Addresses: Eastron SDM120 / SDM630 Modbus protocol manuals (input registers,
 # FC 04), cross-checked with merlokk/SmartHome lib/eastron.h (SDM220/SDM630)
 # and ESPHome's sdm_meter registers.
@@ -56,6 +52,19 @@ SDM120 = (
 )
 
 def __getattr__(name):
+    # RegisterMapError (a ValueError: a malformed register map, or a block that does not
+    # hold an entry) is made on first use and kept in the module dict: held from import
+    # on, the class would cost heap a meter with a good map never needs.  Raise sites
+    # here call ``__getattr__("RegisterMapError")``.
+    if name == "RegisterMapError":
+        g = globals()
+        if name not in g:
+            g[name] = type(name, (ValueError,), {})
+        return g[name]
+    # check_map (validating a map; the meter reads a fixed one) is in ``modbus_more``.
+    if name == "check_map":
+        from firmware.protocol.modbus_more import check_map
+        return check_map
     # SDM630 (three-phase) is built when asked for: an SDM120 meter never reads it, and
     # held from import on its 18 entries would sit in every meter's heap (~1.3 KB).
     # ``sdm.SDM630`` and ``from firmware.protocol.sdm import SDM630`` work the same.
@@ -83,53 +92,16 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-def check_map(entries):
-    """Raise RegisterMapError unless ``entries`` is a valid map; return it.
-
-    >>> check_map(SDM120) is SDM120
-    True
-    """
-    names = set()
-    taken = {}  # type: dict[int, str]
-    for entry in entries:
-        if not isinstance(entry, tuple) or len(entry) != 5:
-            raise RegisterMapError("entry must be (name, address, type, scale, unit): %r" % (entry,))
-        name, address, kind, scale, unit = entry
-        if not isinstance(name, str) or not name:
-            raise RegisterMapError("entry name must be a non-empty str: %r" % (entry,))
-        if name in names:
-            raise RegisterMapError("duplicate name %s" % name)
-        names.add(name)
-        if kind not in WIDTH:
-            raise RegisterMapError("%s: type must be one of f32/u16/s16/u32/s32, got %r" % (name, kind))
-        width = WIDTH[kind]
-        if not isinstance(address, int) or address < 0 or address + width > 0x10000:
-            raise RegisterMapError("%s: address must be 0..%d, got %r" % (name, 0x10000 - width, address))
-        if not isinstance(scale, int) or scale < -9 or scale > 9:
-            raise RegisterMapError("%s: scale must be an int power of ten -9..9, got %r" % (name, scale))
-        if not isinstance(unit, str):
-            raise RegisterMapError("%s: unit must be a str" % name)
-        for reg in range(address, address + width):
-            if reg in taken:
-                raise RegisterMapError("%s overlaps %s at register 0x%04x" % (name, taken[reg], reg))
-            taken[reg] = name
-    return entries
-
-
-def _div_round(num, den):
-    """num / den rounded half to even (den > 0), in exact integers."""
-    q, r = divmod(num, den)
-    if 2 * r > den or (2 * r == den and q & 1):
-        q += 1
-    return q
-
-
 def _scaled(num, den, scale):
+    """num / den * 10**scale rounded half to even (den > 0), in exact integers."""
     if scale >= 0:
         num *= 10 ** scale
     else:
         den *= 10 ** -scale
-    return _div_round(num, den)
+    q, r = divmod(num, den)
+    if 2 * r > den or (2 * r == den and q & 1):
+        q += 1
+    return q
 
 
 def f32_to_scaled_int(bits, scale):
@@ -153,18 +125,6 @@ def f32_to_scaled_int(bits, scale):
     return _scaled(mant, 1 << -e, scale)
 
 
-def _raw(kind, regs, i):
-    if kind == U16:
-        return regs[i]
-    if kind == S16:
-        v = regs[i]
-        return v - 0x10000 if v & 0x8000 else v
-    v = (regs[i] << 16) | regs[i + 1]
-    if kind == S32 and v & 0x80000000:
-        return v - 0x100000000
-    return v
-
-
 def decode_registers(entries, start, registers):
     """Named integer values of ``entries`` from ``registers`` read from ``start``.
 
@@ -176,13 +136,18 @@ def decode_registers(entries, start, registers):
     for name, address, kind, scale, _unit in entries:
         width = WIDTH[kind]
         if address < start or address + width > end:
-            raise RegisterMapError("%s (0x%04x) is outside registers 0x%04x..0x%04x" % (
-                name, address, start, end - 1))
+            raise __getattr__("RegisterMapError")(
+                "%s (0x%04x) is outside registers 0x%04x..0x%04x" % (name, address, start, end - 1))
         i = address - start
+        v = registers[i] if width == 1 else (registers[i] << 16) | registers[i + 1]
         if kind == F32:
-            values[name] = f32_to_scaled_int((registers[i] << 16) | registers[i + 1], scale)
-        else:
-            values[name] = _scaled(_raw(kind, registers, i), 1, scale)
+            values[name] = f32_to_scaled_int(v, scale)
+            continue
+        if kind == S16 and v & 0x8000:
+            v -= 0x10000
+        elif kind == S32 and v & 0x80000000:
+            v -= 0x100000000
+        values[name] = _scaled(v, 1, scale)
     return values
 
 
@@ -199,7 +164,7 @@ def plan_reads(entries, max_count=_MAX_READ_REGISTERS, max_gap=None):
     [(0, 76), (342, 2)]
     """
     if max_count < 2:
-        raise RegisterMapError("max_count must be at least 2")
+        raise __getattr__("RegisterMapError")("max_count must be at least 2")
     ordered = sorted(entries, key=lambda e: e[1])
     plans = []  # type: list
     group = []  # type: list

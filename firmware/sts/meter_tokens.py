@@ -47,6 +47,18 @@ def config(d):
     return out
 
 
+def make_acceptor(block, state=None):
+    """The meter's token acceptor: new from its validated ``sts`` config ``block``, or
+    restored from its journaled ``state`` (``Acceptor.to_state``)."""
+    if state is not None:
+        return acceptor.Acceptor.from_state(state)
+    new = acceptor.Acceptor(block["key"], block["krn"], block["key_type"], block["ken"],
+                                block["ti"])
+    if block["tables"] == "sample":
+        new = acceptor.Acceptor.from_state(dict(new.to_state(), tables="sample"))
+    return new
+
+
 def apply(m, digits, now):
     """``Meter.apply_sts_token``: accept ``digits`` on meter ``m`` exactly once;
     returns ``(reason, detail)`` (see there)."""

@@ -343,6 +343,14 @@ def test_generic_command_verifies_and_its_id_is_the_first_field():
     raises(auth.AuthError, auth.make_command, KEY, "relay_close", METER, 1, LATER, [])
 
 
+def test_the_signing_half_stays_importable_from_auth():
+    from firmware.core import signing
+    eq((auth.sign, auth.make_command, auth.make_topup),
+       (signing.sign, signing.make_command, signing.make_topup))
+    eq(issubclass(auth.AuthError, ValueError), True)
+    raises(AttributeError, getattr, auth, "NoSuchName")
+
+
 def test_read_topup_refuses_other_kinds():
     cmd = auth.make_command(KEY, "relay_close", METER, 1, LATER, ["C-1"])
     raises(auth.AuthError, auth.read_topup, cmd)

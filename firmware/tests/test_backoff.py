@@ -73,6 +73,11 @@ def test_nonsense_backoff_parameters_are_rejected():
     raises(BackoffError, Backoff, 1000, 8000, 2)  # no random source
 
 
+def test_errors_are_value_errors():
+    eq(issubclass(BackoffError, ValueError) and issubclass(SupervisorError, ValueError), True)
+    eq(type(raises(ValueError, Backoff, 0, 1000, 2, top)) is BackoffError, True)
+
+
 def test_backoff_from_state_continues_where_it_stopped():
     b = Backoff(base_ms=1000, cap_ms=60000, randrange=top)
     b.next_delay_ms()

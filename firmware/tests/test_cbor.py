@@ -276,3 +276,11 @@ def test_decoder_refuses_an_item_over_max_bytes_even_when_it_arrives_whole():
     items = dec.feed(H("8401020304" "05"))  # 5-byte array, then 5
     raises(CborError, next, items)
     eq(list(dec.feed(b"")), [5])
+
+
+def test_error_map_and_tag_classes_are_the_same_on_every_use():
+    assert issubclass(CborError, ValueError)
+    assert cbor.CborError is CborError and cbor.Map is Map and cbor.Tag is Tag
+    assert isinstance(raises(ValueError, decode, H("ff")), CborError)
+    assert type(decode(H("c101"))) is Tag
+    raises(AttributeError, getattr, cbor, "NoSuchName")

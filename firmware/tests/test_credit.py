@@ -546,6 +546,7 @@ def test_event_codes_are_the_meter_event_log_codes():
     for code, name in cr.EVENT_NAMES.items():
         want = ev.CREDIT_STATE if code == cr.EV_STATE_CHANGED else getattr(ev, name)
         eq(code, want, name)
+        eq(getattr(cr, "EV_" + name), code, name)  # made on demand, like EVENT_NAMES
 
 
 # --- random walk -----------------------------------------------------------

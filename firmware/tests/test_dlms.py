@@ -103,16 +103,14 @@ def test_get_request_with_entry_selective_access():
 
 
 def test_get_response_normal_data_and_error():
-    r = dlms.parse_get_response(H("C401C1000600001234"))
-    eq((r.kind, r.invoke_id, r.data), (dlms.RESP_DATA, 1, H("0600001234")))
-    r = dlms.parse_get_response(H("C401C10104"))
-    eq((r.kind, r.error), (dlms.RESP_ERROR, dlms.DAR_OBJECT_UNDEFINED))
+    # (kind, invoke id, data or Data-Access-Result, block number, last block)
+    eq(dlms.parse_get_response(H("C401C1000600001234")), (dlms.RESP_DATA, 1, H("0600001234"), 0, True))
+    eq(dlms.parse_get_response(H("C401C10104")), (dlms.RESP_ERROR, 1, dlms.DAR_OBJECT_UNDEFINED, 0, True))
 
 
 def test_get_response_with_datablock():
     # C4 02 C1, last-block false, block 1, raw-data choice 0, octet string of 3 bytes
-    r = dlms.parse_get_response(H("C402C100000000010003010203"))
-    eq((r.kind, r.last_block, r.block_number, r.data), (dlms.RESP_BLOCK, False, 1, H("010203")))
+    eq(dlms.parse_get_response(H("C402C100000000010003010203")), (dlms.RESP_BLOCK, 1, H("010203"), 1, False))
     raises(dlms.DlmsError, dlms.parse_get_response, H("C402C10000000001000401020304FF"))
 
 
@@ -121,11 +119,6 @@ def test_exception_response_raises():
     assert "exception" in str(err)
 
 
-def test_blocks_out_of_order_or_too_large_are_refused():
-    b = dlms.BlockAssembler(max_bytes=4)
-    raises(dlms.DlmsError, b.add, dlms.GetResponse(dlms.RESP_BLOCK, 1, b"\x01", block_number=2))
-    b.add(dlms.GetResponse(dlms.RESP_BLOCK, 1, b"\x01\x02\x03", block_number=1, last_block=False))
-    raises(dlms.DlmsError, b.add, dlms.GetResponse(dlms.RESP_BLOCK, 1, b"\x04\x05", block_number=2))
 
 
 # -- A-XDR data ---------------------------------------------------------------------------
@@ -215,6 +208,24 @@ def test_real_meter_registers_in_our_units():
              "active_power_w": 510, "power_factor_milli": 975})
 
 
+def test_register_table_has_the_is_15959_obis_codes_and_units():
+    # (OBIS, accepted units, exponent of our unit); units are the Blue Book enumeration
+    want = {
+        "energy_import_wh": ("1.0.1.8.0.255", (30,), 0),  # Wh
+        "voltage_mv": ("1.0.12.7.0.255", (35,), -3),  # V
+        "current_ma": ("1.0.11.7.0.255", (33,), -3),  # A
+        "active_power_w": ("1.0.1.7.0.255", (27,), 0),  # W
+        "power_factor_milli": ("1.0.13.7.0.255", (255, 0), -3),  # count, or 0
+        "frequency_mhz": ("1.0.14.7.0.255", (44,), -3),  # Hz
+    }
+    for name in want:
+        text, units, exponent = want[name]
+        eq(dlms_objects.register(name), (dlms_objects.obis(text), units, exponent), name)
+        eq(dlms_objects.QUANTITIES[name], dlms_objects.register(name), name)
+    eq(sorted(dlms_objects.QUANTITIES), sorted(want))
+    raises(KeyError, dlms_objects.register, "reactive_power_var")
+
+
 def test_scaler_three_means_kwh_and_negative_scalers_truncate():
     eq(dlms_objects.register_value(56, (3, 30), "energy_import_wh"), 56000)
     eq(dlms_objects.register_value(12345, (-1, 30), "energy_import_wh"), 1234)  # 1234.5 Wh
@@ -278,7 +289,7 @@ def _meter(**kw):
 
 
 def _exchange(client, meter, request, max_rounds=50):
-    """Pass bytes both ways until the client reports an event."""
+    """Pass bytes both ways until the client reports an event (kind, value)."""
     tx = request
     for _ in range(max_rounds):
         rx = meter.feed(tx)
@@ -293,19 +304,19 @@ def _exchange(client, meter, request, max_rounds=50):
 def test_session_reads_clock_energy_and_profile_then_disconnects():
     meter = _meter(max_info=64, block_size=100)
     c = DlmsClient(server_physical=17)
-    eq(_exchange(c, meter, c.connect()).kind, dlms_client.EV_LINKED)
+    eq(_exchange(c, meter, c.connect())[0], dlms_client.EV_LINKED)
     eq(c.link.max_info_rx, 64)
     ev = _exchange(c, meter, c.associate())
-    eq(ev.kind, dlms_client.EV_ASSOCIATED)
-    eq(ev.value.max_pdu, 512)
+    eq(ev[0], dlms_client.EV_ASSOCIATED)
+    eq(ev[1].max_pdu, 512)
     ev = _exchange(c, meter, c.get(8, dlms_objects.CLOCK, 2))
-    eq(dlms_objects.clock_utc(ev.value), 1795762800)  # 12:30 IST
-    value = _exchange(c, meter, c.get(3, dlms_objects.ENERGY_IMPORT, 2)).value
-    su = _exchange(c, meter, c.get(3, dlms_objects.ENERGY_IMPORT, 3)).value
+    eq(dlms_objects.clock_utc(ev[1]), 1795762800)  # 12:30 IST
+    value = _exchange(c, meter, c.get(3, dlms_objects.ENERGY_IMPORT, 2))[1]
+    su = _exchange(c, meter, c.get(3, dlms_objects.ENERGY_IMPORT, 3))[1]
     eq(dlms_objects.register_value(value, su, "energy_import_wh"), 1234567000)
     columns = dlms_objects.capture_objects(
-        _exchange(c, meter, c.get(7, dlms_objects.BLOCK_LOAD_PROFILE, 3)).value)
-    buffer = _exchange(c, meter, c.get(7, dlms_objects.BLOCK_LOAD_PROFILE, 2)).value
+        _exchange(c, meter, c.get(7, dlms_objects.BLOCK_LOAD_PROFILE, 3))[1])
+    buffer = _exchange(c, meter, c.get(7, dlms_objects.BLOCK_LOAD_PROFILE, 2))[1]
     rows = dlms_objects.profile_rows(buffer, columns)
     eq(len(rows), 12)
     eq(rows[0][:2], [1795719600 - 1800, 100])  # 00:00 IST 27 Nov
@@ -313,7 +324,7 @@ def test_session_reads_clock_energy_and_profile_then_disconnects():
     # 12 entries of 24 bytes (02 03, 09 0C + 12, 06 + 4, 12 + 2) + 01 0C = 290 bytes:
     # three blocks of <= 100 bytes, so the client must ask GET-next twice
     eq(len([a for a in meter.log if a[:2] == b"\xc0\x02"]), 2)
-    eq(_exchange(c, meter, c.disconnect()).kind, dlms_client.EV_CLOSED)
+    eq(_exchange(c, meter, c.disconnect())[0], dlms_client.EV_CLOSED)
     eq(c.state, dlms_client.CLOSED)
 
 
@@ -323,9 +334,9 @@ def test_missing_object_is_an_access_error_and_the_session_goes_on():
     _exchange(c, meter, c.connect())
     _exchange(c, meter, c.associate())
     ev = _exchange(c, meter, c.get(3, dlms_objects.FREQUENCY, 2))
-    eq((ev.kind, ev.value), (dlms_client.EV_ACCESS_ERROR, dlms.DAR_OBJECT_UNDEFINED))
+    eq((ev[0], ev[1]), (dlms_client.EV_ACCESS_ERROR, dlms.DAR_OBJECT_UNDEFINED))
     eq(c.state, dlms_client.READY)
-    eq(_exchange(c, meter, c.get(3, dlms_objects.ENERGY_IMPORT, 2)).value, 1234567)
+    eq(_exchange(c, meter, c.get(3, dlms_objects.ENERGY_IMPORT, 2))[1], 1234567)
 
 
 def test_low_level_security_password_is_checked_by_the_meter():
@@ -333,12 +344,12 @@ def test_low_level_security_password_is_checked_by_the_meter():
     c = DlmsClient(server_physical=17, password=b"wrong!!!")
     _exchange(c, meter, c.connect())
     ev = _exchange(c, meter, c.associate())
-    eq(ev.kind, dlms_client.EV_REJECTED)
-    eq((ev.value.result, ev.value.diagnostic), (dlms.REJECTED_PERMANENT, dlms.DIAG_AUTHENTICATION_FAILURE))
+    eq(ev[0], dlms_client.EV_REJECTED)
+    eq((ev[1].result, ev[1].diagnostic), (dlms.REJECTED_PERMANENT, dlms.DIAG_AUTHENTICATION_FAILURE))
     eq(c.state, dlms_client.LINKED)
     c2 = DlmsClient(server_physical=17, password=b"12345678")
     _exchange(c2, meter, c2.connect())
-    eq(_exchange(c2, meter, c2.associate()).kind, dlms_client.EV_ASSOCIATED)
+    eq(_exchange(c2, meter, c2.associate())[0], dlms_client.EV_ASSOCIATED)
 
 
 def test_session_survives_bytes_arriving_one_at_a_time():
@@ -357,6 +368,36 @@ def test_session_survives_bytes_arriving_one_at_a_time():
     eq(c.state, dlms_client.READY)
 
 
+def _from_meter(c, apdu):
+    """An I-frame from the meter carrying ``apdu``, in sequence for client ``c``."""
+    return hdlc.encode_frame(c.link.client, c.link.server, hdlc.i_control(c.link.vr, c.link.vs),
+                             hdlc.LLC_RESPONSE + apdu)
+
+
+def _reading_client(**kw):
+    c = DlmsClient(server_physical=17, **kw)
+    meter = _meter()
+    _exchange(c, meter, c.connect())
+    _exchange(c, meter, c.associate())
+    c.get(7, dlms_objects.BLOCK_LOAD_PROFILE, 2)
+    return c
+
+
+def test_blocks_out_of_order_or_too_large_are_refused():
+    # GET.response-with-datablock: C4 02, invoke id, last-block, block number (4 bytes),
+    # raw-data choice 0, octet string
+    c = _reading_client()
+    err = raises(dlms.DlmsError, c.feed, _from_meter(c, H("C402C1 00 00000002 00 01 01".replace(" ", ""))))
+    assert "block 2 received, expected 1" in str(err), err
+    c = _reading_client(max_data_bytes=4)
+    out, ev = c.feed(_from_meter(c, H("C402C1 00 00000001 00 03 010203".replace(" ", ""))))
+    eq(ev, None)
+    (f,) = hdlc.FrameParser().feed(out)
+    eq(f.info, hdlc.LLC_REQUEST + dlms.get_request_next(1))  # GET-next for block 2
+    err = raises(dlms.DlmsError, c.feed, _from_meter(c, H("C402C1 01 00000002 00 02 0405".replace(" ", ""))))
+    assert "larger than 4 bytes" in str(err), err
+
+
 def test_illegal_calls_raise_state_errors():
     c = DlmsClient()
     raises(dlms_client.DlmsStateError, c.get, 3, dlms_objects.ENERGY_IMPORT, 2)
@@ -372,4 +413,4 @@ def test_disc_answered_with_dm_also_closes():
     c.disconnect()
     dm = hdlc.encode_frame(c.link.client, c.link.server, hdlc.DM)
     out, ev = c.feed(dm)
-    eq((out, ev.kind, c.state), (b"", dlms_client.EV_CLOSED, dlms_client.CLOSED))
+    eq((out, ev[0], c.state), (b"", dlms_client.EV_CLOSED, dlms_client.CLOSED))

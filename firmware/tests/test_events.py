@@ -36,6 +36,13 @@ def test_names_cover_every_code_once_and_codes_fit_a_byte():
         assert 0 < code < 256
 
 
+def test_every_name_is_its_code_whether_a_global_or_made_on_demand():
+    for code, name in ev.NAMES.items():
+        eq(getattr(ev, name), code, name)
+    eq((ev.POWER_FAIL, ev.MAGNET, ev.EVENTS_LOST, ev.FW_ROLLED_BACK), (1, 5, 23, 27))
+    raises(AttributeError, getattr, ev, "NO_SUCH_EVENT")
+
+
 def test_sequence_numbers_start_at_one_and_count_up():
     log = ev.EventLog(4)
     eq(log.last_seq, 0)

@@ -34,6 +34,23 @@ def test_crc16_x25_check_value_is_906e():
     eq(hdlc.crc16_x25(b"123456789"), 0x906E)
 
 
+def _crc16_x25_bitwise(data):
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFF
+
+
+def test_crc16_x25_table_matches_the_bitwise_definition():
+    # one byte after init 0xFFFF looks up table entry 0xFF ^ byte: every entry once
+    for byte in range(256):
+        eq(hdlc.crc16_x25(bytes((byte,))), _crc16_x25_bitwise(bytes((byte,))), "byte %d" % byte)
+    data = bytes(range(256)) * 2
+    eq(hdlc.crc16_x25(data), _crc16_x25_bitwise(data))
+
+
 def test_address_forms_one_two_and_four_bytes():
     eq(hdlc.client_address(16), b"\x21")
     eq(hdlc.server_address(1), b"\x03")
@@ -70,6 +87,7 @@ def test_control_bytes_for_each_frame_kind():
     eq(hdlc.rr_control(2), 0x51)  # RRR=010 P=1 0001
     kinds = [hdlc.frame_kind(c) for c in (0x93, 0x73, 0x53, 0x1F, 0x97, 0x13, 0x51, 0x55, 0x32)]
     eq(kinds, ["SNRM", "UA", "DISC", "DM", "FRMR", "UI", "RR", "RNR", "I"])
+    eq([hdlc.frame_kind(c) for c in (0x09, 0x0D, 0xE3, 0x83, 0x63)], ["?", "?", "?", "SNRM", "UA"])
 
 
 def test_ua_parameters_parse_from_kmethy_and_gurux():

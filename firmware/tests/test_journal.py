@@ -184,32 +184,32 @@ def test_wear_counts_roll_over_at_utc_midnight():
     j = Journal(RamSlots())
     for t in (T0 + 10, T0 + 3600, T0 + DAY_S - 1):  # three writes on UTC day 20784
         j.commit(b"x", t)
-    eq((j.writes_today, j.writes_previous_day, j.writes_total), (3, 0, 3))
+    eq((j.writes_today, j.wear.previous_day, j.writes_total), (3, 0, 3))
     j.commit(b"x", T0 + DAY_S)  # 00:00:00 of the next UTC day
-    eq((j.writes_today, j.writes_previous_day, j.writes_total), (1, 3, 4))
+    eq((j.writes_today, j.wear.previous_day, j.writes_total), (1, 3, 4))
     j.commit(b"x", T0 + 3 * DAY_S)  # two days later: the day before had no writes
-    eq((j.writes_today, j.writes_previous_day, j.writes_total), (1, 0, 5))
+    eq((j.writes_today, j.wear.previous_day, j.writes_total), (1, 0, 5))
 
 
 def test_clock_stepping_back_counts_into_the_current_day():
     j = Journal(RamSlots())
     j.commit(b"x", T0 + DAY_S)
     j.commit(b"x", T0)  # a day earlier
-    eq((j.writes_today, j.writes_previous_day, j.writes_total), (2, 0, 2))
+    eq((j.writes_today, j.wear.previous_day, j.writes_total), (2, 0, 2))
 
 
 def test_over_budget_only_after_more_writes_than_the_daily_budget():
-    j = Journal(RamSlots(), writes_per_day_budget=2)
+    j = Journal(RamSlots(), budget_per_day=2)
     j.commit(b"x", T0)
     j.commit(b"x", T0 + 1)
-    assert not j.over_budget(T0 + 2)  # 2 writes, budget 2
+    assert not j.wear.over_budget(T0 + 2)  # 2 writes, budget 2
     j.commit(b"x", T0 + 3)
-    assert j.over_budget(T0 + 4)  # 3 > 2
-    assert not j.over_budget(T0 + DAY_S)  # new day, nothing written yet
+    assert j.wear.over_budget(T0 + 4)  # 3 > 2
+    assert not j.wear.over_budget(T0 + DAY_S)  # new day, nothing written yet
 
 
 def test_wear_counter_state_round_trips():
-    j = Journal(RamSlots(), writes_per_day_budget=7)
+    j = Journal(RamSlots(), budget_per_day=7)
     j.commit(b"x", T0)
     j.commit(b"x", T0 + DAY_S)
     w = jr.WearCounter.from_state(j.wear.to_state())

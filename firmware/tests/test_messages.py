@@ -86,3 +86,32 @@ def test_commands_round_trip_and_need_every_field():
     raises(msg.MessageError, msg.encode_command, short)
     raises(msg.MessageError, msg.decode_command, cbor.encode(short))
     raises(msg.MessageError, msg.decode_command, b"\x1c")
+
+
+def test_schema_tuples_for_the_head_end_are_the_checks_the_meter_runs():
+    # headend.fastdecode compares these exact tuples before it trusts its fast path
+    eq(msg._ENVELOPE, ("v", "int", True, "m", "str", True, "s", "int", True, "t", "int", True))
+    eq(msg.SCHEMA["reading"], ("iv", "int", True, "u", "str", True, "cum", "int", True,
+                               "r", "list", True))
+    eq(sorted(msg.SCHEMA), sorted(msg.UPLINK_KINDS))
+    cf = msg.COMMAND_FIELDS
+    eq([cf[i] for i in range(0, len(cf), 3)],
+       ["kind", "meter_id", "counter", "expires_at", "id", "fields", "mac"])
+    for kind in msg.UPLINK_KINDS:
+        fields = msg.SCHEMA[kind]
+        body = {"v": 1, "m": "UJ-1", "s": 1, "t": T}
+        for i in range(0, len(fields), 3):
+            if fields[i + 2]:  # required: missing is refused, then add it
+                raises(msg.MessageError, msg.validate, kind, dict(body))
+                body[fields[i]] = {"int": 1, "int?": None, "str": "x", "bool": True,
+                                   "list": []}[fields[i + 1]]
+        if kind == "snapshot":
+            body["k"] = "daily"
+        msg.validate(kind, body)
+
+
+def test_message_error_is_one_value_error_class():
+    assert issubclass(msg.MessageError, ValueError)
+    assert msg.MessageError is msg.MessageError
+    err = raises(ValueError, msg.decode_command, b"\x1c")
+    assert isinstance(err, msg.MessageError)

@@ -1,13 +1,14 @@
 """The ``backfill`` downlink in the meter core: checked, journaled, exactly once; the app re-publishes."""
 from firmware.core import auth, journal, localtime
-from firmware.core.meter import (BAD_VALUE, EXAMPLE_CONFIG, MAX_BACKFILL_SPAN, RESULT_NAMES, Meter,
-                                 MeterConfig, backfill_range)
+from firmware.core.meter import (BAD_VALUE, EXAMPLE_CONFIG, RESULT_NAMES, Meter, MeterConfig,
+                                 backfill_range)
 from firmware.core.outbox import RamSlots
 from firmware.tests.check import eq
 
 T0 = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 27), localtime.IST_OFFSET_S)
 KEY = bytes.fromhex(EXAMPLE_CONFIG["key_hex"])
 MID = EXAMPLE_CONFIG["meter_id"]
+MAX_BACKFILL_SPAN = 10000  # sequence numbers one backfill command may ask for (meter.py)
 
 
 def meter(slots=None):

@@ -4,14 +4,15 @@ The core decides and logs CLOCK_SET (value = the step in seconds); the app
 moves the board clock (``firmware/app/main.py`` ``App.set_clock``).
 """
 from firmware.core import auth, events, journal, localtime
-from firmware.core.meter import (BAD_VALUE, CLOCK_EPOCH_T, EXAMPLE_CONFIG, MAX_CLOCK_STEP_S, Meter,
-                                 MeterConfig, clock_sync_time)
+from firmware.core.meter import BAD_VALUE, EXAMPLE_CONFIG, Meter, MeterConfig, clock_sync_time
 from firmware.core.outbox import RamSlots
 from firmware.tests.check import eq
 
 T0 = localtime.local_midnight_utc(localtime.days_from_civil(2026, 11, 27), localtime.IST_OFFSET_S)
 KEY = bytes.fromhex(EXAMPLE_CONFIG["key_hex"])
 MID = EXAMPLE_CONFIG["meter_id"]
+CLOCK_EPOCH_T = 1767225600  # 2026-01-01 00:00 UTC: the oldest time a ``time`` command may set
+MAX_CLOCK_STEP_S = 86400  # the default limit of an unforced step: a day
 
 
 def meter(slots=None, now=T0):
@@ -69,6 +70,7 @@ def test_time_before_the_epoch_is_bad_value_and_changes_nothing():
 
 def test_jump_beyond_the_limit_is_bad_value_unless_forced():
     m = meter()
+    eq(m.max_clock_step_s, MAX_CLOCK_STEP_S)
     far = T0 + MAX_CLOCK_STEP_S + 1
     result, detail = m.apply_command(time_cmd(1, far), T0)
     eq(result, BAD_VALUE)

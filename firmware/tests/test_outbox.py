@@ -9,6 +9,7 @@ from firmware.core import outbox as ob
 from firmware.core.outbox import Outbox, OutboxError, OutboxFull, RamSegments, RamSlots
 from firmware.tests.check import eq, raises
 
+KIND_MESSAGE = 0x4D  # "M": a message record (the layout in outbox.py's docstring)
 T0 = 1795737600  # 2026-11-27 00:00:00 UTC (`date -u -d 2026-11-27 +%s`)
 
 # Small geometry so the arithmetic is easy: a 128-byte segment holds its
@@ -59,7 +60,7 @@ class TornSlots(RamSlots):
 
 
 def test_message_record_bytes_follow_the_documented_layout():
-    rec = ob.encode_record(ob.KIND_MESSAGE, 7, b"hi")
+    rec = ob.encode_record(KIND_MESSAGE, 7, b"hi")
     eq(rec[:8], b"\x55\x4d\x00\x02\x00\x00\x00\x07")
     eq(len(rec), 8 + 2 + 4)  # header, payload, CRC
     eq(rec, hand_record(0x4D, 7, b"hi"))
@@ -98,10 +99,10 @@ def test_repeated_ack_writes_nothing_to_flash():
     box, _, _ = new_box()
     fill(box, [1, 2])
     box.ack(2, T0)
-    writes = box.cursor_writes
+    writes = box.cursor.wear.total
     eq(box.ack(2, T0), 0)
     eq(box.ack(1, T0), 0)
-    eq(box.cursor_writes, writes)
+    eq(box.cursor.wear.total, writes)
 
 
 def test_ack_beyond_the_newest_releases_only_what_exists():
@@ -237,15 +238,14 @@ def test_drop_counters_survive_restart():
     eq(seqs(again), list(range(4, 11)))
 
 
-def test_health_gives_the_heartbeat_depth_bytes_and_dropped_total():
+def test_depth_bytes_used_and_dropped_total_after_the_ring_came_round():
     box, _, _ = new_box(count=3)
     fill(box, range(1, 11))
-    h = box.health()
-    eq(h["outbox_depth"], 7)
-    eq(h["dropped_total"], 3)
+    eq(box.depth, 7)
+    eq(box.dropped_total, 3)
     # segments 1 and 2 full (16 + 3 * 32 = 112 bytes each), segment 0 holds header + message 10
-    eq(h["outbox_bytes"], 112 + 112 + 16 + 32)
-    eq(h["next_seq"], 11)
+    eq(box.bytes_used, 112 + 112 + 16 + 32)
+    eq(box.next_seq, 11)
 
 
 def test_torn_message_at_every_byte_offset_is_ignored_and_never_written_over():
@@ -326,12 +326,12 @@ def test_wear_is_one_write_per_message_plus_one_header_per_segment():
     box, flash, _ = new_box(count=3)
     fill(box, range(1, 8))  # 7 messages: segments 0, 1 full, segment 2 holds 1
     eq(flash.writes, 7 + 3)  # 7 messages + 3 segment headers
-    eq(box.segment_writes, 10)
+    eq(box.wear.total, 10)
     eq(flash.bytes_written, 7 * 32 + 3 * 16)
     eq(flash.erases, [1, 1, 1])  # each erased once, just before its header
-    eq(box.cursor_writes, 0)  # appends never touch the cursor
+    eq(box.cursor.wear.total, 0)  # appends never touch the cursor
     box.ack(7, T0)
-    eq(box.cursor_writes, 1)  # one ack releasing 7 messages costs one cursor write
+    eq(box.cursor.wear.total, 1)  # one ack releasing 7 messages costs one cursor write
     eq(flash.writes, 10)  # and no segment write or erase
     eq(flash.erases, [1, 1, 1])
 
@@ -350,6 +350,14 @@ def test_nonsense_configuration_is_rejected():
     raises(OutboxError, Outbox, RamSegments(2, SEG), RamSlots(), max_messages=0)
     raises(OutboxError, Outbox, RamSegments(2, SEG), RamSlots(), policy=7)
     raises(OutboxError, Outbox, RamSegments(2, SEG), RamSlots(), max_payload=101)
+
+
+def test_errors_are_value_errors_and_the_ram_stores_stay_importable_from_outbox():
+    from firmware.core import ramflash
+    eq(issubclass(OutboxFull, OutboxError) and issubclass(OutboxError, ValueError), True)
+    eq(type(raises(ValueError, Outbox, RamSegments(1, SEG), RamSlots())) is OutboxError, True)
+    eq((RamSegments, RamSlots), (ramflash.RamSegments, ramflash.RamSlots))
+    raises(AttributeError, getattr, ob, "NoSuchName")
 
 
 def test_random_walk_with_restarts_matches_a_plain_list_model():
@@ -397,7 +405,7 @@ def test_file_segments_keep_messages_across_restart_and_ignore_a_torn_tail():
         box.ack(1, T0)
         # tear: the first 9 bytes of message 6 appended as a killed write leaves them
         f = open(path + "/seg1.bin", "ab")
-        f.write(ob.encode_record(ob.KIND_MESSAGE, 6, msg(6))[:9])
+        f.write(ob.encode_record(KIND_MESSAGE, 6, msg(6))[:9])
         f.close()
         again = Outbox(FileSegments(path, 3, SEG), FileSlots(path))
         eq(seqs(again), [2, 3, 4, 5])

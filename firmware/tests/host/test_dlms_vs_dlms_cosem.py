@@ -187,14 +187,13 @@ def test_we_parse_dlms_cosem_aare():
 def test_we_parse_dlms_cosem_get_response_blocks(raw, block, last):
     cls = G.GetResponseLastBlock if last else G.GetResponseWithBlock
     apdu = cls(raw, block_number=block).to_bytes()
-    r = dlms.parse_get_response(apdu)
-    assert (r.kind, r.data, r.block_number, r.last_block) == (dlms.RESP_BLOCK, raw, block, last)
+    assert dlms.parse_get_response(apdu) == (dlms.RESP_BLOCK, 1, raw, block, last)  # invoke id 1
 
 
 def test_we_parse_dlms_cosem_get_response_error():
     apdu = G.GetResponseNormalWithError(enums.DataAccessResult.OBJECT_UNAVAILABLE).to_bytes()
-    r = dlms.parse_get_response(apdu)
-    assert (r.kind, r.error) == (dlms.RESP_ERROR, dlms.DAR_OBJECT_UNAVAILABLE)
+    kind, _, error, _, _ = dlms.parse_get_response(apdu)
+    assert (kind, error) == (dlms.RESP_ERROR, dlms.DAR_OBJECT_UNAVAILABLE)
 
 
 # -- A-XDR data -------------------------------------------------------------------------------

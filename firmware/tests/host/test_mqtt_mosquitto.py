@@ -55,7 +55,7 @@ def big_payload():
 async def roundtrip(host, port, prefix):
     s = Session(prefix.replace("/", "-"), keepalive_s=30)
     c = MqttConnection(s)
-    ack = await c.connect(host, port)
+    present = await c.connect(host, port)
     granted = await c.subscribe([(prefix + "/#", 1)])
     await c.publish(prefix + "/q0", b"\x00\x01reading-q0\xff", 0)
     pid = await c.publish(prefix + "/q1", b"credit:12345 paise", 1)
@@ -69,8 +69,7 @@ async def roundtrip(host, port, prefix):
                     m.retain])
     await c.ping()
     await c.close()
-    say(connack=[ack.session_present, ack.return_code], granted=granted, pid=pid, got=got,
-        error=c.error)
+    say(session_present=present, granted=granted, pid=pid, got=got, error=c.error)
 
 
 async def will(host, port, prefix, close_cleanly):
@@ -89,8 +88,8 @@ async def will(host, port, prefix, close_cleanly):
 async def resend(host, port, prefix):
     s = Session(prefix.replace("/", "-"), keepalive_s=30, clean_session=False, retry_s=0)
     c = MqttConnection(s)
-    ack = await c.connect(host, port)
-    say(event="connected", session_present=ack.session_present)
+    present = await c.connect(host, port)
+    say(event="connected", session_present=present)
     try:
         await c.publish(prefix + "/r", b"reading#1 e_wh=1500", 1, timeout_s=1)
         say(event="unexpected-puback")
@@ -98,9 +97,9 @@ async def resend(host, port, prefix):
         say(event="ack-timeout", in_flight=s.in_flight_ids())
     await c.abort("test drops the link")
     c2 = MqttConnection(s)  # the supervisor's job: same Session, new connection
-    ack = await c2.connect(host, port)
+    present = await c2.connect(host, port)
     await c2.wait_all_acked(5)
-    say(event="acked", session_present=ack.session_present, in_flight=s.in_flight_ids(),
+    say(event="acked", session_present=present, in_flight=s.in_flight_ids(),
         resent=s.resent)
     await c2.close()
 
@@ -131,6 +130,18 @@ async def keepalive_tick(host, port, prefix):
     say(alive=alive, error=c.error)
 
 
+async def refused(host, port, prefix):
+    # an empty client id, which this broker is configured to refuse
+    from firmware.app.mqtt_client import ConnectRefused
+    c = MqttConnection(Session(""))
+    try:
+        await c.connect(host, port)
+        say(event="unexpected-connack")
+    except ConnectRefused as e:
+        say(error=type(e).__name__, message=str(e), return_code=e.return_code, name=e.name,
+            connected=c.is_connected)
+
+
 mode, host, port, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if mode == "roundtrip":
     asyncio.run(roundtrip(host, port, prefix))
@@ -144,6 +155,8 @@ elif mode == "keepalive-tick":
     asyncio.run(keepalive_tick(host, port, prefix))
 elif mode == "resend":
     asyncio.run(resend(host, port, prefix))
+elif mode == "refused":
+    asyncio.run(refused(host, port, prefix))
 '''
 
 
@@ -163,7 +176,8 @@ def interpreter(runtime, heapsize=None):
 
 
 MPY_MODULES = ("firmware/__init__.py", "firmware/app/__init__.py", "firmware/protocol/__init__.py",
-               "firmware/app/mqtt_client.py", "firmware/protocol/mqtt.py")
+               "firmware/app/mqtt_client.py", "firmware/protocol/mqtt.py",
+               "firmware/protocol/mqtt_more.py")
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +304,7 @@ def test_client_publishes_subscribes_and_receives_its_own_messages(
     # port: 112 KB passes, 96 KB does not.
     out = run_client(runtime, client_script, "roundtrip", host, port, prefix, heapsize="128k")[-1]
 
-    eq_out = {"connack": [False, 0], "granted": [1], "pid": out["pid"], "error": "closed by client"}
+    eq_out = {"session_present": False, "granted": [1], "pid": out["pid"], "error": "closed by client"}
     assert {k: out[k] for k in eq_out} == eq_out
     assert out["pid"] >= 1
     big = big_payload()
@@ -472,3 +486,21 @@ def test_unacked_qos1_publish_is_resent_with_dup_on_reconnect_of_persistent_sess
     assert watcher.wait_for(1) == [(prefix + "/r", payload, 1, False)]
     time.sleep(0.3)
     assert len(watcher.messages) == 1  # delivered once
+
+
+# ------------------------------------------------------------ a refused CONNECT
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_refused_connect_raises_connect_refused_with_the_return_codes_name(
+        runtime, tmp_path, client_script):
+    from firmware.tests.host.conftest import Broker
+    broker = Broker(tmp_path / "broker", extra_config="allow_zero_length_clientid false")
+    broker.start()
+    try:
+        out = run_client(runtime, client_script, "refused", broker.host, broker.port, "x")
+    finally:
+        broker.stop()
+    # 3.2.2.3 Table 3.1: return code 2 is "identifier rejected"
+    assert out == [{"error": "ConnectRefused",
+                    "message": "broker refused CONNECT: IDENTIFIER_REJECTED (2)",
+                    "return_code": 2, "name": "IDENTIFIER_REJECTED", "connected": False}]
