@@ -34,51 +34,48 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]
         return x
 
-MAX_PAYLOAD = const(4096)
+_MAX_PAYLOAD = const(4096)
 
-# value kinds
-INT = "int"
-WORD = "word"      # printable ASCII, no spaces
-TEXT = "text"      # printable ASCII, spaces allowed (Wi-Fi SSID)
-HEX = "hex"
-JSON = "json"
-CHOICE = "choice"
+# value kinds (private ints: a public name, or a short string, is interned for good)
+_INT = const(0)
+_WORD = const(1)     # printable ASCII, no spaces
+_TEXT = const(2)     # printable ASCII, spaces allowed (Wi-Fi SSID)
+_HEX = const(3)
+_JSON = const(4)
+_CHOICE = const(5)
 
 # (name, kind, lo, hi / choices, secret, required, default)
 # lo/hi bound an INT's value or a string's length.
 KEYS = (
-    ("meter_id", WORD, 1, 32, False, True, None),
-    ("service", CHOICE, 0, ("electricity", "water", "gas"), False, False, "electricity"),
-    ("broker_host", WORD, 1, 64, False, True, None),
-    ("broker_port", INT, 1, 65535, False, False, 1883),
-    ("wifi_ssid", TEXT, 0, 32, False, False, ""),
-    ("wifi_password", TEXT, 0, 63, True, False, ""),
-    ("pulse_constant", INT, 1, 1000000, False, False, 3200),  # imp/kWh (water/gas: imp per litres_per_pulses L)
-    ("litres_per_pulses", INT, 1, 1000000, False, False, 10),
-    ("interval_s", CHOICE, 0, (900, 1800), False, False, 900),
-    ("step_s", INT, 10, 900, False, False, 60),
-    ("heartbeat_s", INT, 60, 86400, False, False, 900),
-    ("clock_max_step_s", INT, 1, 31536000, False, False, 86400),  # ``time`` downlink, unforced
-    ("energy_source", CHOICE, 0, ("pulses", "sdm", "dlms"), False, False, "pulses"),
-    ("modbus_slave", INT, 1, 247, False, False, 1),
-    ("modbus_period_s", INT, 1, 3600, False, False, 10),
-    ("dlms_physical", INT, 16, 16383, False, False, 17),
-    ("dlms_period_s", INT, 1, 3600, False, False, 60),
-    ("tariff", JSON, 2, 1024, False, True, None),
-    ("credit", JSON, 2, 1024, False, False, None),
-    ("opening_credit_paise", INT, 0, 100000000, False, False, 0),
-    ("key_hex", HEX, 32, 128, True, True, None),       # downlink HMAC key, 16..64 bytes
-    ("sts_key_hex", HEX, 16, 16, True, False, None),   # STS decoder key (DKGA02 output)
-    ("sts_paise_per_unit", INT, 1, 10000000, False, False, 1000),
+    ("meter_id", _WORD, 1, 32, False, True, None),
+    ("service", _CHOICE, 0, ("electricity", "water", "gas"), False, False, "electricity"),
+    ("broker_host", _WORD, 1, 64, False, True, None),
+    ("broker_port", _INT, 1, 65535, False, False, 1883),
+    ("wifi_ssid", _TEXT, 0, 32, False, False, ""),
+    ("wifi_password", _TEXT, 0, 63, True, False, ""),
+    ("pulse_constant", _INT, 1, 1000000, False, False, 3200),  # imp/kWh (water/gas: imp per litres_per_pulses L)
+    ("litres_per_pulses", _INT, 1, 1000000, False, False, 10),
+    ("interval_s", _CHOICE, 0, (900, 1800), False, False, 900),
+    ("step_s", _INT, 10, 900, False, False, 60),
+    ("heartbeat_s", _INT, 60, 86400, False, False, 900),
+    ("clock_max_step_s", _INT, 1, 31536000, False, False, 86400),  # ``time`` downlink, unforced
+    ("energy_source", _CHOICE, 0, ("pulses", "sdm", "dlms"), False, False, "pulses"),
+    ("modbus_slave", _INT, 1, 247, False, False, 1),
+    ("modbus_period_s", _INT, 1, 3600, False, False, 10),
+    ("dlms_physical", _INT, 16, 16383, False, False, 17),
+    ("dlms_period_s", _INT, 1, 3600, False, False, 60),
+    ("tariff", _JSON, 2, 1024, False, True, None),
+    ("credit", _JSON, 2, 1024, False, False, None),
+    ("opening_credit_paise", _INT, 0, 100000000, False, False, 0),
+    ("key_hex", _HEX, 32, 128, True, True, None),       # downlink HMAC key, 16..64 bytes
+    ("sts_key_hex", _HEX, 16, 16, True, False, None),   # STS decoder key (DKGA02 output)
+    ("sts_paise_per_unit", _INT, 1, 10000000, False, False, 1000),
 )
-NAMES = tuple(k[0] for k in KEYS)
+NAMES = tuple([k[0] for k in KEYS])
 # Settings that are key material: only in commissioning mode, and never printed.
-SECRET_NAMES = tuple(k[0] for k in KEYS if k[4])
-# Short names the CLI accepts.
-ALIASES = {"pulses_per_kwh": "pulse_constant", "wifi": "wifi_ssid", "key": "key_hex",
-           "sts_key": "sts_key_hex", "port": "broker_port"}
+SECRET_NAMES = tuple([k[0] for k in KEYS if k[4]])
 
-_HEX_DIGITS = "0123456789abcdefABCDEF"
+_HEX_DIGITS = const("0123456789abcdefABCDEF")
 
 
 class ConfigError(ValueError):
@@ -93,32 +90,25 @@ def _spec(name):
 
 
 def canonical_name(name):
-    """The setting's name after aliases; ConfigError when unknown."""
-    name = ALIASES.get(name, name)
+    """The setting's name after aliases (short names the CLI accepts); ConfigError when unknown."""
+    name = {"pulses_per_kwh": "pulse_constant", "wifi": "wifi_ssid", "key": "key_hex",
+            "sts_key": "sts_key_hex", "port": "broker_port"}.get(name, name)
     _spec(name)
     return name
 
 
-def _printable(text, spaces):
-    for ch in text:
-        o = ord(ch)
-        if o < 0x20 or o > 0x7E or (ch == " " and not spaces):
-            return False
-    return True
-
-
-def check_value(name, value):
+def _check(name, value):
     """Validate one typed value for ``name``; returns it (ConfigError otherwise)."""
     _, kind, lo, hi, _, _, _ = _spec(name)
-    if kind == INT:
+    if kind == _INT:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError("%s: must be a whole number in %d..%d" % (name, lo, hi))
         return value
-    if kind == CHOICE:
+    if kind == _CHOICE:
         if value not in hi or isinstance(value, bool):
             raise ConfigError("%s: one of %s" % (name, ", ".join([str(c) for c in hi])))
         return value
-    if kind == JSON:
+    if kind == _JSON:
         if not isinstance(value, dict):
             raise ConfigError("%s: must be a JSON object" % name)
         try:
@@ -126,14 +116,19 @@ def check_value(name, value):
                 tariff.Tariff.from_dict(value)
             else:
                 credit.CreditConfig.from_dict(value)
-        except (tariff.TariffError, credit.CreditConfigError) as err:
+        except ValueError as err:
+            # TariffError / CreditConfigError (ValueErrors, the only ones these raise),
+            # caught by their base: naming them would intern the names at import
             raise ConfigError("%s.%s" % (name, err))
         return value
     if not isinstance(value, str) or not lo <= len(value) <= hi:
         raise ConfigError("%s: must be %d..%d characters" % (name, lo, hi))
-    if not _printable(value, kind == TEXT):
-        raise ConfigError("%s: printable ASCII only%s" % (name, "" if kind == TEXT else ", no spaces"))
-    if kind == HEX:
+    for ch in value:
+        o = ord(ch)
+        if o < 0x20 or o > 0x7E or (o == 0x20 and kind != _TEXT):
+            raise ConfigError("%s: printable ASCII only%s"
+                              % (name, "" if kind == _TEXT else ", no spaces"))
+    if kind == _HEX:
         if len(value) % 2:
             raise ConfigError("%s: an even number of hex digits" % name)
         for ch in value:
@@ -147,27 +142,27 @@ def check_value(name, value):
     return value
 
 
-def parse_text(name, text):
-    """CLI text -> typed value for ``name`` (then ``check_value``)."""
+def parse_text(name, raw):
+    """CLI text ``raw`` -> typed value for ``name`` (then checked)."""
     kind = _spec(name)[1]
-    if kind == INT or (kind == CHOICE and name == "interval_s"):
-        if not text or len(text) > 10 or not _all_digits(text):
+    if kind == _INT or (kind == _CHOICE and name == "interval_s"):
+        if not raw or len(raw) > 10 or not _all_digits(raw):
             raise ConfigError("%s: must be a whole number" % name)
-        return check_value(name, int(text))
-    if kind == JSON:
-        if len(text) > 1024:
+        return _check(name, int(raw))
+    if kind == _JSON:
+        if len(raw) > 1024:
             raise ConfigError("%s: longer than 1024 characters" % name)
         try:
-            value = json.loads(text)
+            value = json.loads(raw)
         except ValueError:
             raise ConfigError("%s: not valid JSON" % name)
-        return check_value(name, value)
-    return check_value(name, text)
+        return _check(name, value)
+    return _check(name, raw)
 
 
-def _all_digits(text):
-    for ch in text:
-        if ch not in "0123456789":
+def _all_digits(raw):
+    for ch in raw:
+        if not 0x30 <= ord(ch) <= 0x39:  # '0'..'9' (str.isdigit takes other scripts' digits)
             return False
     return True
 
@@ -182,7 +177,7 @@ class ConfigStore:
     """
 
     def __init__(self, slots):
-        self.journal = Journal(slots, max_payload=MAX_PAYLOAD)
+        self.journal = Journal(slots, max_payload=_MAX_PAYLOAD)
         self.values = {}
         self.load_error = ""
         saved = self.journal.load()
@@ -190,7 +185,7 @@ class ConfigStore:
             try:
                 data = json.loads(saved)
                 for name in data:
-                    self.values[name] = check_value(name, data[name])
+                    self.values[name] = _check(name, data[name])
             except (ValueError, ConfigError) as err:
                 # a record that passed its CRC but not validation: a format from
                 # another firmware.  Start empty and say so (selftest reports it).
@@ -204,60 +199,48 @@ class ConfigStore:
             return self.values[name]
         return _spec(name)[6]
 
-    def is_set(self, name):
-        return canonical_name(name) in self.values
+    def missing(self, values=None):
+        """Required settings not set yet (in ``values``, by default those saved), in table order."""
+        if values is None:
+            values = self.values
+        return [k[0] for k in KEYS if k[5] and k[0] not in values]
 
-    def missing(self):
-        """Required settings not set yet, in table order."""
-        return [k[0] for k in KEYS if k[5] and k[0] not in self.values]
-
-    def set_text(self, name, text, now):
-        """Parse CLI ``text`` and save it; returns the value stored."""
+    def set_text(self, name, raw, now):
+        """Parse CLI text ``raw`` and save it; returns the value stored."""
         name = canonical_name(name)
-        value = parse_text(name, text)
+        value = parse_text(name, raw)
         self.set_many({name: value}, now)
         return value
 
-    def set_many(self, updates, now):
-        """Validate every update, then the whole configuration, then save once."""
+    def set_many(self, settings, now):
+        """Validate every update in ``settings``, then the whole configuration, then save once."""
         merged = {}
         for name in self.values:
             merged[name] = self.values[name]
-        for name in updates:
-            merged[canonical_name(name)] = check_value(canonical_name(name), updates[name])
-        self._check_together(merged)
+        for name in settings:
+            merged[canonical_name(name)] = _check(canonical_name(name), settings[name])
+        if not self.missing(merged):  # else checked again once the last required key arrives
+            self.meter_config(merged)
         self.journal.commit(json.dumps(merged).encode(), now)
         self.values = merged
 
-    def _check_together(self, values):
-        for k in KEYS:
-            if k[5] and k[0] not in values:
-                return  # incomplete: checked again once the last required key arrives
-        try:
-            MeterConfig.from_dict(self._meter_dict(values))
-        except MeterConfigError as err:
-            raise ConfigError(str(err))
-
-    def _value(self, values, name):
-        return values[name] if name in values else _spec(name)[6]
-
-    def _meter_dict(self, values):
-        v = lambda name: self._value(values, name)  # noqa: E731
+    def meter_config(self, values=None):
+        """The ``MeterConfig`` these settings describe (``values``: by default those saved);
+        ConfigError when incomplete or not a valid whole."""
+        if values is None:
+            values = self.values
+        missing = self.missing(values)
+        if missing:
+            raise ConfigError("not commissioned: set %s" % ", ".join(missing))
+        v = lambda name: values[name] if name in values else _spec(name)[6]  # noqa: E731
         d = {"meter_id": v("meter_id"), "service": v("service"),
              "pulses_per_unit": v("pulse_constant"), "litres_per_pulses": v("litres_per_pulses"),
              "interval_s": v("interval_s"), "key_hex": v("key_hex"), "tariff": v("tariff"),
              "credit": v("credit") or {}}
         if v("sts_key_hex"):
             d["sts"] = {"key_hex": v("sts_key_hex"), "paise_per_unit": v("sts_paise_per_unit")}
-        return d
-
-    def meter_config(self):
-        """The ``MeterConfig`` these settings describe; ConfigError when incomplete."""
-        missing = self.missing()
-        if missing:
-            raise ConfigError("not commissioned: set %s" % ", ".join(missing))
         try:
-            return MeterConfig.from_dict(self._meter_dict(self.values))
+            return MeterConfig.from_dict(d)
         except MeterConfigError as err:
             raise ConfigError(str(err))
 

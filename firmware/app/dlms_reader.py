@@ -23,6 +23,9 @@ _POLL_MS = const(5)
 _READ_CHUNK = const(256)
 # what a DLMS read asks the meter for (``dlms_objects`` names)
 _QUANTITIES = const(("energy_import_wh", "voltage_mv", "current_ma", "active_power_w"))
+# dlms_client's events (private consts there too: compiled away, no names on the meter)
+_EV_ASSOCIATED = const(2)
+_EV_DATA = const(4)
 
 
 def __getattr__(name):
@@ -45,19 +48,20 @@ class DlmsReader:
     quantities the meter has, or None (``error`` says why).
     """
 
-    def __init__(self, uart, ms, server_physical=17, password=None, timeout_ms=1500):
+    def __init__(self, uart, ms, address=17, password=None, timeout_ms=1500):
+        # ``address``: the meter's HDLC physical address (server lower address)
         from firmware.protocol import dlms_client, dlms_objects  # noqa: F401  # used in read()
 
         self.uart = uart
         self.ms = ms
-        self.server_physical = server_physical
+        self.address = address
         self.password = password
         self.timeout_ms = timeout_ms
         self.reads = 0
         self.failures = 0
         self.error = ""
 
-    async def _exchange(self, client, frame):
+    async def _request(self, client, frame):
         self.uart.write(frame)
         deadline = self.ms() + self.timeout_ms
         while self.ms() < deadline:
@@ -76,25 +80,25 @@ class DlmsReader:
     async def read(self):
         from firmware.protocol import dlms_client, dlms_objects
 
-        client = dlms_client.DlmsClient(server_physical=self.server_physical, password=self.password)
+        client = dlms_client.DlmsClient(address=self.address, password=self.password)
         # drop bytes left over from a late reply, so they cannot pose as the next one
         while self.uart.read(_READ_CHUNK):
             pass
         try:
-            await self._exchange(client, client.connect())
-            kind, _ = await self._exchange(client, client.associate())
-            if kind != dlms_client.EV_ASSOCIATED:
+            await self._request(client, client.connect())
+            kind, _ = await self._request(client, client.associate())
+            if kind != _EV_ASSOCIATED:
                 raise __getattr__("DlmsTimeout")("association rejected")
             values = {}
             for name in _QUANTITIES:
                 obis = dlms_objects.register(name)[0]
-                kind, value = await self._exchange(client, client.get(3, obis, 2))
-                if kind != dlms_client.EV_DATA:
+                kind, value = await self._request(client, client.get(3, obis, 2))
+                if kind != _EV_DATA:
                     continue  # the meter lacks this object
-                kind, unit = await self._exchange(client, client.get(3, obis, 3))
-                if kind == dlms_client.EV_DATA:
+                kind, unit = await self._request(client, client.get(3, obis, 3))
+                if kind == _EV_DATA:
                     values[name] = dlms_objects.register_value(value, unit, name)
-            await self._exchange(client, client.disconnect())
+            await self._request(client, client.disconnect())
         except Exception as e:  # timeouts, protocol and state errors: this read failed
             self.failures += 1
             self.error = "%s: %s" % (type(e).__name__, e)

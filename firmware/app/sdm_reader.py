@@ -22,56 +22,26 @@ except ImportError:  # CPython
 
 _POLL_MS = const(5)
 _READ_CHUNK = const(256)
-
-
-def _drain(uart):
-    """Drop bytes left over from a late reply, so they cannot pose as the next one."""
-    n = 0
-    while True:
-        data = uart.read(_READ_CHUNK)
-        if not data:
-            return n
-        n += len(data)
-
-
-async def transact(uart, request, ms, retries=2, bits=10):
-    """Run one Modbus ``request`` on ``uart``; returns the finished ``modbus.Transaction``.
-
-    ``bits`` 10 is 8N1 (the SDM120 default), 11 for 8E1/8N2.
-    """
-    from firmware.protocol import modbus
-
-    tx = modbus.Transaction(request, uart.baud, retries, bits)
-    _drain(uart)
-    uart.write(tx.start(ms()))
-    while not tx.done:
-        data = uart.read(_READ_CHUNK)
-        if data:
-            tx.feed(data)
-        frame = tx.poll(ms())
-        if frame:
-            _drain(uart)
-            uart.write(frame)
-        if not tx.done:
-            await asyncio.sleep(_POLL_MS / 1000)
-    return tx
+_BITS = const(10)  # 8N1, the SDM120's default (11 for 8E1/8N2)
+_MAX_READ = const(80)  # sdm.SDM_MAX_READ_REGISTERS: Eastron's limit per request
 
 
 class SdmReader:
     """Reads an Eastron meter's register map (``sdm.SDM120`` by default) in planned blocks.
 
     ``read()`` -> dict of integer values (``None`` for a NaN register), or
-    None when a block failed (``error`` says why).
+    None when a block failed (``error`` says why).  ``entries`` is a register
+    map in ``sdm``'s format.
     """
 
-    def __init__(self, uart, slave, ms, register_map=None, retries=2):
+    def __init__(self, uart, slave, ms, entries=None, retries=2):
         from firmware.protocol import modbus, sdm  # noqa: F401  # loaded here, used in read()
 
         self.uart = uart
         self.slave = slave
         self.ms = ms
         self.retries = retries
-        self.plan = sdm.plan_reads(register_map or sdm.SDM120, sdm.SDM_MAX_READ_REGISTERS)
+        self.plan = sdm.plan_reads(entries or sdm.SDM120, _MAX_READ)
         self.reads = 0
         self.failures = 0
         self.error = ""
@@ -79,14 +49,31 @@ class SdmReader:
     async def read(self):
         from firmware.protocol import modbus, sdm
 
+        uart = self.uart
         values = {}
         for address, count, entries in self.plan:
-            tx = await transact(self.uart, modbus.read_input_registers(self.slave, address, count),
-                                self.ms, self.retries)
+            # one Modbus transaction: write the request, poll the UART without blocking,
+            # resend or give up on a timeout (``modbus.Transaction``)
+            tx = modbus.Transaction(modbus.read_input_registers(self.slave, address, count),
+                                    uart.baud, self.retries, _BITS)
+            while uart.read(_READ_CHUNK):  # a late reply's bytes must not pose as this one
+                pass
+            uart.write(tx.start(self.ms()))
+            while not tx.done:
+                data = uart.read(_READ_CHUNK)
+                if data:
+                    tx.feed(data)
+                frame = tx.poll(self.ms())
+                if frame:
+                    while uart.read(_READ_CHUNK):
+                        pass
+                    uart.write(frame)
+                if not tx.done:
+                    await asyncio.sleep(_POLL_MS / 1000)
             resp = tx.response
             if resp is None or not resp.ok:
                 self.failures += 1
-                self.error = tx.error if resp is None else "exception " + resp.exception_name
+                self.error = tx.error if resp is None else "exception %s" % resp.exception_name
                 return None
             block = sdm.decode_registers(entries, address, resp)  # indexes like its registers
             for name in block:

@@ -26,11 +26,18 @@ def start_meter(app):
         app.not_ready = str(e)
         print("urja: not commissioned:", e)
         return False
+    c = app.config
+    opening_paise, max_step_s = c.get("opening_credit_paise"), c.get("clock_max_step_s")
+    pulse_constant, slave, physical = c.get("pulse_constant"), c.get("modbus_slave"), \
+        c.get("dlms_physical")
+    # every setting is read: let the store and its module go before the journal, the
+    # meter and the reader stack are built (boot's heap peak is the binding one)
+    c = None
+    app.release_config()
     app.journal = Journal(app.board.slots, max_payload=METER_JOURNAL_BYTES)
     now = app.clock.now()
-    app.meter = Meter(mc, now, app.journal,
-                      opening_credit_paise=app.config.get("opening_credit_paise"))
-    app.meter.max_clock_step_s = app.config.get("clock_max_step_s")
+    app.meter = Meter(mc, now, app.journal, opening_credit_paise=opening_paise)
+    app.meter.max_clock_step_s = max_step_s
     app._floor_t = app.meter.last_step_t
     app._last_step_t = app.meter.last_step_t
     app.outbox = Outbox(app.parts.outbox_segments, app.parts.outbox_slots,
@@ -40,13 +47,8 @@ def start_meter(app):
         app.pulse_delta = metering.CounterDelta(app.board.pulse_counter.bits)
         app.pulse_delta.update(app.board.pulse_counter.value())
     app._last_pulse_units = app.meter.energy_units
-    source = app.setting("energy_source")
-    if source in ("sdm", "dlms"):
-        app.energy_feed = RegisterFeed(app.config.get("pulse_constant"))
-    slave = app.config.get("modbus_slave")
-    physical = app.config.get("dlms_physical")
-    # the last setting read: let the store go before the reader stack loads (boot's heap peak)
-    app.release_config()
+    if app.setting("energy_source") in ("sdm", "dlms"):
+        app.energy_feed = RegisterFeed(pulse_constant)
     if app.board.rs485 is not None:
         from firmware.app.sdm_reader import SdmReader  # Modbus stack: only with an RS485 link
         app.sdm = SdmReader(app.board.rs485, slave, app.ms)

@@ -48,7 +48,7 @@ _DATES = const(3)
 _PCT = const(100)
 
 
-def credit_spec():
+def _spec():
     """The credit config's fields in a fixed order (to_dict, error messages), one row
     at a time: ``(field, kind, default, lo, hi)`` (a generator: no table in one piece)."""
     yield "low_credit_paise", _INT, 5000, 0, None
@@ -74,7 +74,7 @@ def credit_spec():
 def credit_names():
     """The credit config's field names, in order (``CreditConfig.to_dict``)."""
     out = []
-    for row in credit_spec():
+    for row in _spec():
         out.append(row[0])
     return out
 
@@ -83,39 +83,8 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _in_range(name, x, lo, hi):
-    if (lo is not None and x < lo) or (hi is not None and x > hi):
-        raise credit.CreditConfigError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
-
-
-def _check_field(name, kind, x, lo, hi):
-    if kind == _BOOL:
-        if not isinstance(x, bool):
-            raise credit.CreditConfigError("%s: must be true or false, got %r" % (name, x))
-        return x
-    if kind == _INT:
-        if not _is_int(x):
-            raise credit.CreditConfigError("%s: must be an integer, got %r" % (name, x))
-        _in_range(name, x, lo, hi)
-        return x
-    if not isinstance(x, (list, tuple)):
-        raise credit.CreditConfigError("%s: must be a list of integers, got %r" % (name, x))
-    out = []
-    for i, v in enumerate(x):
-        if not _is_int(v):
-            raise credit.CreditConfigError("%s[%d]: must be an integer, got %r" % (name, i, v))
-        if kind == _DATES:  # a real date YYYYMMDD: it survives a trip through day numbers
-            y, md = divmod(v, 10000)
-            m, day = divmod(md, 100)
-            if not (1 <= m <= 12 and 1 <= day <= 31 and localtime.civil_from_days(
-                    localtime.days_from_civil(y, m, day)) == (y, m, day)):
-                raise credit.CreditConfigError("%s[%d]: %r is not a date YYYYMMDD" % (name, i, v))
-        _in_range("%s[%d]" % (name, i), v, lo, hi)
-        if v in out:
-            raise credit.CreditConfigError("%s[%d]: duplicate %r" % (name, i, v))
-        out.append(v)
-    return out
-
+# The checks below are written out in their one caller: every module-level function
+# name is interned for good (qstrs are never freed), although this module is not.
 
 def credit_values(d):
     """``d`` validated, missing fields with their defaults: {field: value}; raises
@@ -127,8 +96,38 @@ def credit_values(d):
         if not isinstance(k, str) or k not in names:
             raise credit.CreditConfigError("%s: unknown field" % (k,))
     v: dict = {}
-    for name, kind, default, lo, hi in credit_spec():
-        v[name] = _check_field(name, kind, d.get(name, default), lo, hi)
+    for name, kind, default, lo, hi in _spec():
+        x = d.get(name, default)
+        if kind == _BOOL:
+            if not isinstance(x, bool):
+                raise credit.CreditConfigError("%s: must be true or false, got %r" % (name, x))
+        elif kind == _INT:
+            if not _is_int(x):
+                raise credit.CreditConfigError("%s: must be an integer, got %r" % (name, x))
+            if (lo is not None and x < lo) or (hi is not None and x > hi):
+                raise credit.CreditConfigError("%s: %r out of range [%r, %r]" % (name, x, lo, hi))
+        else:  # _INTS or _DATES: a list of distinct integers
+            if not isinstance(x, (list, tuple)):
+                raise credit.CreditConfigError("%s: must be a list of integers, got %r" % (name, x))
+            out = []
+            for i, n in enumerate(x):
+                if not _is_int(n):
+                    raise credit.CreditConfigError("%s[%d]: must be an integer, got %r" % (name, i, n))
+                if kind == _DATES:  # a real date YYYYMMDD: it survives a trip through day numbers
+                    y, md = divmod(n, 10000)
+                    m, day = divmod(md, 100)
+                    if not (1 <= m <= 12 and 1 <= day <= 31 and localtime.civil_from_days(
+                            localtime.days_from_civil(y, m, day)) == (y, m, day)):
+                        raise credit.CreditConfigError("%s[%d]: %r is not a date YYYYMMDD"
+                                                       % (name, i, n))
+                if (lo is not None and n < lo) or (hi is not None and n > hi):
+                    raise credit.CreditConfigError("%s[%d]: %r out of range [%r, %r]"
+                                                   % (name, i, n, lo, hi))
+                if n in out:
+                    raise credit.CreditConfigError("%s[%d]: duplicate %r" % (name, i, n))
+                out.append(n)
+            x = out
+        v[name] = x
     return v
 
 
@@ -145,12 +144,31 @@ def _int(d, name, default=None, lo=None, hi=None):
     return x
 
 
-def _check_slabs(slabs):
+def tariff_fields(d):
+    """``d`` validated: the arguments of ``tariff.Tariff(...)`` in order; raises
+    ``tariff.TariffError`` naming the field."""
+    if not isinstance(d, dict):
+        raise tariff.TariffError("tariff: must be a dict")
+    for k in d:
+        if k not in tariff.FIELDS:
+            raise tariff.TariffError("%s: unknown field" % k)
+    tid = d.get("id")
+    if not isinstance(tid, str) or not tid:
+        raise tariff.TariffError("id: must be a non-empty string")
+    service = d.get("service")
+    if service not in tariff.SERVICES:
+        raise tariff.TariffError("service: must be one of %s, got %r" % ("/".join(tariff.SERVICES), service))
+    # the fields in the order of Tariff(...): the first bad one is the one reported
+    version = _int(d, "version", lo=1)
+    activates_at = _int(d, "activates_at", 0, lo=0)
+    unit_size = _int(d, "unit_size", lo=1)
+
+    slabs = d.get("slabs")
     if not isinstance(slabs, (list, tuple)) or not slabs:
         raise tariff.TariffError("slabs: must be a non-empty list of [upto, rate]")
     prev = 0
     last = len(slabs) - 1
-    out = []
+    slab_rows = []
     for i, s in enumerate(slabs):
         if not isinstance(s, (list, tuple)) or len(s) != 2:
             raise tariff.TariffError("slabs[%d]: must be [upto, rate]" % i)
@@ -162,17 +180,17 @@ def _check_slabs(slabs):
                 raise tariff.TariffError("slabs[%d]: the last slab must have upto null" % i)
         elif not _is_int(upto) or upto <= prev:
             raise tariff.TariffError("slabs[%d]: upto must be an integer > %d (ascending), got %r"
-                      % (i, prev, upto))
+                                     % (i, prev, upto))
         else:
             prev = upto
-        out.append([upto, rate])
-    return out
+        slab_rows.append([upto, rate])
 
+    fixed_paise_per_day = _int(d, "fixed_paise_per_day", 0, lo=0)
 
-def _check_tod(tod):
+    tod = d.get("tod", [])
     if not isinstance(tod, (list, tuple)):
         raise tariff.TariffError("tod: must be a list of [start_s, end_s, pct]")
-    out = []
+    tod_rows = []
     pieces = []  # windows cut at midnight into [a, b) pieces, to find overlaps
     for i, w in enumerate(tod):
         if not isinstance(w, (list, tuple)) or len(w) != 3 or not (
@@ -188,37 +206,14 @@ def _check_tod(tod):
         else:
             pieces.append((start, localtime.DAY_S, i))
             pieces.append((0, end, i))
-        out.append([start, end, pct])
+        tod_rows.append([start, end, pct])
     pieces.sort()
     for k in range(1, len(pieces)):
         if pieces[k][0] < pieces[k - 1][1]:
             raise tariff.TariffError("tod[%d]: overlaps tod[%d]" % (pieces[k][2], pieces[k - 1][2]))
-    return out
 
-
-def tariff_fields(d):
-    """``d`` validated: the arguments of ``tariff.Tariff(...)`` in order; raises
-    ``tariff.TariffError`` naming the field."""
-    if not isinstance(d, dict):
-        raise tariff.TariffError("tariff: must be a dict")
-    for k in d:
-        if k not in tariff.FIELDS:
-            raise tariff.TariffError("%s: unknown field" % k)
-    tid = d.get("id")
-    if not isinstance(tid, str) or not tid:
-        raise tariff.TariffError("id: must be a non-empty string")
-    service = d.get("service")
-    if service not in tariff.SERVICES:
-        raise tariff.TariffError("service: must be one of %s, got %r" % ("/".join(tariff.SERVICES), service))
     return (
-        tid,
-        _int(d, "version", lo=1),
-        _int(d, "activates_at", 0, lo=0),
-        service,
-        _int(d, "unit_size", lo=1),
-        _check_slabs(d.get("slabs")),
-        _int(d, "fixed_paise_per_day", 0, lo=0),
-        _check_tod(d.get("tod", [])),
+        tid, version, activates_at, service, unit_size, slab_rows, fixed_paise_per_day, tod_rows,
         _int(d, "duty_bp", 0, lo=0, hi=_MAX_DUTY_BP),
         _int(d, "utc_offset_s", localtime.IST_OFFSET_S, lo=-43200, hi=50400),
     )
@@ -266,13 +261,13 @@ def meter_config(cfg, d):
     try:
         cfg.tariff = tariff.Tariff(*tariff_fields(d.get("tariff") or {}))
     except tariff.TariffError as e:
-        raise meter.MeterConfigError("tariff." + str(e))
+        raise meter.MeterConfigError("%s.%s" % ("tariff", e))
     if cfg.tariff.service != cfg.service:
         raise meter.MeterConfigError("tariff.service: %s tariff on a %s meter" % (cfg.tariff.service, cfg.service))
     try:
         cfg.credit = credit.CreditConfig(credit_values(d.get("credit") or {}))
     except credit.CreditConfigError as e:
-        raise meter.MeterConfigError("credit." + str(e))
+        raise meter.MeterConfigError("%s.%s" % ("credit", e))
     # the validated STS block, or None when offline tokens are not configured
     cfg.sts = None
     if d.get("sts") is not None:

@@ -24,9 +24,10 @@ _EXCEPTION_RESPONSE = const(0xD8)
 _CONFIRMED_SERVICE_ERROR = const(0x0E)
 _INITIATE_RESPONSE = const(0x08)
 
-# What this client uses: GET, block transfer for long data, selective access for profiles.
-DEFAULT_CONFORMANCE = const(0x001014)  # CONF_GET | CONF_BLOCK_TRANSFER_WITH_GET | CONF_SELECTIVE_ACCESS
-DEFAULT_MAX_PDU = const(1024)  # small enough for the ESP32 heap; blocks carry the rest
+# What this client uses: GET, block transfer for long data, selective access for profiles;
+# public as DEFAULT_CONFORMANCE, DEFAULT_MAX_PDU (``dlms_more``).
+_DEFAULT_CONFORMANCE = const(0x001014)  # CONF_GET | CONF_BLOCK_TRANSFER_WITH_GET | CONF_SELECTIVE_ACCESS
+_DEFAULT_MAX_PDU = const(1024)  # small enough for the ESP32 heap; blocks carry the rest
 
 _DLMS_OID = const(b"\x60\x85\x74\x05\x08")  # joint-iso-ccitt(2) country(16) country-name(756) identified-organization(5) DLMS-UA(8)
 
@@ -42,11 +43,11 @@ def __getattr__(name):
         if name not in g:
             g[name] = type(name, (ValueError,), {})
         return g[name]
-    # The tag, result, diagnostic and Data-Access-Result numbers under their public
-    # names, the conformance bits, DIAGNOSTIC_NAMES, DAR_NAMES and the selective-access
-    # builders (profiles) are in ``dlms_more``, loaded on first use: a meter reading
-    # registers needs none of them on its heap (the numbers here are private consts,
-    # which MicroPython compiles away).
+    # The tag, result, diagnostic, Data-Access-Result and GET.response kind numbers under
+    # their public names, the defaults, the conformance bits, DIAGNOSTIC_NAMES, DAR_NAMES
+    # and the selective-access builders (profiles) are in ``dlms_more``, loaded on first
+    # use: a meter reading registers needs none of them on its heap (the numbers here
+    # are private consts, which MicroPython compiles away).
     if name[:1] == "_":  # private, or CPython's import probing __path__: never handed out
         raise AttributeError(name)
     from firmware.protocol import dlms_more
@@ -61,8 +62,10 @@ _ACCEPTED = const(0)  # AARE result
 
 
 # -- BER (ACSE is BER; xDLMS inside it is A-XDR) --------------------------------------
+# The two helpers take names the app interns already (each new name costs the meter).
 
-def _tlv(tag: int, value) -> bytes:
+def _encode(tag: int, value) -> bytes:
+    """A BER TLV."""
     n = len(value)
     if n < 0x80:
         head = bytes((tag, n))
@@ -73,7 +76,7 @@ def _tlv(tag: int, value) -> bytes:
     return head + bytes(value)
 
 
-def _read_tlv(buf, pos: int, end: int) -> tuple:
+def _field(buf, pos: int, end: int) -> tuple:
     """(tag, value start, value end) of the BER TLV at ``pos``."""
     if pos + 2 > end:
         raise __getattr__("DlmsError")("BER element truncated")
@@ -95,7 +98,7 @@ def _read_tlv(buf, pos: int, end: int) -> tuple:
 
 # -- AARQ ----------------------------------------------------------------------------
 
-def aarq(password=None, conformance: int = DEFAULT_CONFORMANCE, max_pdu: int = DEFAULT_MAX_PDU) -> bytes:
+def aarq(password=None, conformance: int = _DEFAULT_CONFORMANCE, max_pdu: int = _DEFAULT_MAX_PDU) -> bytes:
     """AARQ for a logical-name association; ``password`` (bytes) selects low-level security.
 
     The user-information is an xDLMS InitiateRequest: no dedicated key, response
@@ -104,16 +107,16 @@ def aarq(password=None, conformance: int = DEFAULT_CONFORMANCE, max_pdu: int = D
     >>> aarq(conformance=0x001E1D, max_pdu=0xFFFF).hex()
     '601da109060760857405080101be10040e01000000065f1f0400001e1dffff'
     """
-    body = _tlv(0xA1, _tlv(0x06, _DLMS_OID + bytes((1, _CONTEXT_LN))))
+    body = _encode(0xA1, _encode(0x06, _DLMS_OID + bytes((1, _CONTEXT_LN))))
     if password is not None:
         body += b"\x8a\x02\x07\x80"  # sender-acse-requirements: authentication
-        body += _tlv(0x8B, _DLMS_OID + bytes((2, _MECHANISM_LLS)))
-        body += _tlv(0xAC, _tlv(0x80, password))
+        body += _encode(0x8B, _DLMS_OID + bytes((2, _MECHANISM_LLS)))
+        body += _encode(0xAC, _encode(0x80, password))
     initiate = (b"\x01\x00\x00\x00\x06\x5f\x1f\x04\x00"
                 + bytes(((conformance >> 16) & 0xFF, (conformance >> 8) & 0xFF, conformance & 0xFF,
                          (max_pdu >> 8) & 0xFF, max_pdu & 0xFF)))
-    body += _tlv(0xBE, _tlv(0x04, initiate))
-    return _tlv(_AARQ, body)
+    body += _encode(0xBE, _encode(0x04, initiate))
+    return _encode(_AARQ, body)
 
 
 # -- AARE ----------------------------------------------------------------------------
@@ -144,25 +147,14 @@ class Aare:
         """Human text for a rejection."""
         if self.accepted:
             return "accepted"
-        from firmware.protocol.dlms_more import DIAGNOSTIC_NAMES
-        text = "rejected (result %d): %s" % (
-            self.result, DIAGNOSTIC_NAMES.get(self.diagnostic, "diagnostic %d" % self.diagnostic))
+        text = "rejected (result %d): %s" % (self.result, __getattr__("DIAGNOSTIC_NAMES").get(
+            self.diagnostic, "diagnostic %d" % self.diagnostic))
         if self.service_error:
             text += ", xDLMS error %s" % self.service_error.hex()
         return text
 
 
-def _ber_int(buf, start, end) -> int:
-    tag, s, e = _read_tlv(buf, start, end)
-    if tag != 0x02 or e - s < 1:
-        raise __getattr__("DlmsError")("expected a BER INTEGER")
-    value = 0
-    for b in buf[s:e]:
-        value = (value << 8) | b
-    return value
-
-
-def parse_aare(apdu) -> Aare:
+def parse_aare(data) -> Aare:
     """Parse an AARE; raises DlmsError if it is not one.
 
     >>> a = parse_aare(bytes.fromhex("6129a109060760857405080101a203020100a305a103020100"
@@ -170,28 +162,36 @@ def parse_aare(apdu) -> Aare:
     >>> a.accepted, hex(a.conformance), a.max_pdu
     (True, '0x101d', 1007)
     """
-    tag, start, end = _read_tlv(apdu, 0, len(apdu))
-    if tag != _AARE or end != len(apdu):
+    tag, start, end = _field(data, 0, len(data))
+    if tag != _AARE or end != len(data):
         raise __getattr__("DlmsError")("not an AARE")
     out = Aare()
     pos = start
     while pos < end:
-        tag, s, e = _read_tlv(apdu, pos, end)
+        tag, s, e = _field(data, pos, end)
         if tag == 0xA1:
-            _, os, oe = _read_tlv(apdu, s, e)
-            out.context = apdu[oe - 1]
-        elif tag == 0xA2:
-            out.result = _ber_int(apdu, s, e)
-        elif tag == 0xA3:
-            choice, cs, ce = _read_tlv(apdu, s, e)
-            out.diagnostic_source = choice & 0x0F
-            out.diagnostic = _ber_int(apdu, cs, ce)
+            _, os, oe = _field(data, s, e)
+            out.context = data[oe - 1]
+        elif tag == 0xA2 or tag == 0xA3:  # result, or result-source-diagnostic
+            inner, s, e = _field(data, s, e)
+            if tag == 0xA3:  # a choice of the source around the INTEGER
+                out.diagnostic_source = inner & 0x0F
+                inner, s, e = _field(data, s, e)
+            if inner != 0x02 or e - s < 1:
+                raise __getattr__("DlmsError")("expected a BER INTEGER")
+            value = 0
+            for b in data[s:e]:
+                value = (value << 8) | b
+            if tag == 0xA2:
+                out.result = value
+            else:
+                out.diagnostic = value
         elif tag == 0xBE:
-            inner, os, oe = _read_tlv(apdu, s, e)
+            inner, os, oe = _field(data, s, e)
             if inner != 0x04:
                 raise __getattr__("DlmsError")("user-information is not an OCTET STRING")
             # an xDLMS InitiateResponse, or a ConfirmedServiceError
-            raw = apdu[os:oe]
+            raw = data[os:oe]
             if not raw:
                 raise __getattr__("DlmsError")("empty user-information")
             if raw[0] == _CONFIRMED_SERVICE_ERROR:
@@ -233,20 +233,19 @@ def get_request(class_id: int, obis, attribute: int, invoke_id: int = 1, access=
     return head + b"\x00"
 
 
-def get_request_next(block_number: int, invoke_id: int = 1) -> bytes:
-    """GET.request-next: ask for the block after ``block_number``."""
+def get_request_next(last: int, invoke_id: int = 1) -> bytes:
+    """GET.request-next: ask for the block after block number ``last``."""
     return bytes((_GET_REQUEST, 2, 0xC0 | (invoke_id & 0x0F),
-                  (block_number >> 24) & 0xFF, (block_number >> 16) & 0xFF,
-                  (block_number >> 8) & 0xFF, block_number & 0xFF))
+                  (last >> 24) & 0xFF, (last >> 16) & 0xFF, (last >> 8) & 0xFF, last & 0xFF))
 
 
-# GET.response kinds
-RESP_DATA = const(1)  # complete data (normal, or a block carrying data); value: the data
-RESP_ERROR = const(2)  # value: the Data-Access-Result code
-RESP_BLOCK = const(3)  # one block of raw data (value); see block_number, last_block
+# GET.response kinds; public as RESP_DATA, RESP_ERROR, RESP_BLOCK (``dlms_more``)
+_RESP_DATA = const(1)  # complete data (normal, or a block carrying data); value: the data
+_RESP_ERROR = const(2)  # value: the Data-Access-Result code
+_RESP_BLOCK = const(3)  # one block of raw data (value); see block_number, last_block
 
 
-def parse_get_response(apdu) -> tuple:
+def parse_get_response(data) -> tuple:
     """Parse GET.response normal / with-datablock; exception responses raise DlmsError.
 
     Returns ``(kind, invoke_id, value, block_number, last_block)``: ``kind``
@@ -256,33 +255,33 @@ def parse_get_response(apdu) -> tuple:
     >>> parse_get_response(bytes.fromhex("c401c100120100"))
     (1, 1, b'\\x12\\x01\\x00', 0, True)
     """
-    n = len(apdu)
-    if n >= 3 and apdu[0] == _EXCEPTION_RESPONSE:
+    n = len(data)
+    if n >= 3 and data[0] == _EXCEPTION_RESPONSE:
         raise __getattr__("DlmsError")("exception-response: state error %d, service error %d" % (
-            apdu[1], apdu[2]))
-    if n >= 1 and apdu[0] == _CONFIRMED_SERVICE_ERROR:
-        raise __getattr__("DlmsError")("confirmed-service-error %s" % bytes(apdu).hex())
-    if n < 5 or apdu[0] != _GET_RESPONSE:
+            data[1], data[2]))
+    if n >= 1 and data[0] == _CONFIRMED_SERVICE_ERROR:
+        raise __getattr__("DlmsError")("confirmed-service-error %s" % bytes(data).hex())
+    if n < 5 or data[0] != _GET_RESPONSE:
         raise __getattr__("DlmsError")("not a GET.response")
-    kind, invoke_id = apdu[1], apdu[2] & 0x0F
+    kind, invoke_id = data[1], data[2] & 0x0F
     if kind == 1:
-        if apdu[3] == 0:
-            return RESP_DATA, invoke_id, bytes(apdu[4:]), 0, True
-        if apdu[3] == 1:
-            return RESP_ERROR, invoke_id, apdu[4], 0, True
-        raise __getattr__("DlmsError")("GET.response-normal with bad result choice %d" % apdu[3])
+        if data[3] == 0:
+            return _RESP_DATA, invoke_id, bytes(data[4:]), 0, True
+        if data[3] == 1:
+            return _RESP_ERROR, invoke_id, data[4], 0, True
+        raise __getattr__("DlmsError")("GET.response-normal with bad result choice %d" % data[3])
     if kind == 2:
         if n < 10:
             raise __getattr__("DlmsError")("GET.response-with-datablock truncated")
-        last = apdu[3] != 0
-        block = (apdu[4] << 24) | (apdu[5] << 16) | (apdu[6] << 8) | apdu[7]
-        if apdu[8] == 1:
-            return RESP_ERROR, invoke_id, apdu[9], block, last
-        if apdu[8] != 0:
-            raise __getattr__("DlmsError")("datablock with bad result choice %d" % apdu[8])
-        size, pos = decode_length(apdu, 9)
+        last = data[3] != 0
+        block = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
+        if data[8] == 1:
+            return _RESP_ERROR, invoke_id, data[9], block, last
+        if data[8] != 0:
+            raise __getattr__("DlmsError")("datablock with bad result choice %d" % data[8])
+        size, pos = decode_length(data, 9)
         if pos + size != n:
             raise __getattr__("DlmsError")("datablock raw-data length %d does not match %d bytes" % (
                 size, n - pos))
-        return RESP_BLOCK, invoke_id, bytes(apdu[pos:]), block, last
+        return _RESP_BLOCK, invoke_id, bytes(data[pos:]), block, last
     raise __getattr__("DlmsError")("GET.response type %d not supported" % kind)

@@ -11,7 +11,7 @@ again; retries are policy, not protocol, and live in the master.
 The session's states and their legal transitions are one table, ``_NEXT``;
 anything else raises ``DlmsStateError`` (a RuntimeError).
 
->>> c = DlmsClient(server_physical=17)
+>>> c = DlmsClient(address=17)
 >>> c.connect().hex()
 '7ea00802232193bd647e'
 """
@@ -35,13 +35,13 @@ _CLOSING = const(6)  # DISC sent
 _CLOSED = const(7)
 _STATE_NAMES = const("IDLE LINKING LINKED ASSOCIATING READY READING CLOSING CLOSED")
 
-# events (kind, value)
-EV_LINKED = const(1)  # value: None
-EV_ASSOCIATED = const(2)  # value: dlms.Aare
-EV_REJECTED = const(3)  # value: dlms.Aare (see .reason())
-EV_DATA = const(4)  # value: decoded A-XDR data
-EV_ACCESS_ERROR = const(5)  # value: Data-Access-Result code (dlms.DAR_NAMES)
-EV_CLOSED = const(6)  # value: None
+# events (kind, value); public as EV_LINKED, ... (``dlms_more``)
+_EV_LINKED = const(1)  # value: None
+_EV_ASSOCIATED = const(2)  # value: dlms.Aare
+_EV_REJECTED = const(3)  # value: dlms.Aare (see .reason())
+_EV_DATA = const(4)  # value: decoded A-XDR data
+_EV_ACCESS_ERROR = const(5)  # value: Data-Access-Result code (dlms.DAR_NAMES)
+_EV_CLOSED = const(6)  # value: None
 
 # Triggers: our calls and what the server sent
 _CONNECT = const(0)
@@ -57,36 +57,46 @@ _DM = const(9)
 _DISCONNECT = const(10)
 _TRIGGER_NAMES = const("connect ua associate accepted rejected get block data access_error dm disconnect")
 
-# state, trigger -> next state: one row of three per transition.  Bytes, built from a
-# list that is let go after import (a dict of tuples cost ~600 bytes of heap).
-_NEXT = bytes([
-    _IDLE, _CONNECT, _LINKING,
-    _CLOSED, _CONNECT, _LINKING,
-    _LINKING, _UA, _LINKED,
-    _LINKED, _ASSOCIATE, _ASSOCIATING,
-    _ASSOCIATING, _ACCEPTED, _READY,
-    _ASSOCIATING, _REJECTED, _LINKED,
-    _READY, _GET, _READING,
-    _READING, _BLOCK, _READING,
-    _READING, _DATA, _READY,
-    _READING, _ACCESS_ERROR, _READY,
-    _CLOSING, _UA, _CLOSED,
-    _CLOSING, _DM, _CLOSED,
+# state, trigger -> next state: one row of three bytes per transition (a bytes literal
+# stays in flash with the bytecode)
+_NEXT = const(
+    b"\x00\x00\x01"  # IDLE, connect -> LINKING
+    b"\x07\x00\x01"  # CLOSED, connect -> LINKING
+    b"\x01\x01\x02"  # LINKING, ua -> LINKED
+    b"\x02\x02\x03"  # LINKED, associate -> ASSOCIATING
+    b"\x03\x03\x04"  # ASSOCIATING, accepted -> READY
+    b"\x03\x04\x02"  # ASSOCIATING, rejected -> LINKED
+    b"\x04\x05\x05"  # READY, get -> READING
+    b"\x05\x06\x05"  # READING, block -> READING
+    b"\x05\x07\x04"  # READING, data -> READY
+    b"\x05\x08\x04"  # READING, access_error -> READY
+    b"\x06\x01\x07"  # CLOSING, ua -> CLOSED
+    b"\x06\x09\x07"  # CLOSING, dm -> CLOSED
     # disconnect from any active state
-    _LINKING, _DISCONNECT, _CLOSING,
-    _LINKED, _DISCONNECT, _CLOSING,
-    _ASSOCIATING, _DISCONNECT, _CLOSING,
-    _READY, _DISCONNECT, _CLOSING,
-    _READING, _DISCONNECT, _CLOSING,
-])
+    b"\x01\x0a\x06"  # LINKING, disconnect -> CLOSING
+    b"\x02\x0a\x06"  # LINKED
+    b"\x03\x0a\x06"  # ASSOCIATING
+    b"\x04\x0a\x06"  # READY
+    b"\x05\x0a\x06"  # READING
+)
+
+# What the session needs of the other layers, as private consts (compiled away): the
+# HDLC control bytes (poll/final set) of UA and DM, dlms's GET.response kinds and defaults
+_PF = const(0x10)
+_UA_CONTROL = const(0x73)
+_DM_CONTROL = const(0x1F)
+_RESP_DATA = const(1)
+_RESP_ERROR = const(2)
+_DEFAULT_CONFORMANCE = const(0x001014)
+_DEFAULT_MAX_PDU = const(1024)
 
 
 def __getattr__(name):
     # DlmsStateError (a RuntimeError: a call or a server frame that the session's state
     # does not allow) is made on first use and kept in the module dict: held from import
     # on, the class would cost heap a meter with a sane peer never needs.  Raise sites
-    # here call ``__getattr__("DlmsStateError")``.  The state numbers under public names
-    # are in ``dlms_more``, loaded on first use.
+    # here call ``__getattr__("DlmsStateError")``.  The state and event numbers under
+    # public names are in ``dlms_more``, loaded on first use.
     if name == "DlmsStateError":
         g = globals()
         if name not in g:
@@ -103,123 +113,122 @@ def __getattr__(name):
 class DlmsClient:
     """One client association with one meter (public client SAP 16 by default).
 
+    ``client``, ``server``, ``address``, ``size`` and ``params`` are the HDLC
+    addressing and parameters (see ``hdlc.HdlcLink``: client SAP, server logical
+    and physical address, server address size, proposed ``LinkParams``).
     ``password`` (bytes) selects low-level security; None means no security.
-    ``max_data_bytes`` caps a block-transfer read so a profile cannot eat the heap.
+    ``max_bytes`` caps a block-transfer read so a profile cannot eat the heap.
     """
 
-    def __init__(self, client_sap=16, server_logical=1, server_physical=None,
-                 server_address_size=0, password=None,
-                 conformance=dlms.DEFAULT_CONFORMANCE, max_pdu=dlms.DEFAULT_MAX_PDU,
-                 link_params=None, max_data_bytes=16384):
-        self.link = hdlc.HdlcLink(client_sap, server_logical, server_physical,
-                                  server_address_size, link_params)
+    def __init__(self, client=16, server=1, address=None, size=0, password=None,
+                 conformance=_DEFAULT_CONFORMANCE, max_pdu=_DEFAULT_MAX_PDU, params=None,
+                 max_bytes=16384):
+        self.link = hdlc.HdlcLink(client, server, address, size, params)
         self.parser = hdlc.FrameParser()
         self.password = password
         self.conformance = conformance
         self.max_pdu = max_pdu
-        self.max_data_bytes = max_data_bytes
+        self.max_bytes = max_bytes
         self.state = _IDLE
         self.invoke_id = 0
-        self._blocks = None  # a long GET's data so far (bytearray)
-        self._block_number = 0  # of the last block received
+        self._buf = None  # a long GET's data so far (bytearray)
+        self._count = 0  # blocks of it received (numbered from 1)
 
-    def _go(self, trigger):
+    def _fire(self, event):
+        """Take the transition for trigger ``event`` (a _CONNECT, _UA, ... number)."""
         t = _NEXT
         for i in range(0, len(t), 3):
-            if t[i] == self.state and t[i + 1] == trigger:
+            if t[i] == self.state and t[i + 1] == event:
                 self.state = t[i + 2]
                 return
         raise __getattr__("DlmsStateError")("%s not allowed in state %s" % (
-            _TRIGGER_NAMES.split()[trigger], _STATE_NAMES.split()[self.state]))
+            _TRIGGER_NAMES.split()[event], _STATE_NAMES.split()[self.state]))
 
     # -- requests ------------------------------------------------------------------
     def connect(self) -> bytes:
         """SNRM (HDLC connect)."""
-        self._go(_CONNECT)
+        self._fire(_CONNECT)
         self.parser.reset()
-        return self.link.snrm()
+        return self.link.connect()
 
     def associate(self) -> bytes:
         """AARQ in an I-frame."""
-        self._go(_ASSOCIATE)
+        self._fire(_ASSOCIATE)
         return self.link.send(dlms.aarq(self.password, self.conformance, self.max_pdu))
 
     def get(self, class_id: int, obis, attribute: int, access=b"") -> bytes:
         """GET.request-normal for one attribute; the result arrives as EV_DATA."""
-        self._go(_GET)
+        self._fire(_GET)
         self.invoke_id = (self.invoke_id % 15) + 1
-        self._blocks = None
+        self._buf = None
         return self.link.send(dlms.get_request(class_id, obis, attribute, self.invoke_id, access))
 
     def disconnect(self) -> bytes:
         """DISC; the server's UA (or DM) ends in EV_CLOSED."""
-        self._go(_DISCONNECT)
-        return self.link.disc()
+        self._fire(_DISCONNECT)
+        return self.link.disconnect()
 
     # -- responses -----------------------------------------------------------------
     def feed(self, data) -> tuple:
         """Bytes from the meter -> (bytes to send now, event (kind, value) or None)."""
         out = b""
-        event = None
+        event = None  # type: tuple | None
+        link = self.link
         for frame in self.parser.feed(data):
-            if not self.link.is_for_us(frame):
+            if frame.dest != link.client or frame.src != link.server:
+                continue  # not for us
+            control = frame.control | _PF  # of a U-frame: the poll/final bit does not matter
+            if self.state == _CLOSING and control == _DM_CONTROL:
+                self._fire(_DM)
+                link.state = hdlc.DISCONNECTED
+                event = (_EV_CLOSED, None)
                 continue
-            kind = frame.kind
-            if self.state == _CLOSING and kind == "DM":
-                self._go(_DM)
-                self.link.state = hdlc.DISCONNECTED
-                event = (EV_CLOSED, None)
-                continue
-            reply, apdu = self.link.receive(frame)
+            reply, apdu = link.receive(frame)
             out += reply
-            if kind == "UA":
+            if control == _UA_CONTROL:
                 if self.state == _LINKING:
-                    self._go(_UA)
-                    event = (EV_LINKED, None)
+                    self._fire(_UA)
+                    event = (_EV_LINKED, None)
                 elif self.state == _CLOSING:
-                    self._go(_UA)
-                    event = (EV_CLOSED, None)
-            if apdu is not None:
-                send, ev = self._on_apdu(apdu)
-                out += send
-                event = ev or event
+                    self._fire(_UA)
+                    event = (_EV_CLOSED, None)
+            if apdu is None:
+                continue
+            # an APDU: the AARE, or a GET.response
+            if self.state == _ASSOCIATING:
+                aare = dlms.parse_aare(apdu)
+                accepted = aare.accepted
+                self._fire(_ACCEPTED if accepted else _REJECTED)
+                event = (_EV_ASSOCIATED if accepted else _EV_REJECTED, aare)
+                continue
+            if self.state != _READING:
+                raise __getattr__("DlmsStateError")("unexpected APDU 0x%02x in state %s" % (
+                    apdu[0] if apdu else 0, _STATE_NAMES.split()[self.state]))
+            kind, invoke_id, value, block, last = dlms.parse_get_response(apdu)
+            if invoke_id != self.invoke_id:
+                raise dlms.DlmsError("response invoke id %d, expected %d" % (invoke_id, self.invoke_id))
+            if kind == _RESP_ERROR:
+                self._buf = None
+                self._fire(_ACCESS_ERROR)
+                event = (_EV_ACCESS_ERROR, value)
+                continue
+            if kind != _RESP_DATA:
+                # a block of a long GET: numbered from 1, the whole capped at max_bytes
+                if self._buf is None:
+                    self._buf = bytearray()
+                    self._count = 0
+                if block != self._count + 1:
+                    raise dlms.DlmsError("block %d received, expected %d" % (block, self._count + 1))
+                if len(self._buf) + len(value) > self.max_bytes:
+                    raise dlms.DlmsError("long GET larger than %d bytes" % self.max_bytes)
+                self._buf += value
+                self._count = block
+                if not last:
+                    self._fire(_BLOCK)
+                    out += link.send(dlms.get_request_next(block, self.invoke_id))
+                    continue
+                value = bytes(self._buf)
+                self._buf = None
+            self._fire(_DATA)
+            event = (_EV_DATA, decode(value))
         return out, event
-
-    def _on_apdu(self, apdu) -> tuple:
-        if self.state == _ASSOCIATING:
-            aare = dlms.parse_aare(apdu)
-            if aare.accepted:
-                self._go(_ACCEPTED)
-                return b"", (EV_ASSOCIATED, aare)
-            self._go(_REJECTED)
-            return b"", (EV_REJECTED, aare)
-        if self.state != _READING:
-            raise __getattr__("DlmsStateError")("unexpected APDU 0x%02x in state %s" % (
-                apdu[0] if apdu else 0, _STATE_NAMES.split()[self.state]))
-        kind, invoke_id, value, block, last = dlms.parse_get_response(apdu)
-        if invoke_id != self.invoke_id:
-            raise dlms.DlmsError("response invoke id %d, expected %d" % (invoke_id, self.invoke_id))
-        if kind == dlms.RESP_ERROR:
-            self._blocks = None
-            self._go(_ACCESS_ERROR)
-            return b"", (EV_ACCESS_ERROR, value)
-        if kind == dlms.RESP_DATA:
-            self._go(_DATA)
-            return b"", (EV_DATA, decode(value))
-        # a block of a long GET: numbered from 1, the whole capped at max_data_bytes
-        if self._blocks is None:
-            self._blocks = bytearray()
-            self._block_number = 0
-        if block != self._block_number + 1:
-            raise dlms.DlmsError("block %d received, expected %d" % (block, self._block_number + 1))
-        if len(self._blocks) + len(value) > self.max_data_bytes:
-            raise dlms.DlmsError("long GET larger than %d bytes" % self.max_data_bytes)
-        self._blocks += value
-        self._block_number = block
-        if not last:
-            self._go(_BLOCK)
-            return self.link.send(dlms.get_request_next(block, self.invoke_id)), None
-        data = bytes(self._blocks)
-        self._blocks = None
-        self._go(_DATA)
-        return b"", (EV_DATA, decode(data))

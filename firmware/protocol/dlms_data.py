@@ -37,11 +37,11 @@ _DATE = const(26)
 _TIME = const(27)
 _DONT_CARE = const(255)
 
-# struct format letter of each fixed-size type, indexed by tag ("." if not fixed):
-# 5 double-long i, 6 double-long-unsigned I, 13 bcd b, 15 integer b, 16 long h,
-# 17 unsigned B, 18 long-unsigned H, 20 long64 q, 21 long64-unsigned Q, 22 enum B,
-# 23 float32 f, 24 float64 d
-_FIXED = const(".....iI......b.bhBH.qQBfd")
+# struct format (big-endian) of each fixed-size type, two characters per tag (blank if
+# not fixed): 5 double-long i, 6 double-long-unsigned I, 13 bcd b, 15 integer b,
+# 16 long h, 17 unsigned B, 18 long-unsigned H, 20 long64 q, 21 long64-unsigned Q,
+# 22 enum B, 23 float32 f, 24 float64 d.  ``dlms_more.enc_int`` has the same table.
+_FIXED = const("          >i>I            >b  >b>h>B>H  >q>Q>B>f>d")
 
 _MAX_DEPTH = const(8)  # nesting limit: keeps recursion bounded on the meter
 
@@ -62,13 +62,6 @@ def __getattr__(name):
     if name in dlms_more.PUBLIC[__name__]:
         return getattr(dlms_more, name)
     raise AttributeError(name)
-
-
-def _fixed(tag):
-    """The struct format of a fixed-size type's tag, else None."""
-    if tag < len(_FIXED) and _FIXED[tag] != ".":
-        return ">" + _FIXED[tag]
-    return None
 
 
 # -- length (A-XDR variable-length integer) --------------------------------------
@@ -107,8 +100,8 @@ def decode_at(buf, pos: int = 0, depth: int = 0) -> tuple:
         raise __getattr__("DlmsDataError")("data truncated")
     tag = buf[pos]
     pos += 1
-    fmt = _fixed(tag)
-    if fmt is not None:
+    fmt = _FIXED[2 * tag:2 * tag + 2]
+    if fmt.strip():  # a fixed-size type
         end = pos + struct.calcsize(fmt)
         if end > len(buf):
             raise __getattr__("DlmsDataError")("data truncated in tag %d" % tag)
@@ -144,8 +137,7 @@ def decode_at(buf, pos: int = 0, depth: int = 0) -> tuple:
     if tag == _DATE_TIME:
         if pos + 12 > len(buf):
             raise __getattr__("DlmsDataError")("date-time truncated")
-        from firmware.protocol.dlms_more import decode_datetime
-        return decode_datetime(buf[pos:pos + 12]), pos + 12
+        return __getattr__("decode_datetime")(buf[pos:pos + 12]), pos + 12
     if tag == _DATE or tag == _TIME:
         end = pos + (5 if tag == _DATE else 4)
         if end > len(buf):

@@ -8,17 +8,18 @@ tuples at the end say which module hands out which names.  In here:
 
 - ``hdlc``: the frame, error and state numbers under public names,
   ``ERROR_NAMES``, ``LinkParams`` with ``encode_params``/``decode_params``
-  (a meter proposes the default parameters), ``decode_address``;
+  (a meter proposes the default parameters), the address builders and
+  ``decode_address``, the control byte builders and ``frame_kind``;
 - ``dlms_data``: the tag numbers under public names, ``DateTime`` with its
   12-byte codec, and the encoders (a meter peer and tests build data; the
   client only decodes);
 - ``dlms``: APDU tags, association results and diagnostics, Data-Access-Result
-  codes under public names (``dlms`` uses them as private consts), the
-  conformance bits, the code -> text tables (rejections, errors: messages
+  codes and GET.response kinds under public names (``dlms`` uses them as private
+  consts), the default conformance and PDU size, the conformance bits, the code -> text tables (rejections, errors: messages
   only) and the selective-access builders for profile reads;
 - ``dlms_objects``: the named OBIS codes, the register table as a dict
   (``QUANTITIES``), the clock and the load profile;
-- ``dlms_client``: the session states under public names.
+- ``dlms_client``: the session states and events under public names.
 
 >>> from firmware.protocol.dlms import CONF_GET, DEFAULT_CONFORMANCE
 >>> bool(DEFAULT_CONFORMANCE & CONF_GET)
@@ -43,7 +44,7 @@ UI = 0x13
 LLC_REQUEST = b"\xe6\xe6\x00"
 LLC_RESPONSE = b"\xe6\xe7\x00"
 
-# Reason codes for frames the parser drops (``FrameParser.last_error``).
+# Reason codes for frames the parser drops (``FrameParser.error``).
 ERR_LENGTH = 2
 ERR_HCS = 4
 ERR_FCS = 5
@@ -115,7 +116,41 @@ def decode_params(info) -> LinkParams:
 
     Raises HdlcError for a wrong format/group identifier or a truncated group.
     """
-    return LinkParams(*hdlc._params(info))
+    return LinkParams(*hdlc._parse(info))
+
+
+def client_address(client_sap: int) -> bytes:
+    """One-byte client address: SAP 16 (public client 16) -> b'\\x21'.
+
+    ``HdlcLink`` builds the addresses (and raises HdlcError for a bad one).
+    """
+    return hdlc.HdlcLink(client_sap).client
+
+
+def server_address(server_logical: int, server_physical=None, server_address_size: int = 0) -> bytes:
+    """Server address in the 1-, 2- or 4-byte form (size 0 picks the shortest).
+
+    >>> server_address(1, 17)
+    b'\\x02#'
+    >>> server_address(1, 17, 4)
+    b'\\x00\\x02\\x00#'
+    """
+    return hdlc.HdlcLink(16, server_logical, server_physical, server_address_size).server
+
+
+def i_control(ns: int, nr: int) -> int:
+    """Control byte of an I-frame: RRR P SSS 0 (poll/final set)."""
+    return ((nr & 7) << 5) | 0x10 | ((ns & 7) << 1)
+
+
+def rr_control(nr: int) -> int:
+    """Control byte of a Receive Ready: RRR P 0001."""
+    return ((nr & 7) << 5) | 0x10 | 0x01
+
+
+def frame_kind(control: int) -> str:
+    """'I', 'RR', 'RNR', 'SNRM', 'UA', 'DISC', 'DM', 'FRMR', 'UI' or '?' (``Frame.kind``)."""
+    return hdlc.Frame(b"", b"", control, b"", False).kind
 
 
 def decode_address(raw) -> tuple:
@@ -255,8 +290,8 @@ def enc_bool(v) -> bytes:
 
 def enc_int(tag: int, v: int) -> bytes:
     """Fixed-size integer/enum of the given tag, e.g. enc_int(LONG_UNSIGNED, 230)."""
-    fmt = dlms_data._fixed(tag)
-    if fmt is None or fmt in (">f", ">d"):
+    fmt = "          >i>I            >b  >b>h>B>H  >q>Q>B>f>d"[2 * tag:2 * tag + 2]  # dlms_data's
+    if not fmt.strip() or fmt in (">f", ">d"):
         raise dlms_data.DlmsDataError("tag %d is not an integer type" % tag)
     return bytes((tag,)) + struct.pack(fmt, v)
 
@@ -348,6 +383,12 @@ CONF_SET = _bit(20)
 CONF_SELECTIVE_ACCESS = _bit(21)
 CONF_EVENT_NOTIFICATION = _bit(22)
 CONF_ACTION = _bit(23)
+DEFAULT_CONFORMANCE = CONF_GET | CONF_BLOCK_TRANSFER_WITH_GET | CONF_SELECTIVE_ACCESS  # 0x001014
+DEFAULT_MAX_PDU = 1024  # small enough for the ESP32 heap; blocks carry the rest
+# GET.response kinds (``dlms.parse_get_response``)
+RESP_DATA = 1  # complete data (normal, or a block carrying data); value: the data
+RESP_ERROR = 2  # value: the Data-Access-Result code
+RESP_BLOCK = 3  # one block of raw data (value); see block_number, last_block
 
 DIAGNOSTIC_NAMES = {
     DIAG_NULL: "null",
@@ -504,13 +545,21 @@ READING = 5  # GET outstanding (possibly mid block transfer)
 CLOSING = 6  # DISC sent
 CLOSED = 7
 STATE_NAMES = ("IDLE", "LINKING", "LINKED", "ASSOCIATING", "READY", "READING", "CLOSING", "CLOSED")
+# events (kind, value) of ``DlmsClient.feed``
+EV_LINKED = 1  # value: None
+EV_ASSOCIATED = 2  # value: dlms.Aare
+EV_REJECTED = 3  # value: dlms.Aare (see .reason())
+EV_DATA = 4  # value: decoded A-XDR data
+EV_ACCESS_ERROR = 5  # value: Data-Access-Result code (DAR_NAMES)
+EV_CLOSED = 6  # value: None
 
 
 # -- what each module's ``__getattr__`` hands out under its name --------------------------
 
 _HDLC = ("SNRM", "UA", "DISC", "DM", "FRMR", "UI", "LLC_REQUEST", "LLC_RESPONSE", "ERR_LENGTH",
          "ERR_HCS", "ERR_FCS", "ERR_FLAG", "ERROR_NAMES", "CONNECTING", "CONNECTED", "LinkParams",
-         "encode_params", "decode_params", "decode_address")
+         "encode_params", "decode_params", "decode_address", "client_address", "server_address",
+         "i_control", "rr_control", "frame_kind")
 _DATA = ("NULL", "DOUBLE_LONG_UNSIGNED", "INTEGER", "LONG", "LONG_UNSIGNED", "LONG64", "ENUM",
          "FLOAT32", "TIME", "MAX_DEPTH", "encode_length", "DateTime", "decode_datetime",
          "encode_datetime", "enc_null", "enc_bool", "enc_int", "enc_octets", "enc_visible",
@@ -532,14 +581,16 @@ _DLMS = (
     "CONF_BLOCK_TRANSFER_WITH_ACTION", "CONF_MULTIPLE_REFERENCES", "CONF_DATA_NOTIFICATION",
     "CONF_ACCESS", "CONF_GET", "CONF_SET", "CONF_SELECTIVE_ACCESS", "CONF_EVENT_NOTIFICATION",
     "CONF_ACTION", "DIAGNOSTIC_NAMES", "DAR_NAMES", "entry_access", "CLOCK_OBIS",
-    "range_access",
+    "range_access", "DEFAULT_CONFORMANCE", "DEFAULT_MAX_PDU", "RESP_DATA", "RESP_ERROR",
+    "RESP_BLOCK",
 )
 _OBJECTS = ("obis", "obis_text", "CLOCK", "ENERGY_IMPORT", "VOLTAGE", "CURRENT", "ACTIVE_POWER",
             "POWER_FACTOR", "FREQUENCY", "MAX_DEMAND", "BLOCK_LOAD_PROFILE", "BLOCK_LOAD_SCALERS",
             "SERIAL_NUMBER", "QUANTITY_ORDER", "QUANTITIES", "clock_utc", "CaptureObject",
             "capture_objects", "profile_rows")
 _CLIENT = ("IDLE", "LINKING", "LINKED", "ASSOCIATING", "READY", "READING", "CLOSING", "CLOSED",
-           "STATE_NAMES")
+           "STATE_NAMES", "EV_LINKED", "EV_ASSOCIATED", "EV_REJECTED", "EV_DATA", "EV_ACCESS_ERROR",
+           "EV_CLOSED")
 PUBLIC = {"firmware.protocol.hdlc": _HDLC, "firmware.protocol.dlms_data": _DATA,
           "firmware.protocol.dlms": _DLMS, "firmware.protocol.dlms_objects": _OBJECTS,
           "firmware.protocol.dlms_client": _CLIENT}

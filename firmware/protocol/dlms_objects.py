@@ -71,9 +71,10 @@ def register(quantity: str) -> tuple:
     raise KeyError(quantity)
 
 
-def to_units(value: int, scaler: int, exponent: int) -> int:
-    """value * 10**(scaler - exponent) exactly, truncated toward zero."""
-    shift = scaler - exponent
+def to_units(value: int, scaler: int, exp: int) -> int:
+    """value * 10**(scaler - exp) exactly, truncated toward zero; ``exp`` is the exponent
+    of our unit relative to the DLMS unit (``register``)."""
+    shift = scaler - exp
     if shift >= 0:
         return value * 10 ** shift
     div = 10 ** -shift

@@ -15,11 +15,13 @@ This module is the link layer only: it builds frames, finds them in a byte
 stream (:class:`FrameParser`) and tracks the sequence numbers and segment
 reassembly of one client connection (:class:`HdlcLink`).  Timeouts and
 retries belong to the caller.  What a meter never uses (``LinkParams`` with
-``encode_params``/``decode_params``, ``decode_address``, ``ERROR_NAMES`` and the
-frame, error and state numbers under public names) is in ``dlms_more``, handed
-out by this module's ``__getattr__`` on first use.
+``encode_params``/``decode_params``, ``client_address``/``server_address``/
+``decode_address``, ``i_control``/``rr_control``/``frame_kind``, ``ERROR_NAMES``
+and the frame, error and state numbers under public names) is in ``dlms_more``,
+handed out by this module's ``__getattr__`` on first use: each name a module
+holds is interned on the meter for good.
 
->>> encode_frame(server_address(1), client_address(16), 0x93).hex()  # SNRM
+>>> encode_frame(b"\x03", b"\x21", 0x93).hex()  # SNRM
 '7ea0070321930f017e'
 """
 try:
@@ -39,6 +41,9 @@ _DM = const(0x1F)
 _FRMR = const(0x97)
 _UI = const(0x13)
 _PF = const(0x10)
+# what Frame.kind names: S-frames RR, RNR, then the U-frames in the order of _U_CONTROLS
+_KINDS = const("RR RNR SNRM UA DISC DM FRMR UI")
+_U_CONTROLS = const(b"\x93\x73\x53\x1f\x97\x13")  # SNRM UA DISC DM FRMR UI
 
 # LLC headers of requests and responses; public as LLC_REQUEST, LLC_RESPONSE
 _LLC_REQUEST = const(b"\xe6\xe6\x00")
@@ -49,8 +54,9 @@ _DEFAULT_MAX_INFO = const(128)
 _DEFAULT_WINDOW = const(1)
 
 _MAX_FRAME_LENGTH = const(2047)  # 11-bit length field
+_MAX_FRAME = const(2049)  # the longest frame with its two flags
 
-# Reason codes for frames the parser drops (``FrameParser.last_error``); public as
+# Reason codes for frames the parser drops (``FrameParser.error``); public as
 # ERR_LENGTH, ERR_HCS, ERR_FCS, ERR_FLAG and explained by ERROR_NAMES (``dlms_more``).
 _ERR_FORMAT = const(1)
 _ERR_LENGTH = const(2)
@@ -132,79 +138,6 @@ def crc16_x25(data) -> int:
     return crc ^ 0xFFFF
 
 
-# -- addresses -----------------------------------------------------------------
-
-# Argument names repeat HdlcLink's: each distinct argument name is interned on the meter.
-
-def client_address(client_sap: int) -> bytes:
-    """One-byte client address: SAP 16 (public client 16) -> b'\\x21'."""
-    if not 0 <= client_sap <= 0x7F:
-        raise __getattr__("HdlcError")("client SAP must be 0..127")
-    return bytes(((client_sap << 1) | 1,))
-
-
-def server_address(server_logical: int, server_physical=None, server_address_size: int = 0) -> bytes:
-    """Server address in the 1-, 2- or 4-byte form (size 0 picks the shortest).
-
-    >>> server_address(1, 17)
-    b'\\x02#'
-    >>> server_address(1, 17, 4)
-    b'\\x00\\x02\\x00#'
-    """
-    logical, physical, size = server_logical, server_physical, server_address_size
-    if physical is None:
-        if (size != 0 and size != 1) or not 0 <= logical <= 0x7F:
-            raise __getattr__("HdlcError")("one-byte server address holds a logical address 0..127")
-        return bytes(((logical << 1) | 1,))
-    if not size:
-        size = 2 if logical <= 0x7F and physical <= 0x7F else 4
-    if size == 2:
-        if not (0 <= logical <= 0x7F and 0 <= physical <= 0x7F):
-            raise __getattr__("HdlcError")("two-byte server address holds 0..127 each")
-        return bytes((logical << 1, (physical << 1) | 1))
-    if size == 4:
-        if not (0 <= logical <= 0x3FFF and 0 <= physical <= 0x3FFF):
-            raise __getattr__("HdlcError")("four-byte server address holds 0..16383 each")
-        return bytes(((logical >> 7) << 1, (logical & 0x7F) << 1,
-                      (physical >> 7) << 1, ((physical & 0x7F) << 1) | 1))
-    raise __getattr__("HdlcError")("server address size must be 1, 2 or 4")
-
-
-# -- control field -------------------------------------------------------------
-
-def i_control(ns: int, nr: int) -> int:
-    """Control byte of an I-frame: RRR P SSS 0 (poll/final set)."""
-    return ((nr & 7) << 5) | _PF | ((ns & 7) << 1)
-
-
-def rr_control(nr: int) -> int:
-    """Control byte of a Receive Ready: RRR P 0001."""
-    return ((nr & 7) << 5) | _PF | 0x01
-
-
-def frame_kind(control: int) -> str:
-    """'I', 'RR', 'RNR', 'SNRM', 'UA', 'DISC', 'DM', 'FRMR', 'UI' or '?'."""
-    if not control & 1:
-        return "I"
-    if control & 3 == 1:  # S-frame: RRR P SS 01
-        s = control & 0x0F
-        return "RR" if s == 0x01 else "RNR" if s == 0x05 else "?"
-    u = control & ~_PF & 0xFF  # U-frame: the poll/final bit does not matter
-    if u == _SNRM & ~_PF:
-        return "SNRM"
-    if u == _UA & ~_PF:
-        return "UA"
-    if u == _DISC & ~_PF:
-        return "DISC"
-    if u == _DM & ~_PF:
-        return "DM"
-    if u == _FRMR & ~_PF:
-        return "FRMR"
-    if u == _UI & ~_PF:
-        return "UI"
-    return "?"
-
-
 # -- frames --------------------------------------------------------------------
 
 def encode_frame(dest, src, control: int, info=b"", segmented: bool = False) -> bytes:
@@ -231,7 +164,10 @@ def encode_frame(dest, src, control: int, info=b"", segmented: bool = False) -> 
 
 
 class Frame:
-    """A received, checked frame: raw addresses, control byte, info, segmentation bit."""
+    """A received, checked frame: raw addresses, control byte, info, segmentation bit.
+
+    N(S) of an I-frame is ``(control >> 1) & 7``, N(R) ``control >> 5``.
+    """
 
     def __init__(self, dest, src, control, info, segmented):
         self.dest = dest
@@ -242,15 +178,19 @@ class Frame:
 
     @property
     def kind(self) -> str:
-        return frame_kind(self.control)
-
-    @property
-    def ns(self) -> int:
-        return (self.control >> 1) & 7
-
-    @property
-    def nr(self) -> int:
-        return (self.control >> 5) & 7
+        """'I', 'RR', 'RNR', 'SNRM', 'UA', 'DISC', 'DM', 'FRMR', 'UI' or '?'."""
+        control = self.control
+        if not control & 1:
+            return "I"
+        if control & 3 == 1:  # S-frame: RRR P SS 01
+            s = control & 0x0F
+            i = 0 if s == 0x01 else 1 if s == 0x05 else -1
+        else:  # U-frame: the poll/final bit does not matter
+            i = _U_CONTROLS.find(bytes((control | _PF,)))
+            if i >= 0:
+                i += 2
+        # split, not literals: names the meter never compares against stay un-interned
+        return _KINDS.split()[i] if i >= 0 else "?"
 
     def __repr__(self):
         return "Frame(%s dest=%s src=%s control=0x%02x seg=%d info=%d bytes)" % (
@@ -258,23 +198,12 @@ class Frame:
             self.segmented, len(self.info))
 
 
-def _address_end(buf, start, end):
-    """Index just past the address that begins at ``start``, or -1 if malformed."""
-    i = start
-    while i < end and i - start < 4:
-        if buf[i] & 1:
-            n = i - start + 1
-            return i + 1 if n != 3 else -1
-        i += 1
-    return -1
-
-
 class FrameParser:
     """Finds checked frames in bytes that arrive in any chunks.
 
     Bytes before a flag are skipped; a frame with a bad format, length,
     address, HCS, FCS or closing flag is dropped (counted in ``dropped``,
-    reason in ``last_error``) and the search goes on from the next byte, so
+    reason in ``error``) and the search goes on from the next byte, so
     one corrupt frame never hides the next good one.  A corrupt length is
     caught by the HCS (which covers it) or, for frames without information,
     by the FCS/closing flag.  A frame cut short on the wire waits for more
@@ -286,13 +215,11 @@ class FrameParser:
     ['SNRM']
     """
 
-    def __init__(self, max_frame: int = _MAX_FRAME_LENGTH + 2):
+    def __init__(self):
         self._buf = bytearray()
         self._pos = 0
-        self.max_frame = max_frame
         self.dropped = 0
-        self.skipped = 0  # garbage bytes outside frames
-        self.last_error = 0
+        self.error = 0  # why the last dropped frame was dropped (an ERR_* number)
 
     def reset(self):
         """Forget buffered bytes (after a receive timeout)."""
@@ -301,7 +228,7 @@ class FrameParser:
 
     def _drop(self, reason):
         self.dropped += 1
-        self.last_error = reason
+        self.error = reason
         self._pos += 1  # resync from the byte after this flag
 
     def feed(self, data) -> list:
@@ -311,11 +238,9 @@ class FrameParser:
         buf = self._buf
         while True:
             start = buf.find(b"\x7e", self._pos)
-            if start < 0:
-                self.skipped += len(buf) - self._pos
+            if start < 0:  # garbage outside frames
                 self._pos = len(buf)
                 break
-            self.skipped += start - self._pos
             self._pos = start
             avail = len(buf) - start
             if avail < 3:
@@ -328,21 +253,27 @@ class FrameParser:
                 self._drop(_ERR_FORMAT)
                 continue
             length = ((fmt & 0x07) << 8) | buf[start + 2]
-            if length < 7 or length + 2 > self.max_frame:
+            if length < 7 or length + 2 > _MAX_FRAME:
                 self._drop(_ERR_LENGTH)
                 continue
             end = start + 1 + length  # index of the closing flag
             lim = min(end, len(buf))
-            dest_end = _address_end(buf, start + 3, lim)
-            if dest_end < 0:
-                if lim < end and lim - start - 3 < 4:
-                    break  # address not complete yet
-                self._drop(_ERR_ADDRESS)
-                continue
-            src_end = _address_end(buf, dest_end, lim)
-            if src_end < 0:
-                if lim < end and lim - dest_end < 4:
-                    break
+            # destination, then source address: each ends at its first byte whose low bit
+            # is 1 and is 1, 2 or 4 bytes long
+            a = i = start + 3  # a: where the address being read begins
+            dest_end = src_end = 0
+            while i < lim and i - a < 4:
+                i += 1
+                if buf[i - 1] & 1:
+                    if i - a == 3:
+                        break
+                    if dest_end:
+                        src_end = i
+                        break
+                    dest_end = a = i
+            if not src_end:  # the address at a is malformed, or not complete yet
+                if lim < end and lim - a < 4:
+                    break  # wait for the rest
                 self._drop(_ERR_ADDRESS)
                 continue
             header_end = src_end + 1  # past the control byte
@@ -377,7 +308,7 @@ class FrameParser:
 
 # -- SNRM / UA parameter negotiation -----------------------------------------------
 
-def _params(info) -> list:
+def _parse(info) -> list:
     """[max_info_tx, max_info_rx, window_tx, window_rx] a SNRM/UA information field
     states (its sender's tx/rx view); absent ones take the defaults.
 
@@ -418,104 +349,125 @@ _DISCONNECTING = const(3)
 class HdlcLink:
     """Client side of one HDLC connection: addresses, N(S)/N(R), segments.
 
-    Sans-IO: methods return the frame bytes to send; :meth:`receive` takes a
-    parsed :class:`Frame` addressed to us and returns ``(reply, apdu)``:
-    ``reply`` bytes to send now (an RR asking for the next segment, or b''),
-    ``apdu`` the reassembled information without the LLC header once the
-    last segment is in (else None).  ``params`` (a ``LinkParams``) proposes
-    HDLC parameters in the SNRM; None proposes the defaults (a SNRM without
-    information field).
+    ``client`` is the client SAP, ``server`` the server's logical address,
+    ``address`` its physical address (None: the one-byte address form) and
+    ``size`` the server address length (0 picks the shortest); the attributes
+    ``client`` and ``server`` then hold the addresses as sent.  Sans-IO:
+    methods return the frame bytes to send; :meth:`receive` takes a parsed
+    :class:`Frame` and returns ``(reply, apdu)``: ``reply`` bytes to send now
+    (an RR asking for the next segment, or b''), ``apdu`` the reassembled
+    information without the LLC header once the last segment is in (else
+    None).  ``params`` (a ``LinkParams``) proposes HDLC parameters in the SNRM;
+    None proposes the defaults (a SNRM without information field).
+    ``max_payload`` is the negotiated largest information field we may send.
 
     >>> link = HdlcLink(16, 1, 17)
-    >>> link.snrm().hex()
+    >>> link.connect().hex()
     '7ea00802232193bd647e'
     """
 
-    def __init__(self, client_sap=16, server_logical=1, server_physical=None,
-                 server_address_size=0, params=None):
-        self.client = client_address(client_sap)
-        self.server = server_address(server_logical, server_physical, server_address_size)
+    def __init__(self, client=16, server=1, address=None, size=0, params=None):
+        # Argument names reuse ones the app interns already: each new one costs the meter.
+        if not 0 <= client <= 0x7F:
+            raise __getattr__("HdlcError")("client SAP must be 0..127")
+        self.client = bytes(((client << 1) | 1,))
+        logical, physical = server, address
+        if physical is None:
+            if (size != 0 and size != 1) or not 0 <= logical <= 0x7F:
+                raise __getattr__("HdlcError")("one-byte server address holds a logical address 0..127")
+            server = bytes(((logical << 1) | 1,))
+        else:
+            if not size:
+                size = 2 if logical <= 0x7F and physical <= 0x7F else 4
+            if size == 2:
+                if not (0 <= logical <= 0x7F and 0 <= physical <= 0x7F):
+                    raise __getattr__("HdlcError")("two-byte server address holds 0..127 each")
+                server = bytes((logical << 1, (physical << 1) | 1))
+            elif size == 4:
+                if not (0 <= logical <= 0x3FFF and 0 <= physical <= 0x3FFF):
+                    raise __getattr__("HdlcError")("four-byte server address holds 0..16383 each")
+                server = bytes(((logical >> 7) << 1, (logical & 0x7F) << 1,
+                                (physical >> 7) << 1, ((physical & 0x7F) << 1) | 1))
+            else:
+                raise __getattr__("HdlcError")("server address size must be 1, 2 or 4")
+        self.server = server
         self.params = params
         self.state = DISCONNECTED
         self.vs = 0  # next N(S) we send
         self.vr = 0  # next N(S) we expect
-        self.max_info_tx = _DEFAULT_MAX_INFO
-        self.max_info_rx = _DEFAULT_MAX_INFO
-        self._segments = bytearray()
+        self.max_payload = _DEFAULT_MAX_INFO
+        self._buf = bytearray()  # segments received so far
 
-    def _frame(self, control, info=b"", segmented=False):
-        return encode_frame(self.server, self.client, control, info, segmented)
-
-    def snrm(self) -> bytes:
+    def connect(self) -> bytes:
         """SNRM with our proposed parameters (none when they are all default)."""
         self.state = _CONNECTING
         info = b""
         if self.params is not None:
-            from firmware.protocol.dlms_more import encode_params
-            info = encode_params(self.params)
-        return self._frame(_SNRM, info)
+            info = __getattr__("encode_params")(self.params)
+        self.max_payload = _parse(info)[0]  # what we propose, until the UA answers
+        return encode_frame(self.server, self.client, _SNRM, info)
 
-    def disc(self) -> bytes:
+    def disconnect(self) -> bytes:
+        """DISC."""
         self.state = _DISCONNECTING
-        return self._frame(_DISC)
+        return encode_frame(self.server, self.client, _DISC)
 
-    def send(self, apdu) -> bytes:
-        """I-frame carrying LLC request header + ``apdu``.
+    def send(self, data) -> bytes:
+        """I-frame carrying LLC request header + the APDU ``data``.
 
         Sending segmented requests is not supported: APDUs a client sends
         (AARQ, GET) fit easily in the negotiated information field.
         """
         if self.state != _CONNECTED:
             raise __getattr__("HdlcError")("link is not connected")
-        info = _LLC_REQUEST + apdu
-        if len(info) > self.max_info_tx:
+        info = _LLC_REQUEST + data
+        if len(info) > self.max_payload:
             raise __getattr__("HdlcError")("APDU of %d bytes exceeds max info field %d" % (
-                len(info), self.max_info_tx))
-        frame = self._frame(i_control(self.vs, self.vr), info)
+                len(info), self.max_payload))
+        # I-frame control: RRR P SSS 0
+        frame = encode_frame(self.server, self.client,
+                             ((self.vr & 7) << 5) | _PF | ((self.vs & 7) << 1), info)
         self.vs = (self.vs + 1) & 7
         return frame
 
-    def is_for_us(self, frame: Frame) -> bool:
-        return frame.dest == self.client and frame.src == self.server
-
     def receive(self, frame: Frame) -> tuple:
-        """Handle one frame from the server; see the class docstring for the result."""
-        if not self.is_for_us(frame):
+        """Handle one frame from the server; see the class docstring for the result.
+
+        Frames not addressed to us are ignored.
+        """
+        if frame.dest != self.client or frame.src != self.server:
             return b"", None
-        kind = frame.kind
-        if kind == "UA":
-            if self.state == _CONNECTING:
-                got = _params(frame.info)
-                ours = self.params
-                # the server's transmit limit is our receive limit and vice versa
-                self.max_info_tx = min(ours.max_info_tx if ours else _DEFAULT_MAX_INFO, got[1])
-                self.max_info_rx = min(ours.max_info_rx if ours else _DEFAULT_MAX_INFO, got[0])
-                self.vs = self.vr = 0
-                self._segments = bytearray()
-                self.state = _CONNECTED
-            elif self.state == _DISCONNECTING:
+        control = frame.control
+        if control & 3 == 3:  # U-frame; the poll/final bit does not matter
+            if control | _PF == _UA:
+                if self.state == _CONNECTING:
+                    # the server's receive limit is our transmit limit
+                    self.max_payload = min(self.max_payload, _parse(frame.info)[1])
+                    self.vs = self.vr = 0
+                    self._buf = bytearray()
+                    self.state = _CONNECTED
+                elif self.state == _DISCONNECTING:
+                    self.state = DISCONNECTED
+            elif control | _PF == _DM:
                 self.state = DISCONNECTED
+                raise __getattr__("HdlcError")("server answered DM (disconnected mode)")
+            elif control | _PF == _FRMR:
+                self.state = DISCONNECTED
+                raise __getattr__("HdlcError")("server rejected a frame (FRMR)")
             return b"", None
-        if kind == "DM":
-            self.state = DISCONNECTED
-            raise __getattr__("HdlcError")("server answered DM (disconnected mode)")
-        if kind == "FRMR":
-            self.state = DISCONNECTED
-            raise __getattr__("HdlcError")("server rejected a frame (FRMR)")
-        if kind != "I" or self.state != _CONNECTED:
+        if control & 1 or self.state != _CONNECTED:  # an S-frame, or not connected
             return b"", None
-        if frame.ns != self.vr:
-            # a repeat of a frame we already have: acknowledge again, keep nothing
-            return self._frame(rr_control(self.vr)), None
-        self.vr = (self.vr + 1) & 7
-        info = frame.info
-        if not self._segments:
-            if info[:3] != _LLC_RESPONSE:
-                raise __getattr__("HdlcError")("I-frame without the LLC response header E6 E7 00")
-            info = info[3:]
-        self._segments += info
-        if frame.segmented:
-            return self._frame(rr_control(self.vr)), None
-        apdu = bytes(self._segments)
-        self._segments = bytearray()
-        return b"", apdu
+        if (control >> 1) & 7 == self.vr:  # N(S) as expected; else a repeat of one we have
+            self.vr = (self.vr + 1) & 7
+            info = frame.info
+            if not self._buf:
+                if info[:3] != _LLC_RESPONSE:
+                    raise __getattr__("HdlcError")("I-frame without the LLC response header E6 E7 00")
+                info = info[3:]
+            self._buf += info
+            if not frame.segmented:
+                apdu = bytes(self._buf)
+                self._buf = bytearray()
+                return b"", apdu
+        # Receive Ready (RRR P 0001): asks for the next segment, or acknowledges a repeat
+        return encode_frame(self.server, self.client, (self.vr << 5) | _PF | 0x01), None

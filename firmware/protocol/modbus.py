@@ -11,7 +11,7 @@ task that owns the UART calls these; nothing here touches I/O or a clock.
 >>> p.feed(bytes.fromhex("0008e67dce")).registers
 [0, 2278]
 """
-from firmware.protocol.crc16 import append_crc, crc_ok
+from firmware.protocol.crc16 import crc16_modbus
 
 try:
     from micropython import const
@@ -28,6 +28,10 @@ _WRITE_MULTIPLE_REGISTERS = const(16)
 _MAX_READ_COUNT = const(125)
 _MAX_WRITE_COUNT = const(123)
 _BROADCAST = const(0)
+# imported by its name as a string: an import statement would intern that name and
+# "modbus_more" with this module on every meter, which never loads it
+_MORE = const("firmware.protocol.modbus_more")
+
 
 def __getattr__(name):
     # ModbusError (a ValueError: a request that cannot be built, or a parser used for a
@@ -45,15 +49,10 @@ def __getattr__(name):
     # meter's heap holds them only then)
     if name[:1] == "_":  # private, or CPython's import probing __path__: never handed out
         raise AttributeError(name)
-    from firmware.protocol import modbus_more
-    if name in modbus_more.PUBLIC:
-        return getattr(modbus_more, name)
+    more = __import__(_MORE, None, None, ["__name__"])  # a fromlist: the module itself
+    if name in more.PUBLIC[__name__]:
+        return getattr(more, name)
     raise AttributeError(name)
-
-
-def _check_u16(what, value):
-    if not isinstance(value, int) or value < 0 or value > 0xFFFF:
-        raise __getattr__("ModbusError")("%s must be 0..65535, got %r" % (what, value))
 
 
 class Request:
@@ -69,7 +68,8 @@ class Request:
         if not isinstance(slave, int) or slave < 0 or slave > 247:
             raise __getattr__("ModbusError")(
                 "slave must be 0 (broadcast) or 1..247, got %r" % (slave,))
-        _check_u16("address", address)
+        if not isinstance(address, int) or address < 0 or address > 0xFFFF:
+            raise __getattr__("ModbusError")("address must be 0..65535, got %r" % (address,))
         if function not in (_READ_HOLDING_REGISTERS, _READ_INPUT_REGISTERS,
                             _WRITE_SINGLE_REGISTER, _WRITE_MULTIPLE_REGISTERS):
             raise __getattr__("ModbusError")(
@@ -96,12 +96,9 @@ class Request:
             pdu.append(2 * count)
             for v in values:
                 pdu.extend((v >> 8, v & 0xFF))
-        self.adu = append_crc(pdu)
-
-    @property
-    def broadcast(self):
-        """True if no slave answers (slave 0)."""
-        return self.slave == _BROADCAST
+        crc = crc16_modbus(pdu)
+        pdu.extend((crc & 0xFF, crc >> 8))  # low byte first
+        self.adu = bytes(pdu)
 
     @property
     def response_length(self):
@@ -136,19 +133,18 @@ class Response:
     list (80 registers are a 640-byte block on a fragmented ~128 KB heap).
     """
 
-    def __init__(self, slave, pdu, registers=None):
+    def __init__(self, slave, pdu):
         self.slave = slave
         self.pdu = pdu
         self.function = pdu[0] & 0x7F
         self.exception_code = pdu[1] if pdu[0] & 0x80 else 0
-        self._registers = registers
 
     @property
     def registers(self):
         """The register values of a read (a list, built when asked for), else None."""
-        if self._registers is not None or self.exception_code or len(self.pdu) < 4 or (
+        if self.exception_code or len(self.pdu) < 4 or (
                 self.function != _READ_HOLDING_REGISTERS and self.function != _READ_INPUT_REGISTERS):
-            return self._registers
+            return None
         return [self[k] for k in range(len(self))]
 
     def __len__(self):
@@ -170,8 +166,7 @@ class Response:
         """Name of the exception code ('' for a normal response)."""
         if not self.exception_code:
             return ""
-        from firmware.protocol.modbus_more import exception_name
-        return exception_name(self.exception_code)
+        return __getattr__("exception_name")(self.exception_code)
 
     def __repr__(self):
         if self.exception_code:
@@ -199,7 +194,7 @@ class ResponseParser:
     """
 
     def __init__(self, request):
-        if request.broadcast:
+        if request.slave == _BROADCAST:
             raise __getattr__("ModbusError")("a broadcast request gets no response")
         self.request = request
         self.discarded = 0
@@ -244,7 +239,7 @@ class ResponseParser:
             if n < length:
                 return None
             frame = bytes(buf[:length])
-            if not crc_ok(frame):
+            if crc16_modbus(frame):  # over a frame and its own CRC: 0 iff the CRC is right
                 self.crc_errors += 1
                 self._drop(1)
                 continue
@@ -266,37 +261,13 @@ class ResponseParser:
 # data, parity or second stop, stop); frames are separated by 3.5 character
 # times (t3.5) and a gap over 1.5 (t1.5) inside a frame breaks it.  Above
 # 19200 baud both are fixed: t1.5 = 750 us, t3.5 = 1750 us.  Pass bits=10 for
-# 8N1 links such as the SDM120's default.  ``char_time_us`` and
-# ``inter_char_timeout_us`` (t1.5) are in ``modbus_more``.
+# 8N1 links such as the SDM120's default.  ``Transaction`` works out its reply
+# timeout here; the same arithmetic under public names (``frame_time_us``,
+# ``inter_frame_gap_us``, ``response_timeout_ms``, ``char_time_us``,
+# ``inter_char_timeout_us`` for t1.5) is in ``modbus_more``.
 
 _FAST_BAUD = const(19200)
 _DEFAULT_TURNAROUND_MS = const(200)  # slave processing allowance; not in the standard, tune per meter
-
-
-def _ceil_div(a, b):
-    return (a + b - 1) // b
-
-
-def frame_time_us(nbytes, baud, bits=11):
-    """Microseconds to send ``nbytes`` back to back, rounded up."""
-    return _ceil_div(nbytes * bits * 1000000, baud)
-
-
-def inter_frame_gap_us(baud, bits=11):
-    """t3.5: the silence that ends a frame and must precede the next request."""
-    if baud > _FAST_BAUD:
-        return 1750
-    return _ceil_div(35 * bits * 1000000, 10 * baud)
-
-
-def response_timeout_ms(request, baud, bits=11, turnaround_ms=_DEFAULT_TURNAROUND_MS):
-    """Milliseconds from starting to send ``request`` to giving up on its reply.
-
-    Sending the request + t3.5 + the slave's turnaround + receiving the
-    longest normal reply, rounded up to whole ms.
-    """
-    wire_us = frame_time_us(len(request.adu) + request.response_length, baud, bits)
-    return _ceil_div(wire_us + inter_frame_gap_us(baud, bits), 1000) + turnaround_ms
 
 
 class Transaction:
@@ -324,8 +295,12 @@ class Transaction:
     def __init__(self, request, baud, retries=2, bits=11, turnaround_ms=_DEFAULT_TURNAROUND_MS):
         self.request = request
         self.retries = retries
-        self.timeout_ms = response_timeout_ms(request, baud, bits, turnaround_ms)
-        self.parser = None if request.broadcast else ResponseParser(request)
+        # sending the request + t3.5 + the slave's turnaround + receiving the longest
+        # normal reply, rounded up to whole ms (modbus.response_timeout_ms)
+        gap_us = 1750 if baud > _FAST_BAUD else -(-35 * bits * 1000000 // (10 * baud))
+        wire_us = -(-(len(request.adu) + request.response_length) * bits * 1000000 // baud)
+        self.timeout_ms = -(-(wire_us + gap_us) // 1000) + turnaround_ms
+        self.parser = None if request.slave == _BROADCAST else ResponseParser(request)
         self.attempts = 0
         self.deadline_ms = 0
         self.done = False

@@ -2,8 +2,9 @@
 and the Eastron SDM120 / SDM630 input-register maps.
 
 An entry is ``(name, address, type, scale, unit)``:
-  * ``type``: F32 (IEEE 754 float32), U16, S16, U32, S32; 32-bit values take
-    two registers, high word first (Eastron's order);
+  * ``type``: F32 (IEEE 754 float32), U16, S16, U32, S32 (the strings "f32",
+    "u16", ...); 32-bit values take two registers, high word first (Eastron's
+    order);
   * ``scale``: power of ten applied before rounding to an integer,
     ``value = round(raw * 10**scale)``, half to even, computed exactly in
     integers (a float32 is expanded from its bits, so the ESP32's
@@ -12,6 +13,11 @@ An entry is ``(name, address, type, scale, unit)``:
 
 The firmware keeps integer units (energy Wh, as everywhere in the core), so
 the SDM maps turn kWh into Wh (scale 3), volts into decivolts, amps into mA.
+
+The type names (F32, ..., WIDTH), SDM630, SDM_MAX_READ_REGISTERS, check_map
+and f32_to_scaled_int are in ``modbus_more``, handed out by ``__getattr__``
+(``sdm.SDM630``, ``from firmware.protocol.sdm import F32``): a meter reading
+an SDM120 needs none of their names on its heap.
 
 >>> block = [0x4366, 0x0000]            # 230.0 V as float32 0x43660000
 >>> decode_registers((("voltage_dv", 0, F32, 1, "dV"),), 0, block)
@@ -23,33 +29,28 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]
         return x
 
-F32 = "f32"
-U16 = "u16"
-S16 = "s16"
-U32 = "u32"
-S32 = "s32"
-WIDTH = {F32: 2, U16: 1, S16: 1, U32: 2, S32: 2}
-
+_F32 = const("f32")
+# Every type, 16-bit ones first: its index here says its width and sign (find()
+# rather than a dict, whose keys would be interned names on every meter)
+_TYPES = const("u16 s16 f32 u32 s32")
 _MAX_READ_REGISTERS = const(125)  # Modbus Application Protocol V1.1b3, 6.4
-# "Each request for data must be restricted to 40 parameters or less" (80
-# registers): Eastron SDM630 Modbus protocol manual 1.2; ESPHome's sdm_meter
-# reads 80 registers from 0x0000 in one request.
-SDM_MAX_READ_REGISTERS = 80
+_MORE = const("firmware.protocol.modbus_more")  # a string: see ``modbus``
 
 
-# Addresses: Eastron SDM120 / SDM630 Modbus protocol manuals (input registers,
-# FC 04), cross-checked with merlokk/SmartHome lib/eastron.h (SDM220/SDM630)
-# and ESPHome's sdm_meter registers.
+# Addresses: Eastron SDM120 Modbus protocol manual (input registers, FC 04),
+# cross-checked with merlokk/SmartHome lib/eastron.h (SDM220/SDM630) and
+# ESPHome's sdm_meter registers.
 SDM120 = (
-    ("voltage_dv", 0x0000, F32, 1, "dV"),
-    ("current_ma", 0x0006, F32, 3, "mA"),
-    ("active_power_w", 0x000C, F32, 0, "W"),
-    ("power_factor_milli", 0x001E, F32, 3, "1/1000"),
-    ("frequency_chz", 0x0046, F32, 2, "cHz"),
-    ("import_wh", 0x0048, F32, 3, "Wh"),
-    ("export_wh", 0x004A, F32, 3, "Wh"),
-    ("total_wh", 0x0156, F32, 3, "Wh"),
+    ("voltage_dv", 0x0000, _F32, 1, "dV"),
+    ("current_ma", 0x0006, _F32, 3, "mA"),
+    ("active_power_w", 0x000C, _F32, 0, "W"),
+    ("power_factor_milli", 0x001E, _F32, 3, "1/1000"),
+    ("frequency_chz", 0x0046, _F32, 2, "cHz"),
+    ("import_wh", 0x0048, _F32, 3, "Wh"),
+    ("export_wh", 0x004A, _F32, 3, "Wh"),
+    ("total_wh", 0x0156, _F32, 3, "Wh"),
 )
+
 
 def __getattr__(name):
     # RegisterMapError (a ValueError: a malformed register map, or a block that does not
@@ -61,93 +62,67 @@ def __getattr__(name):
         if name not in g:
             g[name] = type(name, (ValueError,), {})
         return g[name]
-    # check_map (validating a map; the meter reads a fixed one) is in ``modbus_more``.
-    if name == "check_map":
-        from firmware.protocol.modbus_more import check_map
-        return check_map
-    # SDM630 (three-phase) is built when asked for: an SDM120 meter never reads it, and
-    # held from import on its 18 entries would sit in every meter's heap (~1.3 KB).
-    # ``sdm.SDM630`` and ``from firmware.protocol.sdm import SDM630`` work the same.
-    if name == "SDM630":
-        return (
-            ("voltage_l1_dv", 0x0000, F32, 1, "dV"),
-            ("voltage_l2_dv", 0x0002, F32, 1, "dV"),
-            ("voltage_l3_dv", 0x0004, F32, 1, "dV"),
-            ("current_l1_ma", 0x0006, F32, 3, "mA"),
-            ("current_l2_ma", 0x0008, F32, 3, "mA"),
-            ("current_l3_ma", 0x000A, F32, 3, "mA"),
-            ("active_power_l1_w", 0x000C, F32, 0, "W"),
-            ("active_power_l2_w", 0x000E, F32, 0, "W"),
-            ("active_power_l3_w", 0x0010, F32, 0, "W"),
-            ("power_factor_l1_milli", 0x001E, F32, 3, "1/1000"),
-            ("power_factor_l2_milli", 0x0020, F32, 3, "1/1000"),
-            ("power_factor_l3_milli", 0x0022, F32, 3, "1/1000"),
-            ("total_power_w", 0x0034, F32, 0, "W"),
-            ("total_power_factor_milli", 0x003E, F32, 3, "1/1000"),
-            ("frequency_chz", 0x0046, F32, 2, "cHz"),
-            ("import_wh", 0x0048, F32, 3, "Wh"),
-            ("export_wh", 0x004A, F32, 3, "Wh"),
-            ("total_wh", 0x0156, F32, 3, "Wh"),
-        )
+    # The type names, SDM630, check_map, ... are in ``modbus_more`` (see above).
+    if name[:1] == "_":  # private, or CPython's import probing __path__: never handed out
+        raise AttributeError(name)
+    more = __import__(_MORE, None, None, ["__name__"])  # a fromlist: the module itself
+    if name in more.PUBLIC[__name__]:
+        return getattr(more, name)
     raise AttributeError(name)
-
-
-def _scaled(num, den, scale):
-    """num / den * 10**scale rounded half to even (den > 0), in exact integers."""
-    if scale >= 0:
-        num *= 10 ** scale
-    else:
-        den *= 10 ** -scale
-    q, r = divmod(num, den)
-    if 2 * r > den or (2 * r == den and q & 1):
-        q += 1
-    return q
-
-
-def f32_to_scaled_int(bits, scale):
-    """round(float32 with these 32 bits * 10**scale), exact; None for NaN/inf.
-
-    >>> f32_to_scaled_int(0x3FC00000, 0)   # 1.5 rounds half to even
-    2
-    """
-    exp = (bits >> 23) & 0xFF
-    frac = bits & 0x7FFFFF
-    if exp == 0xFF:
-        return None
-    if exp == 0:
-        mant, e = frac, -149  # subnormal
-    else:
-        mant, e = frac | 0x800000, exp - 150
-    if bits >> 31:
-        mant = -mant
-    if e >= 0:
-        return _scaled(mant << e, 1, scale)
-    return _scaled(mant, 1 << -e, scale)
 
 
 def decode_registers(entries, start, registers):
     """Named integer values of ``entries`` from ``registers`` read from ``start``.
 
-    A float32 that is NaN or infinite decodes to None.  An entry that does not
-    lie wholly inside the block raises RegisterMapError.
+    Each is ``round(raw * 10**scale)``, half to even, in exact integers; a
+    float32 is expanded from its bits first.  A float32 that is NaN or
+    infinite decodes to None.  An entry that does not lie wholly inside the
+    block raises RegisterMapError; an unknown type, KeyError.
     """
-    values = {}
+    values = {}  # type: dict
     end = start + len(registers)
     for name, address, kind, scale, _unit in entries:
-        width = WIDTH[kind]
+        t = _TYPES.find(kind)
+        if t & 3 or len(kind) != 3:  # not found (-1), or not a whole type name
+            raise KeyError(kind)
+        width = 1 if t < 8 else 2
         if address < start or address + width > end:
             raise __getattr__("RegisterMapError")(
                 "%s (0x%04x) is outside registers 0x%04x..0x%04x" % (name, address, start, end - 1))
         i = address - start
         v = registers[i] if width == 1 else (registers[i] << 16) | registers[i + 1]
-        if kind == F32:
-            values[name] = f32_to_scaled_int(v, scale)
-            continue
-        if kind == S16 and v & 0x8000:
-            v -= 0x10000
-        elif kind == S32 and v & 0x80000000:
-            v -= 0x100000000
-        values[name] = _scaled(v, 1, scale)
+        den = 1
+        if t == 8:  # f32: sign, 8-bit exponent, 23-bit fraction
+            exp = (v >> 23) & 0xFF
+            if exp == 0xFF:  # NaN or infinite
+                values[name] = None
+                continue
+            num = v & 0x7FFFFF
+            if exp:
+                num |= 0x800000
+            else:
+                exp = 1  # subnormal
+            if v >> 31:
+                num = -num
+            if exp >= 150:
+                num <<= exp - 150
+            else:
+                den = 1 << (150 - exp)
+        elif t == 4 and v & 0x8000:  # s16
+            num = v - 0x10000
+        elif t == 16 and v & 0x80000000:  # s32
+            num = v - 0x100000000
+        else:
+            num = v
+        # num / den * 10**scale rounded half to even (den > 0)
+        if scale >= 0:
+            num *= 10 ** scale
+        else:
+            den *= 10 ** -scale
+        q, r = divmod(num, den)
+        if 2 * r > den or (2 * r == den and q & 1):
+            q += 1
+        values[name] = q
     return values
 
 
@@ -171,7 +146,10 @@ def plan_reads(entries, max_count=_MAX_READ_REGISTERS, max_gap=None):
     first = last_end = 0
     for entry in ordered:
         address = entry[1]
-        end = address + WIDTH[entry[2]]
+        t = _TYPES.find(entry[2])  # as in decode_registers
+        if t & 3 or len(entry[2]) != 3:
+            raise KeyError(entry[2])
+        end = address + (1 if t < 8 else 2)
         if group and (end - first > max_count or
                       (max_gap is not None and address - last_end > max_gap)):
             plans.append((first, last_end - first, group))

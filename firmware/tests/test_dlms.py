@@ -303,9 +303,9 @@ def _exchange(client, meter, request, max_rounds=50):
 
 def test_session_reads_clock_energy_and_profile_then_disconnects():
     meter = _meter(max_info=64, block_size=100)
-    c = DlmsClient(server_physical=17)
+    c = DlmsClient(address=17)
     eq(_exchange(c, meter, c.connect())[0], dlms_client.EV_LINKED)
-    eq(c.link.max_info_rx, 64)
+    eq(c.link.max_payload, 64)
     ev = _exchange(c, meter, c.associate())
     eq(ev[0], dlms_client.EV_ASSOCIATED)
     eq(ev[1].max_pdu, 512)
@@ -330,7 +330,7 @@ def test_session_reads_clock_energy_and_profile_then_disconnects():
 
 def test_missing_object_is_an_access_error_and_the_session_goes_on():
     meter = _meter()
-    c = DlmsClient(server_physical=17)
+    c = DlmsClient(address=17)
     _exchange(c, meter, c.connect())
     _exchange(c, meter, c.associate())
     ev = _exchange(c, meter, c.get(3, dlms_objects.FREQUENCY, 2))
@@ -341,20 +341,20 @@ def test_missing_object_is_an_access_error_and_the_session_goes_on():
 
 def test_low_level_security_password_is_checked_by_the_meter():
     meter = _meter(password=b"12345678")
-    c = DlmsClient(server_physical=17, password=b"wrong!!!")
+    c = DlmsClient(address=17, password=b"wrong!!!")
     _exchange(c, meter, c.connect())
     ev = _exchange(c, meter, c.associate())
     eq(ev[0], dlms_client.EV_REJECTED)
     eq((ev[1].result, ev[1].diagnostic), (dlms.REJECTED_PERMANENT, dlms.DIAG_AUTHENTICATION_FAILURE))
     eq(c.state, dlms_client.LINKED)
-    c2 = DlmsClient(server_physical=17, password=b"12345678")
+    c2 = DlmsClient(address=17, password=b"12345678")
     _exchange(c2, meter, c2.connect())
     eq(_exchange(c2, meter, c2.associate())[0], dlms_client.EV_ASSOCIATED)
 
 
 def test_session_survives_bytes_arriving_one_at_a_time():
     meter = _meter(max_info=64, block_size=100)
-    c = DlmsClient(server_physical=17)
+    c = DlmsClient(address=17)
     for request in (c.connect, c.associate):
         tx = request()
         event = None
@@ -375,7 +375,7 @@ def _from_meter(c, apdu):
 
 
 def _reading_client(**kw):
-    c = DlmsClient(server_physical=17, **kw)
+    c = DlmsClient(address=17, **kw)
     meter = _meter()
     _exchange(c, meter, c.connect())
     _exchange(c, meter, c.associate())
@@ -389,7 +389,7 @@ def test_blocks_out_of_order_or_too_large_are_refused():
     c = _reading_client()
     err = raises(dlms.DlmsError, c.feed, _from_meter(c, H("C402C1 00 00000002 00 01 01".replace(" ", ""))))
     assert "block 2 received, expected 1" in str(err), err
-    c = _reading_client(max_data_bytes=4)
+    c = _reading_client(max_bytes=4)
     out, ev = c.feed(_from_meter(c, H("C402C1 00 00000001 00 03 010203".replace(" ", ""))))
     eq(ev, None)
     (f,) = hdlc.FrameParser().feed(out)
@@ -408,7 +408,7 @@ def test_illegal_calls_raise_state_errors():
 
 
 def test_disc_answered_with_dm_also_closes():
-    c = DlmsClient(server_physical=17)
+    c = DlmsClient(address=17)
     c.connect()
     c.disconnect()
     dm = hdlc.encode_frame(c.link.client, c.link.server, hdlc.DM)

@@ -78,7 +78,7 @@ def test_snrm_without_parameters_matches_captures():
 
 def test_snrm_with_parameters_matches_gurux():
     link = hdlc.HdlcLink(16, 1, params=hdlc.LinkParams(1010, 1010))
-    eq(link.snrm(), GURUX_SNRM)
+    eq(link.connect(), GURUX_SNRM)
 
 
 def test_control_bytes_for_each_frame_kind():
@@ -110,7 +110,7 @@ def test_encode_params_omits_defaults():
 
 def _connected_link(server_physical=None, size=0):
     link = hdlc.HdlcLink(16, 1, server_physical, size)
-    link.snrm()
+    link.connect()
     ua = hdlc.encode_frame(link.client, link.server, hdlc.UA)
     (frame,) = hdlc.FrameParser().feed(ua)
     link.receive(frame)
@@ -144,7 +144,7 @@ def test_parser_takes_a_frame_whole():
     frames = hdlc.FrameParser().feed(GURUX_AARE)
     eq(len(frames), 1)
     f = frames[0]
-    eq((f.kind, f.ns, f.nr, f.segmented), ("I", 0, 1, False))
+    eq((f.kind, (f.control >> 1) & 7, f.control >> 5, f.segmented), ("I", 0, 1, False))
     eq(f.info[:3], hdlc.LLC_RESPONSE)
 
 
@@ -181,7 +181,7 @@ def test_parser_rejects_bad_hcs_and_keeps_going():
     got = p.feed(bytes(bad) + GURUX_GET)
     eq([f.info for f in got], [GURUX_GET[8:-3]])
     eq(p.dropped, 1)
-    eq(p.last_error, hdlc.ERR_HCS)
+    eq(p.error, hdlc.ERR_HCS)
 
 
 def test_parser_rejects_bad_fcs_and_keeps_going():
@@ -190,7 +190,7 @@ def test_parser_rejects_bad_fcs_and_keeps_going():
     p = hdlc.FrameParser()
     got = p.feed(bytes(bad) + KMETHY_UA)
     eq([f.kind for f in got], ["UA"])
-    eq(p.last_error, hdlc.ERR_FCS)
+    eq(p.error, hdlc.ERR_FCS)
 
 
 def test_parser_rejects_bad_length():
@@ -198,7 +198,7 @@ def test_parser_rejects_bad_length():
     too_short[2] = 0x04  # length 4 < minimum 7
     p = hdlc.FrameParser()
     eq(p.feed(bytes(too_short)), [])
-    eq(p.last_error, hdlc.ERR_LENGTH)
+    eq(p.error, hdlc.ERR_LENGTH)
     # length one byte short: the HCS still covers the old length, so the header check fails
     wrong = bytearray(GURUX_AARE)
     wrong[2] -= 1
@@ -213,7 +213,7 @@ def test_parser_rejects_a_frame_without_its_closing_flag():
     p = hdlc.FrameParser()
     eq(p.feed(bytes(bad) + GURUX_41_SNRM)[0].kind, "SNRM")
     eq(p.dropped, 1)
-    eq(p.last_error, hdlc.ERR_FLAG)
+    eq(p.error, hdlc.ERR_FLAG)
 
 
 def test_parser_finds_frames_that_share_a_flag():
@@ -277,7 +277,7 @@ def test_send_before_connect_and_oversized_apdu_are_refused():
 def test_disc_then_ua_disconnects():
     link = _connected_link()
     # same bytes as dlms-cosem's DisconnectFrame (host/test_dlms_vs_dlms_cosem.py)
-    eq(link.disc(), H("7EA00703215303C77E"))
+    eq(link.disconnect(), H("7EA00703215303C77E"))
     (ua,) = hdlc.FrameParser().feed(hdlc.encode_frame(link.client, link.server, hdlc.UA))
     link.receive(ua)
     eq(link.state, hdlc.DISCONNECTED)

@@ -337,6 +337,24 @@ def test_sdm120_plan_is_two_reads_within_the_eastron_limit():
     eq(sum(len(g) for _, _, g in plan), len(sdm.SDM120))
 
 
+def test_sdm_reader_plans_the_sdm120_within_the_eastron_limit():
+    # the reader keeps the limit as a private const (no name on a meter): the same 80
+    from firmware.app.sdm_reader import SdmReader
+
+    class Uart:
+        baud = 9600
+
+    eq(sdm.SDM_MAX_READ_REGISTERS, 80)
+    eq(SdmReader(Uart(), 1, lambda: 0).plan, sdm.plan_reads(sdm.SDM120, sdm.SDM_MAX_READ_REGISTERS))
+
+
+def test_an_unknown_register_type_is_a_key_error():
+    for kind in ("f64", "u1", "16 s", "32"):
+        entries = (("a", 0, kind, 0, ""),)
+        raises(KeyError, sdm.decode_registers, entries, 0, [0, 0])
+        raises(KeyError, sdm.plan_reads, entries)
+
+
 def test_sdm630_plan_is_two_reads():
     plan = sdm.plan_reads(sdm.SDM630, sdm.SDM_MAX_READ_REGISTERS)
     eq([(a, n) for a, n, _ in plan], [(0x0000, 76), (0x0156, 2)])
