@@ -1,16 +1,16 @@
 """Task liveness for the watchdog, and the shell's accelerated clock (pure: times come in).
 
 ``Liveness``: every task calls ``beat(name, now_ms)`` once per loop; the
-watchdog task feeds the hardware watchdog only when ``all_alive(now_ms)``.
+poll task feeds the hardware watchdog only while ``stale(now_ms)`` is empty.
 A task that hangs (a blocked read, a loop that stopped) stops beating, the
 feeding stops, and the board resets; the journal restores the meter.
 
 >>> live = Liveness()
 >>> live.register("metering", max_silence_ms=5000, now_ms=0)
->>> live.beat("metering", 1000); live.all_alive(5999)
-True
->>> live.all_alive(6001), live.stale(6001)
-(False, ['metering'])
+>>> live.beat("metering", 1000); live.stale(5999)
+[]
+>>> live.stale(6001)
+['metering']
 """
 
 
@@ -18,25 +18,29 @@ class Liveness:
     """Last beat time and allowed silence per task, in monotonic ms."""
 
     def __init__(self):
-        self.names = []  # registration order (dicts are unordered on MicroPython)
-        self.last = {}
-        self.allowed = {}
+        # three lists in registration order, not dicts by name: a handful of tasks, and
+        # lists take half the heap
+        self.names = []
+        self.last = []
+        self.allowed = []
 
     def register(self, name, max_silence_ms, now_ms):
-        if name not in self.last:
+        if name not in self.names:
             self.names.append(name)
-        self.last[name] = now_ms
-        self.allowed[name] = max_silence_ms
+            self.last.append(now_ms)
+            self.allowed.append(max_silence_ms)
+        i = self.names.index(name)
+        self.last[i] = now_ms
+        self.allowed[i] = max_silence_ms
 
     def beat(self, name, now_ms):
-        self.last[name] = now_ms
+        if name in self.names:  # a task not registered (run on its own in a test) is not watched
+            self.last[self.names.index(name)] = now_ms
 
     def stale(self, now_ms):
         """Names of the tasks silent for longer than they are allowed."""
-        return [n for n in self.names if now_ms - self.last[n] > self.allowed[n]]
-
-    def all_alive(self, now_ms):
-        return not self.stale(now_ms)
+        last, allowed = self.last, self.allowed
+        return [n for i, n in enumerate(self.names) if now_ms - last[i] > allowed[i]]
 
 
 class AcceleratedClock:

@@ -14,8 +14,11 @@ Tasks (each beats ``Liveness``; the watchdog is fed only while all beat):
 - ``mqtt``: the link supervisor (``core.backoff``), then publish the outbox
   in order at QoS 1, releasing each message only after its PUBACK;
 - ``downlink``: commands from the broker -> ``Meter.apply_command`` -> ack,
-  and the heartbeat (health every ``heartbeat_s``) between them;
-- ``watchdog``: feeds the board watchdog while every task is alive.
+  and the heartbeat (health every ``heartbeat_s``) between them.
+
+``poll`` also feeds the board watchdog while every task is alive (a task of its
+own would cost heap), and the event loop's exception handler says which task
+crashed (no wrapper coroutine per task).
 
 Meter time is the board clock accelerated by ``time_factor`` (1 on a real
 meter; tests use hundreds).  Run on the unix board::
@@ -29,7 +32,7 @@ unix), ``URJA_STATE_DIR``, ``URJA_CONTROL``, ``URJA_RS485_PTY``,
 applied when the store is empty), ``URJA_TIME_FACTOR``, ``URJA_START_T``
 (set the board clock at boot), ``URJA_WATCHDOG_MS``, ``URJA_FAULT_HANG``
 (``task:seconds``: that task stops beating after that many wall seconds,
-to prove the watchdog).
+to prove the watchdog; a hung ``poll`` stops feeding it too).
 """
 import asyncio
 import gc
@@ -89,21 +92,16 @@ async def _sleep_ms(ms):
     await asyncio.sleep(ms / 1000)
 
 
-class MonotonicMs:
+def _monotonic_ms(data=[0, None]):  # noqa: B006  # [total, last ticks]: kept here, not in a class (heap)
     """Milliseconds that never wrap (ticks_ms accumulated with ticks_diff on MicroPython)."""
-
-    def __init__(self):
-        self._ticks = getattr(time, "ticks_ms", None)
-        self._total = 0
-        self._last = self._ticks() if self._ticks else 0
-
-    def __call__(self):
-        if self._ticks is None:
-            return int(time.monotonic() * 1000)  # type: ignore[attr-defined]  # CPython
-        t = self._ticks()
-        self._total += time.ticks_diff(t, self._last)  # type: ignore[attr-defined]
-        self._last = t
-        return self._total
+    ticks = getattr(time, "ticks_ms", None)
+    if ticks is None:
+        return int(time.monotonic() * 1000)  # type: ignore[attr-defined]  # CPython
+    t = ticks()
+    if data[1] is not None:
+        data[0] += time.ticks_diff(t, data[1])  # type: ignore[attr-defined]
+    data[1] = t
+    return data[0]
 
 
 def _ticks_us():
@@ -181,11 +179,10 @@ class App:
         self.ota_trial = False  # this boot is a new image on trial: confirm once MQTT is up
         self.restart_pending = False
         self.parts = parts
-        self.ms = ms or MonotonicMs()
+        self.ms = ms or _monotonic_ms
         if start_t is not None:
             board.clock.set(start_t)
-        self.clock = AcceleratedClock(board.clock.now, self.ms, time_factor)
-        self.boot_ms = self.ms()
+        self.clock = AcceleratedClock(board.clock.now, self.ms, time_factor)  # its start_ms: boot
         self._config: ConfigStore = None  # type: ignore[assignment]  # see ``config``
         self._settings = {}  # _RUNTIME_SETTINGS while the store is not loaded
         self.liveness = Liveness()
@@ -195,9 +192,7 @@ class App:
         self.outbox: Outbox = None  # type: ignore[assignment]  # set by start_meter
         self.uplink: Uplink = None  # type: ignore[assignment]  # set by start_meter
         self.journal: Journal = None  # type: ignore[assignment]  # set by start_meter
-        self.not_ready = ""
         self.mqtt_state = "off"
-        self.mqtt_error = ""
         self.published = 0
         self._published_upto = 0
         self._backfills = []  # [next seq, last seq] ranges of held uplinks to publish again
@@ -216,7 +211,6 @@ class App:
         self.pulse_delta: metering.CounterDelta = None  # type: ignore[assignment]  # set by start_meter
         self.energy_feed: RegisterFeed = None  # type: ignore[assignment]  # set by start_meter
         self.power_w = None
-        self._read_failed = {}  # link name -> its last read failed (report changes only)
         self._last_pulse_units = 0
         self._last_step_t = 0
         self.cycles = 0  # metering cycles (step + uplinks queued), and their cost
@@ -263,7 +257,7 @@ class App:
 
     def start_meter(self):
         """Build the meter from the stored configuration (journal restores its state);
-        True once it runs, False when not commissioned (``not_ready`` says why).  Boot-only
+        True once it runs, False when not commissioned (the console says why).  Boot-only
         code: in ``firmware.app.startup``, loaded for it and let go again (heap)."""
         from firmware.app import startup
         try:
@@ -281,7 +275,7 @@ class App:
         return bool(c is not None and c.value())
 
     def uptime_s(self):
-        return (self.ms() - self.boot_ms) // 1000
+        return self.clock.elapsed_ms() // 1000
 
     def info(self):
         c = self.config
@@ -348,7 +342,7 @@ class App:
 
     def beat(self, name):
         due = self.hang.get(name)
-        if due is not None and self.ms() - self.boot_ms >= due:
+        if due is not None and self.clock.elapsed_ms() >= due:
             return False
         self.liveness.beat(name, self.ms())
         return True
@@ -359,16 +353,32 @@ class App:
             await _sleep_ms(1000)
 
     # -- tasks -------------------------------------------------------------------------
-    async def poll_task(self):
+    async def poll_task(self, wdt=None):
+        """Board inputs and the CLI every ``POLL_MS``; and ``wdt`` (the board watchdog, if
+        given) fed at most every min(500, timeout / 4) ms while every task beats: here, not
+        in a task of its own (heap).  A hung poll stops feeding it too."""
         cover = False
         power_fail = False
         cli = self.parts.cli is not None
+        if wdt is not None:
+            period = min(500, wdt.timeout_ms // 4)
+            fed_ms = self.ms() - period  # the first check at once
+            warned = False
         while True:
             if not self.beat("poll"):
                 # the board's poll still runs (it is what resets the unix board)
                 self.board.poll()
                 await _sleep_ms(POLL_MS)
                 continue
+            if wdt is not None and self.ms() - fed_ms >= period:
+                fed_ms = self.ms()
+                stale = self.liveness.stale(fed_ms)
+                if not stale:
+                    wdt.feed()
+                    warned = False
+                elif not warned:
+                    print("urja: watchdog not fed, silent tasks:", ",".join(stale))
+                    warned = True
             self.board.poll()
             if cli:
                 self.cli_poll()
@@ -402,8 +412,7 @@ class App:
             if now < nxt or now <= self._last_step_t:
                 continue  # woke a little early: sleep on to the step boundary
             t_us = _ticks_us()
-            self._power_sample(now)
-            mv, ma = self._volts_amps(now)
+            mv, ma = self._sample(now)
             out = m.step(now, mv, ma)
             self._last_step_t = now
             records = [r for kind, r in out if kind == "interval"]
@@ -424,23 +433,18 @@ class App:
         t = self.live_t.get(source)
         return t is not None and now - t <= 3 * self.setting("step_s") + 60
 
-    def _volts_amps(self, now):
-        v = self.live_values
-        if self._fresh("sdm", now) and v.get("sdm_voltage_dv") is not None:
-            ma = v.get("sdm_current_ma")
-            return v["sdm_voltage_dv"] * 100, ma if ma is None or ma >= 0 else None
-        if self._fresh("dlms", now) and v.get("dlms_voltage_mv") is not None:
-            return v["dlms_voltage_mv"], v.get("dlms_current_ma")
-        return None, None
-
-    def _power_sample(self, now):
-        """Demand for the load limiter: the external meter's power, else from the pulses."""
+    def _sample(self, now):
+        """Demand for the load limiter (the external meter's power, else from the pulses)
+        given to the meter, then the (mV, mA) for its step: each None when not known."""
         m = self.meter
+        v = self.live_values
+        sdm = self._fresh("sdm", now)
+        dlms = self._fresh("dlms", now)
         w = None
-        if self._fresh("sdm", now):
-            w = self.live_values.get("sdm_active_power_w")
-        elif self._fresh("dlms", now):
-            w = self.live_values.get("dlms_active_power_w")
+        if sdm:
+            w = v.get("sdm_active_power_w")
+        elif dlms:
+            w = v.get("dlms_active_power_w")
         units = m.energy_units
         dt = now - self._last_step_t
         if w is None and dt > 0 and m.config.service == "electricity":
@@ -450,60 +454,50 @@ class App:
             self.power_w = w
             m.power_sample(w if w >= 0 else 0, now)
             self.sync_relay()
+        if sdm and v.get("sdm_voltage_dv") is not None:
+            ma = v.get("sdm_current_ma")
+            return v["sdm_voltage_dv"] * 100, ma if ma is None or ma >= 0 else None
+        if dlms and v.get("dlms_voltage_mv") is not None:
+            return v["dlms_voltage_mv"], v.get("dlms_current_ma")
+        return None, None
 
-    def _feed_energy(self, source, reading_wh, now):
-        if self.energy_feed is None or self.setting("energy_source") != source:
-            return
-        pulses, status = self.energy_feed.update(reading_wh)
-        if pulses:
-            self.meter.add_pulses(pulses, now)
-        if status == metering.REG_DECREASE:
-            self.meter.log.append(now, events.REGISTER_DECREASE, 0)
-
-    async def modbus_task(self):
+    async def read_task(self, name):
+        """The ``modbus`` task (the SDM120, ``self.sdm``) or the ``dlms`` one: live values
+        every ``<name>_period_s``, the energy register when ``energy_source`` is this
+        meter, and a console line and a READ_FAILED / READ_RESTORED event (value = link)
+        when the link changes state (not on every poll)."""
+        sdm = name == "modbus"
+        reader: "SdmReader | DlmsReader" = self.sdm if sdm else self.dlms
+        source = "sdm" if sdm else "dlms"
+        failed = False
         while True:
-            if not self.beat("modbus"):
-                await self._hung("modbus")
-            values = await self.sdm.read()
+            if not self.beat(name):
+                await self._hung(name)
+            values = await reader.read()
             now = self.now()
-            self._read_state("modbus", events.READ_LINK_MODBUS, self.sdm, values is not None, now)
+            if failed != (values is None):
+                failed = not failed
+                link = events.READ_LINK_MODBUS if sdm else events.READ_LINK_DLMS
+                if failed:
+                    print("urja: %s read failed: %s" % (name, reader.error))
+                    self.meter.log.append(now, events.READ_FAILED, link)
+                else:
+                    print("urja: %s read restored after %d failed reads" % (name, reader.failures))
+                    self.meter.log.append(now, events.READ_RESTORED, link)
+                self._report(now)
             if values is not None:
-                for name in values:
-                    self.live_values["sdm_" + name] = values[name]
-                self.live_t["sdm"] = now
-                if values.get("import_wh") is not None:
-                    self._feed_energy("sdm", values["import_wh"], now)
-            await asyncio.sleep(self._period_wall("modbus_period_s"))
-
-    async def dlms_task(self):
-        while True:
-            if not self.beat("dlms"):
-                await self._hung("dlms")
-            values = await self.dlms.read()
-            now = self.now()
-            self._read_state("dlms", events.READ_LINK_DLMS, self.dlms, values is not None, now)
-            if values is not None:
-                for name in values:
-                    self.live_values["dlms_" + name] = values[name]
-                self.live_t["dlms"] = now
-                if values.get("energy_import_wh") is not None:
-                    self._feed_energy("dlms", values["energy_import_wh"], now)
-            await asyncio.sleep(self._period_wall("dlms_period_s"))
-
-    def _read_state(self, name, link, reader, ok, now):
-        """Say when an external meter's link changes state (not on every poll): a console
-        line and a READ_FAILED / READ_RESTORED event (value = link) on the wire."""
-        failed = not ok
-        if failed == self._read_failed.get(name, False):
-            return
-        self._read_failed[name] = failed
-        if failed:
-            print("urja: %s read failed: %s" % (name, reader.error))
-            self.meter.log.append(now, events.READ_FAILED, link)
-        else:
-            print("urja: %s read restored after %d failed reads" % (name, reader.failures))
-            self.meter.log.append(now, events.READ_RESTORED, link)
-        self._report(now)
+                for key in values:
+                    self.live_values[source + "_" + key] = values[key]
+                self.live_t[source] = now
+                wh = values.get("import_wh" if sdm else "energy_import_wh")
+                if wh is not None and self.energy_feed is not None \
+                        and self.setting("energy_source") == source:
+                    pulses, status = self.energy_feed.update(wh)
+                    if pulses:
+                        self.meter.add_pulses(pulses, now)
+                    if status == metering.REG_DECREASE:
+                        self.meter.log.append(now, events.REGISTER_DECREASE, 0)
+            await asyncio.sleep(self._period_wall(name + "_period_s"))
 
     def _period_wall(self, key):
         return max(0.2, self.clock.wall_s(self.setting(key)))
@@ -553,7 +547,16 @@ class App:
                 continue
             self.handle_command(self._downlinks.pop(0))
             if self.restart_pending:
-                await self._restart_when_sent()
+                # restart into the new image once the ack is out (or after _RESTART_DRAIN_MS)
+                deadline = self.ms() + _RESTART_DRAIN_MS
+                while self.outbox.peek(1, after=self._published_upto) and self.ms() < deadline:
+                    self.beat("downlink")
+                    await _sleep_ms(50)
+                print("urja: restarting for the new firmware")
+                restart = getattr(self.board, "restart", None)
+                if restart is None:
+                    raise SystemExit(0)
+                restart()
 
     def handle_command(self, payload):
         """Decode, authenticate and apply one downlink; queue its ack. Returns the result code."""
@@ -571,9 +574,22 @@ class App:
         counter = cmd["counter"] if isinstance(cmd.get("counter"), int) else 0
         n = lo = None
         if result == auth.OK and cmd.get("kind") == "backfill":
-            n, lo = self.backfill(*backfill_range(cmd["fields"]))
+            # ``uplink.queue_backfill`` on this app's outbox and ranges, waking the pump
+            first, last = backfill_range(cmd["fields"])
+            n, lo, queued = queue_backfill(self.outbox, self._backfills, self._published_upto,
+                                           first, last)
+            if queued:
+                self._outbox_event.set()
         if result == auth.OK and cmd.get("kind") == "time":
-            self.set_clock(clock_sync_time(cmd["fields"]))
+            # Move meter time to UTC t (the core accepted and journaled it).  The board
+            # clock takes the step, so the accelerated test clock moves with it.  Meter
+            # time never goes back: after a backward step ``now()`` holds at the last
+            # step until the clock passes it (no interval closes twice).
+            t = clock_sync_time(cmd["fields"])
+            step = t - self.clock.now()
+            self.board.clock.set(self.board.clock.now() + step)
+            self._floor_t = max(self._floor_t, self._last_step_t)
+            print("urja: clock set to %d (step %d s)" % (t, step))
             now = self.now()  # the ack and the status after it carry the new time
         names = meter_mod.RESULT_NAMES  # built when asked for: not held on the heap between commands
         self.uplink.ack(now, cid, counter, result, names.get(result, str(result)), detail[:60], n, lo)
@@ -596,38 +612,6 @@ class App:
             _drop("firmware.app.downlinks")
             self.release_config()
 
-    async def _restart_when_sent(self):
-        """Restart into the new image once the ack is out (or after ``_RESTART_DRAIN_MS``)."""
-        deadline = self.ms() + _RESTART_DRAIN_MS
-        while self.outbox.peek(1, after=self._published_upto) and self.ms() < deadline:
-            self.beat("downlink")
-            await _sleep_ms(50)
-        print("urja: restarting for the new firmware")
-        restart = getattr(self.board, "restart", None)
-        if restart is None:
-            raise SystemExit(0)
-        restart()
-
-    def set_clock(self, t):
-        """Move meter time to UTC ``t`` (a ``time`` command the core accepted and journaled).
-
-        The board clock takes the step, so the accelerated test clock moves with it.
-        Meter time never goes back: after a backward step ``now()`` holds at the
-        last step until the clock passes it (no interval closes twice).
-        """
-        step = t - self.clock.now()
-        self.board.clock.set(self.board.clock.now() + step)
-        self._floor_t = max(self._floor_t, self._last_step_t)
-        print("urja: clock set to %d (step %d s)" % (t, step))
-
-    def backfill(self, first, last):
-        """``uplink.queue_backfill`` on this app's outbox and ranges, waking the pump: (n, lo)."""
-        n, lo, queued = queue_backfill(self.outbox, self._backfills, self._published_upto,
-                                       first, last)
-        if queued:
-            self._outbox_event.set()
-        return n, lo
-
     def _next_publish(self):
         """(seq, record, backfill range or None) of the next uplink to publish, or None."""
         while self._backfills:
@@ -641,20 +625,14 @@ class App:
             return batch[0][0], batch[0][1], None
         return None
 
-    def _session(self):
-        mid = self.meter.config.meter_id
-        # a fresh Session per connection: the outbox, not the session, owns unacked
-        # readings, so nothing is sent twice from two places after a reconnect
-        return Session(mid, keepalive_s=60, clean_session=False,
-                       will_topic=messages.online_topic(mid), will_message=b"0",
-                       will_qos=1, will_retain=True, retry_s=0)
-
     async def mqtt_task(self):
         sup = backoff.Supervisor(
             backoff.Backoff(base_ms=500, cap_ms=30000, randrange=random.randrange),
             self.ms(), connect_timeout_ms=15000, stable_ms=30000)
         host = self.setting("broker_host")
         port = self.setting("broker_port")
+        error = ""  # the last connect or link error, for the console
+        mid = self.meter.config.meter_id
         while True:
             if not self.beat("mqtt"):
                 await self._hung("mqtt")
@@ -665,11 +643,16 @@ class App:
                 continue
             self.mqtt_state = "connecting"
             # keepalive from _pump's loop, not a task of its own (heap)
-            conn = MqttConnection(self._session(), on_message=self._on_message, keepalive_task=False)
+            # a fresh Session per connection: the outbox, not the session, owns unacked
+            # readings, so nothing is sent twice from two places after a reconnect
+            session = Session(mid, keepalive_s=60, clean_session=False,
+                              will_topic=messages.online_topic(mid), will_message=b"0",
+                              will_qos=1, will_retain=True, retry_s=0)
+            conn = MqttConnection(session, on_message=self._on_message, keepalive_task=False)
             try:
                 await conn.connect(host, port, timeout_s=10)
             except Exception as e:  # OSError, refused, timeout: try again later
-                self.mqtt_error = "%s: %s" % (type(e).__name__, e)
+                error = "%s: %s" % (type(e).__name__, e)
                 await conn.abort()
                 sup.connect_failed(self.ms())
                 continue
@@ -678,11 +661,11 @@ class App:
             try:
                 await self._pump(conn, "%s:%d" % (host, port))
             except (MqttError, OSError) as e:
-                self.mqtt_error = "%s: %s" % (type(e).__name__, e)
-            await conn.abort("link lost: " + self.mqtt_error)
+                error = "%s: %s" % (type(e).__name__, e)
+            await conn.abort("link lost: " + error)
             sup.link_lost(self.ms())
             self.mqtt_state = "disconnected"
-            print("urja: mqtt link lost:", self.mqtt_error)
+            print("urja: mqtt link lost:", error)
 
     async def _pump(self, conn, where=""):
         """Subscribe, announce, then publish the outbox oldest first, one PUBACK at a time.
@@ -732,7 +715,7 @@ class App:
         if unreleased:
             self.outbox.ack(self._published_upto, self.now())
 
-    # -- CLI and watchdog ---------------------------------------------------------------------
+    # -- CLI ----------------------------------------------------------------------------------
     def cli_poll(self):
         """Serve the CLI UART (``poll_task`` calls it every ``POLL_MS``): read until it is
         empty (a pasted line must not overrun a small UART buffer), the CLI module loaded
@@ -744,10 +727,14 @@ class App:
             if reader is not None and not reader.buf and not reader.overlong \
                     and self.ms() - self._cli_last_ms >= CLI_IDLE_UNLOAD_MS:
                 self._cli_reader = None  # the technician has gone: give the heap back
-                self._unload_cli()
+                self.cli = None  # type: ignore[assignment]
+                _drop("firmware.app.cli")
+                self.release_config()
             return
         if reader is None:  # the first byte: most meters never see one (heap)
-            reader = self._cli_reader = self._load_cli()
+            from firmware.app import cli  # and the settings store it works on
+            self.cli = cli.Cli(self)
+            reader = self._cli_reader = cli.LineReader()
         while data:
             self._cli_last_ms = self.ms()
             for line in reader.feed(data):
@@ -756,63 +743,50 @@ class App:
                     uart.write(reply.encode() + b"\r\n")
             data = uart.read(64)
 
-    def _load_cli(self):
-        """Import the CLI (and the settings store it works on); returns its LineReader."""
-        from firmware.app import cli
-        self.cli = cli.Cli(self)
-        return cli.LineReader()
-
-    def _unload_cli(self):
-        self.cli = None  # type: ignore[assignment]
-        _drop("firmware.app.cli")
-        self.release_config()
-
-    async def watchdog_task(self, wdt):
-        warned = False
-        while True:
-            stale = self.liveness.stale(self.ms())
-            if not stale:
-                wdt.feed()
-                warned = False
-            elif not warned:
-                print("urja: watchdog not fed, silent tasks:", ",".join(stale))
-                warned = True
-            await _sleep_ms(min(500, wdt.timeout_ms // 4))
-
     # -- run ----------------------------------------------------------------------------------
     def tasks(self):
-        """(name, coroutine function, max silence in wall ms) of the tasks this board runs."""
-        out = [("poll", self.poll_task, 2000)]
+        """(name, coroutine function, max silence in wall ms) of the tasks this board runs
+        (``run`` gives ``poll`` the watchdog)."""
+        out: list = [("poll", self.poll_task, 2000)]
         if self.meter is not None:
             step_wall_ms = int(self.clock.wall_s(self.setting("step_s")) * 1000)
             out.append(("metering", self.metering_task, step_wall_ms + 5000))
             out.append(("mqtt", self.mqtt_task, 20000))
             out.append(("downlink", self.downlink_task, 5000))
             if self.sdm is not None:
-                out.append(("modbus", self.modbus_task,
+                out.append(("modbus", lambda: self.read_task("modbus"),
                             int(self._period_wall("modbus_period_s") * 1000) + 10000))
             if self.dlms is not None:
-                out.append(("dlms", self.dlms_task,
+                out.append(("dlms", lambda: self.read_task("dlms"),
                             int(self._period_wall("dlms_period_s") * 1000) + 15000))
         return out
 
-    async def _guard(self, name, fn):
-        try:
-            await fn()
-        except Exception as e:  # a crashed task stops beating: the watchdog resets the board
-            print("urja: task %s crashed: %s: %s" % (name, type(e).__name__, e))
-            if hasattr(sys, "print_exception"):
-                sys.print_exception(e)  # type: ignore[attr-defined]
-            raise
+    def _crashed(self, loop, context):
+        """The event loop's exception handler: a task ended by an exception that nobody awaits
+        (MicroPython calls it at once).  A crashed task stops beating: the watchdog resets
+        the board."""
+        t = context["future"]
+        if t not in self._tasks:  # not one of ours (MicroPython's ``Loop`` is a class)
+            return loop.default_exception_handler(loop, context)
+        e = context["exception"]
+        print("urja: task %s crashed: %s: %s" % (
+            self.liveness.names[self._tasks.index(t)], type(e).__name__, e))
+        if hasattr(sys, "print_exception"):
+            sys.print_exception(e)  # type: ignore[attr-defined]
 
     async def run(self, watchdog=True):
         now_ms = self.ms()
-        running = []
+        wdt = self.board.start_watchdog() if watchdog else None
+        self._tasks = []  # in ``liveness.names`` order: ``_crashed`` names a task by its place
         for name, fn, silence_ms in self.tasks():
             self.liveness.register(name, silence_ms, now_ms)
-            running.append(asyncio.create_task(self._guard(name, fn)))
-        if watchdog:
-            running.append(asyncio.create_task(self.watchdog_task(self.board.start_watchdog())))
+            t = asyncio.create_task(fn(wdt) if name == "poll" else fn())
+            self._tasks.append(t)
+            if hasattr(t, "add_done_callback"):  # CPython: its loop reports only once a task is collected
+                t.add_done_callback(lambda t: t.cancelled() or t.exception() is None or self._crashed(
+                    None, {"exception": t.exception(), "future": t}))
+        if not hasattr(t, "add_done_callback"):
+            asyncio.get_event_loop().set_exception_handler(self._crashed)
         print("urja: running tasks", ",".join(self.liveness.names))
         while True:
             await asyncio.sleep(3600)

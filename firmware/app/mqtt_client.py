@@ -32,9 +32,8 @@ _CONNACK = const(2)
 _PUBACK = const(4)
 _PINGRESP = const(13)
 # waiter keys: the packet id of a PUBACK, SUBACK or UNSUBACK (1..65535), or
-# minus the packet type for the one CONNACK or PINGRESP awaited
+# minus the packet type for the one CONNACK or PINGRESP awaited (mqtt_more's ping)
 _CONNACK_KEY = const(-2)
-_PING_KEY = const(-13)
 
 
 def __getattr__(name):
@@ -91,7 +90,10 @@ class MqttConnection:
     less on its heap).
     """
 
-    def __init__(self, session, on_message=None, clock=None, read_size=512,
+    # read_size: one buffer held for the connection's whole life (all day on a
+    # meter) while what comes in is 4-byte PUBACKs and the odd command, which
+    # PacketReader assembles in a buffer of its own exact size whatever the read size
+    def __init__(self, session, on_message=None, clock=None, read_size=256,
                  max_packet=MAX_PACKET, tick_s=1, inbox_size=16, keepalive_task=True):
         self.session = session
         self.on_message = on_message
@@ -103,13 +105,13 @@ class MqttConnection:
         self.callback_errors = 0
         self.dropped = 0
         self._packets = PacketReader(max_packet)
-        self._reader = None
         self._writer = None
         self._write_lock = asyncio.Lock()
         self._waiters = {}  # key -> [Event, the packet that set it, or None: link lost]
-        self._inbox = []
-        # Events made by the first next_message / wait_all_acked: the meter calls
-        # neither (on_message, one PUBACK at a time), so its connection holds none.
+        # The inbox (a list made by the first message without on_message) and the
+        # events made by the first next_message / wait_all_acked: the meter uses none
+        # (on_message, one PUBACK at a time), so its connection holds none.
+        self._inbox = None
         self._inbox_event = None  # set when the inbox gets a message
         self._acked = None  # set on every PUBACK
         self._rx_task = None
@@ -129,40 +131,24 @@ class MqttConnection:
         Raises ConnectRefused, AckTimeout (no CONNACK), or OSError from the socket.
         Unacked QoS 1 publishes of the session go out right after the CONNACK.
         """
-        if self._reader is not None:
+        if self._writer is not None:
             raise MqttError("an MqttConnection is used once; make a new one to reconnect")
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), timeout_s)
+        streams: "tuple" = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        reader, self._writer = streams  # the reader is _receive_loop's alone
         self._open = True
-        self._rx_task = asyncio.create_task(self._receive_loop())
+        self._rx_task = asyncio.create_task(self._receive_loop(reader))
         try:
             connack = await self._request(_CONNACK_KEY, self.session.connect(self.clock()),
                                           timeout_s, "CONNACK")
         except Exception:
             await self._shutdown("connect failed")
             raise
-        code = connack[1]
-        if code:
-            from firmware.protocol.mqtt_more import connack_name
-            name = connack_name(code)
-            await self._shutdown("broker refused CONNECT: " + name)
-            err = __getattr__("ConnectRefused")("broker refused CONNECT: %s (%d)" % (name, code))
-            err.return_code = code
-            err.name = name
-            raise err
+        if connack[1]:
+            from firmware.protocol.mqtt_more import connection_refused
+            raise await connection_refused(self, connack[1])
         if self._keepalive_task:
             self._ka_task = asyncio.create_task(self._keepalive_loop())
         return connack[2]
-
-    async def close(self):
-        """Send DISCONNECT (the broker discards the will) and close the socket."""
-        if not self._open:
-            return
-        try:
-            await self._send(self.session.disconnect())
-        except Exception:  # already broken: closing anyway
-            pass
-        await self._shutdown("closed by client")
 
     async def abort(self, reason="aborted by client"):
         """Close the socket without DISCONNECT (the broker publishes the will)."""
@@ -190,44 +176,16 @@ class MqttConnection:
         suback = await self._request(pid, frame, timeout_s, "SUBACK")
         return suback[2]
 
-    async def unsubscribe(self, topic_filters, timeout_s=10):
-        """UNSUBSCRIBE from [filter, ...] and wait for UNSUBACK."""
-        self._check_open()
-        pid, frame = self.session.unsubscribe(topic_filters, self.clock())
-        await self._request(pid, frame, timeout_s, "UNSUBACK")
-
-    async def ping(self, timeout_s=10):
-        """Send PINGREQ now and wait for PINGRESP."""
-        self._check_open()
-        await self._request(_PING_KEY, self.session.ping(self.clock()), timeout_s, "PINGRESP")
-
-    async def wait_all_acked(self, timeout_s=10):
-        """Wait until no QoS 1 publish of the session awaits PUBACK."""
-        try:
-            await asyncio.wait_for(self._until_all_acked(), timeout_s)
-        except asyncio.TimeoutError:
-            raise AckTimeout("publishes %r still unacked after %ss" % (
-                self.session.in_flight_ids(), timeout_s))
-
-    async def next_message(self, timeout_s=None):
-        """The oldest unread incoming ``Publish``, or None after ``timeout_s``.
-
-        Raises ConnectionLost once the inbox is empty and the connection is gone.
-        """
-        while not self._inbox:
-            self._check_open()
-            event = self._inbox_event
-            if event is None:
-                event = self._inbox_event = asyncio.Event()
-            event.clear()
-            if timeout_s is None:
-                await event.wait()
-                continue
-            try:
-                await asyncio.wait_for(event.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                return None
-        return self._inbox.pop(0)
+    def __getattr__(self, name):
+        # close, unsubscribe, ping, wait_all_acked and next_message (coroutines:
+        # ``await conn.close()``), which a meter never calls (it aborts), are functions
+        # of ``firmware.protocol.mqtt_more`` taking the connection: one method here,
+        # not six.  Their docstrings are there.
+        from firmware.protocol import mqtt_more
+        if name in mqtt_more.CONNECTION_MORE:
+            fn = getattr(mqtt_more, "connection_" + name)
+            return lambda *args, **kwargs: fn(self, *args, **kwargs)
+        raise AttributeError(name)
 
     # ------------------------------------------------------------ internals
     def _check_open(self):
@@ -258,15 +216,6 @@ class MqttConnection:
             w[1] = packet
             w[0].set()
 
-    async def _until_all_acked(self):
-        while self.session.in_flight_ids():
-            self._check_open()
-            event = self._acked
-            if event is None:
-                event = self._acked = asyncio.Event()
-            event.clear()
-            await event.wait()
-
     async def _send(self, frame):
         writer = self._writer
         if writer is None:
@@ -276,8 +225,7 @@ class MqttConnection:
             writer.write(frame)
             await writer.drain()
 
-    async def _receive_loop(self):
-        reader = self._reader
+    async def _receive_loop(self, reader):
         # MicroPython's stream reads into one buffer held for the connection: a read()
         # per PUBACK would allocate read_size bytes and shrink them, holes that
         # fragment a small heap.  CPython's StreamReader has no readinto.
@@ -317,10 +265,13 @@ class MqttConnection:
             except Exception:  # a bad handler must not stop acks and pings
                 self.callback_errors += 1
             return
-        if len(self._inbox) >= self.inbox_size:
-            self._inbox.pop(0)
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = []
+        if len(inbox) >= self.inbox_size:
+            inbox.pop(0)
             self.dropped += 1
-        self._inbox.append(publish)
+        inbox.append(publish)
         if self._inbox_event is not None:
             self._inbox_event.set()
 

@@ -23,7 +23,6 @@ def start_meter(app):
     try:
         mc = app.config.meter_config()
     except ConfigError as e:
-        app.not_ready = str(e)
         print("urja: not commissioned:", e)
         return False
     c = app.config
@@ -102,4 +101,5 @@ def build_app(version, ota_dir, board):
         name, after_s = hang.split(":")
         app.hang[name] = int(after_s) * 1000
     start_meter(app)
+    _drop("firmware.app.platform")  # boot-only too (``app.parts`` keeps its class alive)
     return app

@@ -45,12 +45,31 @@ EXPIRED = const(4)
 WRONG_METER = const(5)
 MALFORMED = const(6)
 
+# Error texts, one string split by ``_error`` when a raise needs one: a literal of its
+# own per raise would be one more str object (~32 B) in every meter's heap.
+_ERRORS = const("%s must be str or int, got %r\n"
+                "%s %r: only printable ASCII without '|'\n"
+                "%s must be an int >= 0, got %r\n"
+                "kind must be a non-empty str\n"
+                "meter_id must be a non-empty str\n"
+                "fields must be a list\n"
+                "not a top-up command\n"
+                "remember must be an int >= 1\n"
+                "accept: counter %r not above %d\n"
+                "accept: bad or repeated id %r\n"
+                "bad last_counter %r")
+
+
+def _error(i, args=()):
+    """AuthError with text ``i`` of ``_ERRORS`` formatted with the tuple ``args``."""
+    return __getattr__("AuthError")(_ERRORS.split("\n")[i] % args)
+
 
 def __getattr__(name):
     # AuthError (a ValueError): A message that cannot be put into canonical form, or a
     # misuse of the guard.  Made on first use and kept in the module dict (a class held
     # from import on costs ~200 bytes of heap that a meter fed sane inputs never needs,
-    # issue 3); raise sites here call ``__getattr__("AuthError")``, while
+    # issue 3); raise sites here go through ``_error``, while
     # ``auth.AuthError`` and ``from firmware.core.auth import AuthError`` work as for any
     # class.
     if name == "AuthError":
@@ -122,20 +141,14 @@ def _text(value, what):
     # Printable ASCII without '|': the separator cannot appear inside a part,
     # so the byte string splits back into exactly one list of parts.
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise __getattr__("AuthError")("%s must be str or int, got %r" % (what, value))
+        raise _error(0, (what, value))  # "%s must be str or int, got %r"
     if isinstance(value, int):
         return b"%d" % value
     raw = value.encode()
     for c in raw:
         if c < 0x20 or c > 0x7E or c == 0x7C:
-            raise __getattr__("AuthError")("%s %r: only printable ASCII without '|'" % (what, value))
+            raise _error(1, (what, value))  # "%s %r: only printable ASCII without '|'"
     return raw
-
-
-def _natural(value, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise __getattr__("AuthError")("%s must be an int >= 0, got %r" % (what, value))
-    return b"%d" % value
 
 
 def canonical(kind: str, meter_id: str, counter: int, expires_at: int, fields) -> bytes:
@@ -154,13 +167,17 @@ def canonical(kind: str, meter_id: str, counter: int, expires_at: int, fields) -
     b'URJA1|topup|M-0001|7|1795740000|T-42|50000'
     """
     if not isinstance(kind, str) or not kind:
-        raise __getattr__("AuthError")("kind must be a non-empty str")
+        raise _error(3)  # "kind must be a non-empty str"
     if not isinstance(meter_id, str) or not meter_id:
-        raise __getattr__("AuthError")("meter_id must be a non-empty str")
+        raise _error(4)  # "meter_id must be a non-empty str"
     if not isinstance(fields, (list, tuple)):
-        raise __getattr__("AuthError")("fields must be a list")
-    parts = [_text(kind, "kind"), _text(meter_id, "meter_id"),
-             _natural(counter, "counter"), _natural(expires_at, "expires_at")]
+        raise _error(5)  # "fields must be a list"
+    parts = [_text(kind, "kind"), _text(meter_id, "meter_id")]
+    # counter, expires_at: int >= 0 (inline, not a helper: one function object fewer)
+    for what, value in (("counter", counter), ("expires_at", expires_at)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _error(2, (what, value))  # "%s must be an int >= 0, got %r"
+        parts.append(b"%d" % value)
     for i in range(len(fields)):
         parts.append(_text(fields[i], "field %d" % i))
     return PREFIX + b"|".join(parts)
@@ -172,7 +189,7 @@ def read_topup(cmd: dict):
     Raises AuthError if ``cmd`` is not a well-formed top-up.
     """
     if not isinstance(cmd, dict) or cmd.get("kind") != TOPUP or not _topup_fields_ok(cmd.get("fields")):
-        raise __getattr__("AuthError")("not a top-up command")
+        raise _error(6)  # "not a top-up command"
     fields = cmd["fields"]
     return fields[0], fields[1]
 
@@ -238,13 +255,14 @@ class DownlinkGuard:
 
     def __init__(self, meter_id: str, remember: int = 16):
         if not isinstance(meter_id, str) or not meter_id:
-            raise __getattr__("AuthError")("meter_id must be a non-empty str")
+            raise _error(4)  # "meter_id must be a non-empty str"
         if not _is_int(remember) or remember < 1:
-            raise __getattr__("AuthError")("remember must be an int >= 1")
+            raise _error(7)  # "remember must be an int >= 1"
         self.meter_id = meter_id
-        self.remember = remember
         self.last_counter = 0  # counters start at 1, so 0 means "nothing accepted yet"
-        self._ids = [""] * remember  # ring of accepted ids, preallocated; "" = empty slot
+        # ring of accepted ids, preallocated; "" = empty slot.  Its length is ``remember``
+        # (not kept as an attribute too: one member fewer in every meter's heap)
+        self._ids = [""] * remember
         self._next = 0  # ring slot the next accepted id goes to
 
     def check(self, key: bytes, cmd: dict, now: int) -> int:
@@ -275,18 +293,19 @@ class DownlinkGuard:
         counter = cmd.get("counter", 0)
         cmd_id = cmd.get("id", "")
         if not _is_int(counter) or counter <= self.last_counter:
-            raise __getattr__("AuthError")("accept: counter %r not above %d" % (counter, self.last_counter))
+            raise _error(8, (counter, self.last_counter))  # "accept: counter %r not above %d"
         if not isinstance(cmd_id, str) or not cmd_id or cmd_id in self._ids:
-            raise __getattr__("AuthError")("accept: bad or repeated id %r" % (cmd_id,))
+            raise _error(9, (cmd_id,))  # "accept: bad or repeated id %r"
         self.last_counter = counter
         self._ids[self._next] = cmd_id
-        self._next = (self._next + 1) % self.remember
+        self._next = (self._next + 1) % len(self._ids)
 
     def accepted_ids(self) -> "list[str]":
         """Remembered ids, oldest first."""
         out = []  # type: list[str]
-        for i in range(self.remember):
-            cmd_id = self._ids[(self._next + i) % self.remember]
+        ids = self._ids
+        for i in range(len(ids)):
+            cmd_id = ids[(self._next + i) % len(ids)]
             if cmd_id:
                 out.append(cmd_id)
         return out
@@ -294,7 +313,7 @@ class DownlinkGuard:
     def to_state(self) -> dict:
         return {
             "meter_id": self.meter_id,
-            "remember": self.remember,
+            "remember": len(self._ids),
             "last_counter": self.last_counter,
             "ids": self.accepted_ids(),
         }
@@ -304,11 +323,12 @@ class DownlinkGuard:
         guard = cls(data["meter_id"], data["remember"])
         last = data["last_counter"]
         if not _is_int(last) or last < 0:
-            raise __getattr__("AuthError")("bad last_counter %r" % (last,))
+            raise _error(10, (last,))  # "bad last_counter %r"
         ids = data["ids"]
         # keep the newest `remember` ids if the stored list is longer
-        for cmd_id in ids[max(0, len(ids) - guard.remember):]:
+        remember = len(guard._ids)
+        for cmd_id in ids[max(0, len(ids) - remember):]:
             guard._ids[guard._next] = cmd_id
-            guard._next = (guard._next + 1) % guard.remember
+            guard._next = (guard._next + 1) % remember
         guard.last_counter = last
         return guard

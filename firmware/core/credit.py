@@ -46,6 +46,7 @@ result).  Malformed inputs raise ``CreditError``.
 ('LOW', True)
 """
 from firmware.core import localtime
+from firmware.core.events import _is_int  # events' check: one function object, not two
 
 try:
     from micropython import const
@@ -82,14 +83,40 @@ _NO_TIME = const(-1)  # "not set" for stored times; valid times are >= 0
 _MAX_STEPS = const(6)  # longest legal chain is OK -> EMERGENCY -> DISCONNECT_PENDING -> DISCONNECTED
 _PCT = const(100)
 
+# Error texts, one string split by ``_error`` when a raise needs one: a literal of its
+# own per raise would be one more str object (~32 B) in every meter's heap.
+_ERRORS = const("no guard %r\n"
+                "now: must be an integer >= 0 (UTC seconds), got %r\n"
+                "%s: must be an integer >= 0, got %r\n"
+                "watts: must be an integer, got %r\n"
+                "connect: must be true or false, got %r\n"
+                "%s: amount must be an integer >= %d paise, got %r\n"
+                "%s table did not settle in %d steps\n"
+                "credit state: missing %s\n"
+                "credit state: unknown state %r/%r")
+_E_GUARD = const(0)
+_E_NOW = const(1)
+_E_OPENING = const(2)
+_E_WATTS = const(3)
+_E_CONNECT = const(4)
+_E_AMOUNT = const(5)
+_E_SETTLE = const(6)
+_E_MISSING = const(7)
+_E_UNKNOWN = const(8)
+
+
+def _error(i, args):
+    """CreditError with message ``i`` of ``_ERRORS`` formatted with the tuple ``args``."""
+    return __getattr__("CreditError")(_ERRORS.split("\n")[i] % args)
+
 
 def __getattr__(name):
     # The exception classes: CreditError (a ValueError), an illegal input (bad amount, bad
     # time, bad flag) or a corrupt saved state; CreditConfigError (a CreditError), bad
     # credit configuration, the message names the field.  Made on first use and kept in
     # the module dict (a class held from import on costs ~200 bytes of heap that a meter
-    # fed sane inputs never needs, issue 3); raise sites here call
-    # ``__getattr__("CreditError")``, while ``credit.CreditError`` and ``from
+    # fed sane inputs never needs, issue 3); raise sites here go
+    # through ``_error``, while ``credit.CreditError`` and ``from
     # firmware.core.credit import CreditError`` work as for any class.
     if name == "CreditError" or name == "CreditConfigError":
         g = globals()
@@ -124,10 +151,6 @@ def __getattr__(name):
 # --- configuration ---------------------------------------------------------
 # The field table and the checks live in ``config_check`` (loaded while a config
 # is checked, then forgotten on MicroPython: they need not sit in the heap).
-
-
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class CreditConfig:
@@ -220,7 +243,7 @@ def _guard(a, guard, now):
         return overload
     if guard == _RECONNECT_DUE:
         return now >= a.tripped_at + a.config.reconnect_delay_s
-    raise __getattr__("CreditError")("no guard %r" % (guard,))
+    raise _error(_E_GUARD, (guard,))
 
 
 # First matching row (in this order) wins.  There is deliberately no row
@@ -262,7 +285,7 @@ def _next_state(table, state, a, now):
 
 def _check_now(now):
     if not _is_int(now) or now < 0:
-        raise __getattr__("CreditError")("now: must be an integer >= 0 (UTC seconds), got %r" % (now,))
+        raise _error(_E_NOW, (now,))
 
 
 # Persisted attributes, in a fixed order (to_state / from_state).
@@ -293,7 +316,7 @@ class CreditAccount:
         _check_now(now)
         for name, x in (("credit_paise", credit_paise), ("debt_paise", debt_paise)):
             if not _is_int(x) or x < 0:
-                raise __getattr__("CreditError")("%s: must be an integer >= 0, got %r" % (name, x))
+                raise _error(_E_OPENING, (name, x))
         if prepaid_since is None:
             prepaid_since = now
         _check_now(prepaid_since)
@@ -357,7 +380,8 @@ class CreditAccount:
     # --- inputs -----------------------------------------------------------
     def charge(self, amount, now):
         """Debit ``amount`` paise: credit, then emergency credit, then debt."""
-        self._check_amount("charge", amount, 0)
+        if not _is_int(amount) or amount < 0:  # inline: a helper would be one more function object
+            raise _error(_E_AMOUNT, ("charge", 0, amount))
         self._begin(now)
         take = amount if amount < self.credit_paise else self.credit_paise
         self.credit_paise -= take
@@ -373,7 +397,8 @@ class CreditAccount:
 
     def topup(self, amount, now):
         """Apply an authenticated top-up; return (credited, emergency_repaid, debt_recovered)."""
-        self._check_amount("topup", amount, 1)
+        if not _is_int(amount) or amount < 1:
+            raise _error(_E_AMOUNT, ("topup", 1, amount))
         self._begin(now)
         repaid = amount if amount < self.emergency_used_paise else self.emergency_used_paise
         left = amount - repaid
@@ -400,7 +425,7 @@ class CreditAccount:
     def power_sample(self, watts, now):
         """Feed the load limiter one instantaneous power reading (W)."""
         if not _is_int(watts):
-            raise __getattr__("CreditError")("watts: must be an integer, got %r" % (watts,))
+            raise _error(_E_WATTS, (watts,))
         self._begin(now)
         limit = self.config.load_limit_w
         if self.load_state == NORMAL and limit and watts > limit:
@@ -419,7 +444,7 @@ class CreditAccount:
         of credit or by the load limiter.
         """
         if not isinstance(connect, bool):
-            raise __getattr__("CreditError")("connect: must be true or false, got %r" % (connect,))
+            raise _error(_E_CONNECT, (connect,))
         self._begin(now)
         done = True
         if connect:
@@ -458,10 +483,6 @@ class CreditAccount:
         return ev
 
     # --- machinery --------------------------------------------------------
-    def _check_amount(self, what, amount, lo):
-        if not _is_int(amount) or amount < lo:
-            raise __getattr__("CreditError")("%s: amount must be an integer >= %d paise, got %r" % (what, lo, amount))
-
     def _begin(self, now):
         _check_now(now)
         if now < self.last_now:
@@ -491,14 +512,31 @@ class CreditAccount:
             if dst == EMERGENCY:
                 events.append((now, _EV_EMERGENCY_STARTED, self.config.emergency_credit_paise))
         else:
-            raise __getattr__("CreditError")("credit table did not settle in %d steps" % _MAX_STEPS)
+            raise _error(_E_SETTLE, ("credit", _MAX_STEPS))
         for _ in range(_MAX_STEPS):
             dst = _next_state(LOAD_TABLE, self.load_state, self, now)
             if dst is None:
                 break
-            self._enter_load(dst, now)
+            # entering a load state (inline, not a method: one function object fewer)
+            self.over_since = _NO_TIME
+            self.load_state = dst
+            if dst == NORMAL:
+                self.tripped_at = _NO_TIME
+                continue
+            w = self.config.trip_window_s
+            times = []
+            for t in self.trip_times:
+                if now - t < w:
+                    times.append(t)
+            times.append(now)
+            self.trip_times = times
+            self.tripped_at = now
+            n = len(times)
+            events.append((now, _EV_LOAD_TRIP, n))
+            if dst == LOCKED_OUT:
+                events.append((now, _EV_LOAD_LOCKOUT, n))
         else:
-            raise __getattr__("CreditError")("load table did not settle in %d steps" % _MAX_STEPS)
+            raise _error(_E_SETTLE, ("load", _MAX_STEPS))
         # low-credit warnings, each once per top-up: avail <= pct % of the last top-up
         # (exactly in integers), then 0 = CREDIT_EXHAUSTED
         avail = self.available_paise
@@ -514,26 +552,6 @@ class CreditAccount:
         if closed != self._relay_was_closed:
             self._relay_was_closed = closed
             events.append((now, _EV_RELAY_CLOSED if closed else _EV_RELAY_OPENED, 0))
-
-    def _enter_load(self, state, now):
-        self.over_since = _NO_TIME
-        if state == NORMAL:
-            self.tripped_at = _NO_TIME
-            self.load_state = state
-            return
-        w = self.config.trip_window_s
-        times = []
-        for t in self.trip_times:
-            if now - t < w:
-                times.append(t)
-        times.append(now)
-        self.trip_times = times
-        self.tripped_at = now
-        self.load_state = state
-        n = len(self.trip_times)
-        self._events.append((now, _EV_LOAD_TRIP, n))
-        if state == LOCKED_OUT:
-            self._events.append((now, _EV_LOAD_LOCKOUT, n))
 
     # --- journal ----------------------------------------------------------
     def to_state(self):
@@ -555,11 +573,10 @@ class CreditAccount:
         """Rebuild an account that behaves exactly like the one that produced ``data``."""
         for name in _STATE_FIELDS:
             if name not in data:
-                raise __getattr__("CreditError")("credit state: missing %s" % name)
+                raise _error(_E_MISSING, (name,))
         if data["state"] not in (OK, LOW, EMERGENCY, DISCONNECT_PENDING, DISCONNECTED) or \
                 data["load_state"] not in (NORMAL, TRIPPED, LOCKED_OUT):
-            raise __getattr__("CreditError")("credit state: unknown state %r/%r"
-                              % (data["state"], data["load_state"]))
+            raise _error(_E_UNKNOWN, (data["state"], data["load_state"]))
         acc = object.__new__(cls)
         acc.config = config
         for name in _STATE_FIELDS:

@@ -58,12 +58,27 @@ FW_ROLLED_BACK = const(27)  # a new image did not confirm; the old one runs: val
 READ_LINK_MODBUS = const(1)
 READ_LINK_DLMS = const(2)
 
+# Error texts, one string split by ``_error`` when a raise needs one: a literal of its
+# own per raise would be one more str object (~32 B) in every meter's heap.
+_ERRORS = const("capacity must be an int >= 1\n"
+                "t must be UTC seconds in 0..2**32-1, got %r\n"
+                "unknown event code %r\n"
+                "value must be a signed 32-bit int, got %r\n"
+                "ack needs an int seq, got %r\n"
+                "bad event log state: next_seq %r acked %r\n"
+                "bad event log state: %d events")
+
+
+def _error(i, args=()):
+    """EventError with text ``i`` of ``_ERRORS`` formatted with the tuple ``args``."""
+    return __getattr__("EventError")(_ERRORS.split("\n")[i] % args)
+
 
 def __getattr__(name):
     # EventError (a ValueError): An event that does not fit the log (unknown code, out-of-
     # range t/value).  Made on first use and kept in the module dict (a class held from
     # import on costs ~200 bytes of heap that a meter fed sane inputs never needs, issue
-    # 3); raise sites here call ``__getattr__("EventError")``, while ``events.EventError``
+    # 3); raise sites here go through ``_error``, while ``events.EventError``
     # and ``from firmware.core.events import EventError`` work as for any class.
     if name == "EventError":
         g = globals()
@@ -105,7 +120,7 @@ class EventLog:
 
     def __init__(self, capacity: int = 64):
         if not _is_int(capacity) or capacity < 1:
-            raise __getattr__("EventError")("capacity must be an int >= 1")
+            raise _error(0)  # "capacity must be an int >= 1"
         self.capacity = capacity
         self._t = array("I", bytes(4 * capacity))
         self._code = array("B", bytes(capacity))
@@ -128,11 +143,11 @@ class EventLog:
     def append(self, t: int, code: int, value: int = 0) -> int:
         """Record an event and return its seq."""
         if not _is_int(t) or t < 0 or t > T_MAX:
-            raise __getattr__("EventError")("t must be UTC seconds in 0..2**32-1, got %r" % (t,))
+            raise _error(1, (t,))  # "t must be UTC seconds in 0..2**32-1, got %r"
         if not _is_int(code) or not POWER_FAIL <= code <= FW_ROLLED_BACK or code == _EVENTS_LOST:
-            raise __getattr__("EventError")("unknown event code %r" % (code,))
+            raise _error(2, (code,))  # "unknown event code %r"
         if not _is_int(value) or value < VALUE_MIN or value > VALUE_MAX:
-            raise __getattr__("EventError")("value must be a signed 32-bit int, got %r" % (value,))
+            raise _error(3, (value,))  # "value must be a signed 32-bit int, got %r"
         seq = self._next
         pos = (seq - 1) % self.capacity
         if self._count == self.capacity:
@@ -198,7 +213,7 @@ class EventLog:
         event is clamped to it (the head-end cannot ack what was never sent).
         """
         if not _is_int(upto_seq):
-            raise __getattr__("EventError")("ack needs an int seq, got %r" % (upto_seq,))
+            raise _error(4, (upto_seq,))  # "ack needs an int seq, got %r"
         if upto_seq > self.acked:
             self.acked = min(upto_seq, self._next - 1)
         return self.acked
@@ -231,9 +246,9 @@ class EventLog:
         acked = data["acked"]
         events = data["events"]
         if not _is_int(nxt) or nxt < 1 or not _is_int(acked) or not 0 <= acked < nxt:
-            raise __getattr__("EventError")("bad event log state: next_seq %r acked %r" % (nxt, acked))
+            raise _error(5, (nxt, acked))  # "bad event log state: next_seq %r acked %r"
         if len(events) > log.capacity or len(events) > nxt - 1:
-            raise __getattr__("EventError")("bad event log state: %d events" % len(events))
+            raise _error(6, (len(events),))  # "bad event log state: %d events"
         seq = nxt - len(events)
         for t, code, value in events:
             pos = (seq - 1) % log.capacity

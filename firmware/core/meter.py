@@ -45,6 +45,38 @@ _MAX_BACKFILL_SPAN = const(10000)  # sequence numbers one backfill command may a
 _CLOCK_EPOCH_T = const(1767225600)  # 2026-01-01 00:00 UTC: no clock this firmware runs on is older
 _MAX_CLOCK_STEP_S = const(86400)  # default ``Meter.max_clock_step_s``
 
+# Texts of apply_command's details (and one error), one string split by ``_text``: a
+# literal of its own each would be one more str object (~32 B) in every meter's heap.
+_TEXTS = const("credited %d paise\n"
+               "relay: connect or disconnect\n"
+               "disconnect refused in friendly hours\n"
+               "tariff %d staged for %d\n"
+               "load limiter reset\n"
+               "backfill: [id, first_s, last_s], first <= last, span <= %d\n"
+               "backfill %d..%d\n"
+               "time: [id, utc_s] or [id, utc_s, \"force\"], utc_s >= %d\n"
+               "time: step %d s exceeds %d s (send with \"force\")\n"
+               "clock %d step %d\n"
+               "unknown command kind %r\n"
+               "journal state format %r not understood")
+_T_CREDITED = const(0)
+_T_RELAY = const(1)
+_T_REFUSED = const(2)
+_T_STAGED = const(3)
+_T_RESET = const(4)
+_T_BACKFILL_BAD = const(5)
+_T_BACKFILL = const(6)
+_T_TIME_BAD = const(7)
+_T_TIME_STEP = const(8)
+_T_CLOCK = const(9)
+_T_UNKNOWN = const(10)
+_T_FORMAT = const(11)
+
+
+def _text(i, args=()):
+    """Text ``i`` of ``_TEXTS`` formatted with the tuple ``args``."""
+    return _TEXTS.split("\n")[i] % args
+
 
 def backfill_range(fields):
     """(first_s, last_s) of a ``backfill`` command's fields ``[id, first_s, last_s]``, or None.
@@ -187,44 +219,42 @@ class Meter:
         if journal is not None and hasattr(journal, "reserve"):
             journal.reserve()  # its record buffer first, while the heap is in one piece
         saved = journal.load() if journal is not None else None
-        if saved:
+        if not saved:  # a new meter (inline, not a method: one function object fewer)
+            c = config
+            if c.service == "electricity":
+                self.pulses = metering.PulseRegister.electricity(c.pulses_per_unit)
+            else:
+                self.pulses = metering.PulseRegister(c.litres_per_pulses, c.pulses_per_unit)
+            self.profile = metering.IntervalProfile(c.interval_s)
+            self.md = metering.MaxDemand(c.md_window_s, c.md_step_s)
+            self.billing = metering.BillingSnapshots(c.utc_offset_s)
+            self.schedule = tariff.TariffSchedule(c.tariff)
+            self.biller = tariff.Biller(c.tariff)
+            self.account = credit.CreditAccount(c.credit, now, credit_paise=opening_credit_paise,
+                                                debt_paise=opening_debt_paise)
+            self.guard = auth.DownlinkGuard(c.meter_id)
+            self.log = events.EventLog(c.events_capacity)
+            self.tokens = None
+            if c.sts is not None:
+                # only meters that take tokens (and their names)
+                from firmware.sts import meter_tokens
+                self.tokens = meter_tokens.make_acceptor(c.sts)
+            self.charged_units = 0  # cumulative units already charged by the tariff
+            self.last_step_t = now
+            self.power_w = 0
+            # open the first interval at commissioning, so energy counted before the
+            # first step lands in an interval record (the head-end charges from those)
+            self.profile.add_sample(now, 0)
+        else:
             self._restore(json.loads(saved))
             self.log.append(now, events.JOURNAL_RESTORED, self.journal.sequence & 0x7FFFFFFF)
             self.log.append(now, events.POWER_RESTORE, 0)
-        else:
-            self._fresh(now, opening_credit_paise, opening_debt_paise)
         self._commit(now)
 
     # -- construction -------------------------------------------------
-    def _fresh(self, now, opening_credit_paise, opening_debt_paise):
-        c = self.config
-        if c.service == "electricity":
-            self.pulses = metering.PulseRegister.electricity(c.pulses_per_unit)
-        else:
-            self.pulses = metering.PulseRegister(c.litres_per_pulses, c.pulses_per_unit)
-        self.profile = metering.IntervalProfile(c.interval_s)
-        self.md = metering.MaxDemand(c.md_window_s, c.md_step_s)
-        self.billing = metering.BillingSnapshots(c.utc_offset_s)
-        self.schedule = tariff.TariffSchedule(c.tariff)
-        self.biller = tariff.Biller(c.tariff)
-        self.account = credit.CreditAccount(c.credit, now, credit_paise=opening_credit_paise,
-                                            debt_paise=opening_debt_paise)
-        self.guard = auth.DownlinkGuard(c.meter_id)
-        self.log = events.EventLog(c.events_capacity)
-        self.tokens = None
-        if c.sts is not None:
-            from firmware.sts import meter_tokens  # only meters that take tokens (and their names)
-            self.tokens = meter_tokens.make_acceptor(c.sts)
-        self.charged_units = 0  # cumulative units already charged by the tariff
-        self.last_step_t = now
-        self.power_w = 0
-        # open the first interval at commissioning, so energy counted before the
-        # first step lands in an interval record (the head-end charges from those)
-        self.profile.add_sample(now, 0)
-
     def _restore(self, s):
         if s.get("format") != _STATE_FORMAT:
-            raise ValueError("journal state format %r not understood" % (s.get("format"),))
+            raise ValueError(_text(_T_FORMAT, (s.get("format"),)))
         c = self.config
         self.pulses = metering.PulseRegister.from_state(s["pulses"])
         self.profile = metering.IntervalProfile.from_state(s["profile"])
@@ -364,13 +394,13 @@ class Meter:
         if kind == auth.TOPUP:
             _, amount = auth.read_topup(cmd)
             self.account.topup(amount, now)
-            detail = "credited %d paise" % amount
+            detail = _text(_T_CREDITED, (amount,))
         elif kind == "relay":
             action = fields[1] if len(fields) > 1 else None
             if action not in ("connect", "disconnect"):
-                return BAD_VALUE, "relay: connect or disconnect"
+                return BAD_VALUE, _text(_T_RELAY)
             if not self.account.remote(action == "connect", now):
-                return REFUSED, "disconnect refused in friendly hours"
+                return REFUSED, _text(_T_REFUSED)
             detail = "relay " + action
         elif kind == "tariff":
             try:
@@ -379,34 +409,31 @@ class Meter:
             except (ValueError, IndexError) as err:  # tariff.TariffError is a ValueError
                 return BAD_VALUE, "tariff: %s" % err
             self.log.append(now, events.TARIFF_SCHEDULED, staged.version)
-            detail = "tariff %d staged for %d" % (staged.version, staged.activates_at)
+            detail = _text(_T_STAGED, (staged.version, staged.activates_at))
         elif kind == "reset_lockout":
             self.account.reset_lockout(now)
-            detail = "load limiter reset"
+            detail = _text(_T_RESET)
         elif kind == "backfill":
             span = backfill_range(fields)
             if span is None:
-                return BAD_VALUE, "backfill: [id, first_s, last_s], first <= last, span <= %d" % (
-                    _MAX_BACKFILL_SPAN)
-            detail = "backfill %d..%d" % span
+                return BAD_VALUE, _text(_T_BACKFILL_BAD, (_MAX_BACKFILL_SPAN,))
+            detail = _text(_T_BACKFILL, span)
         elif kind == "time":
             new_t = clock_sync_time(fields)
             if new_t is None:
-                return BAD_VALUE, "time: [id, utc_s] or [id, utc_s, \"force\"], utc_s >= %d" % (
-                    _CLOCK_EPOCH_T)
+                return BAD_VALUE, _text(_T_TIME_BAD, (_CLOCK_EPOCH_T,))
             step = new_t - now
             forced = len(fields) == 3
             # an unset clock (before the epoch) may be set to anything the check above allows
             if not forced and now >= _CLOCK_EPOCH_T and abs(step) > self.max_clock_step_s:
-                return BAD_VALUE, "time: step %d s exceeds %d s (send with \"force\")" % (
-                    step, self.max_clock_step_s)
+                return BAD_VALUE, _text(_T_TIME_STEP, (step, self.max_clock_step_s))
             self.log.append(now, events.CLOCK_SET,
                             max(events.VALUE_MIN, min(events.VALUE_MAX, step)))
-            detail = "clock %d step %d" % (new_t, step)
+            detail = _text(_T_CLOCK, (new_t, step))
         else:
             done = act(kind, fields, now) if act is not None else None
             if done is None:
-                return UNKNOWN_KIND, "unknown command kind %r" % (kind,)
+                return UNKNOWN_KIND, _text(_T_UNKNOWN, (kind,))
             result, detail = done
             if result != auth.OK:
                 return result, detail

@@ -24,14 +24,30 @@ except ImportError:  # CPython
 
 def _check_int(name, value, minimum):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise __getattr__("MeteringError")("%s must be an int >= %d, got %r" % (name, minimum, value))
+        raise _error(0, (name, minimum, value))  # "%s must be an int >= %d, got %r"
+
+
+# Error texts, one string split by ``_error`` when a raise needs one: a literal of its
+# own per raise would be one more str object (~32 B) in every meter's heap.
+_ERRORS = const("%s must be an int >= %d, got %r\n"
+                "sample time went back: %d < %d\n"
+                "cumulative went back: %d < %d\n"
+                "window_s %d is not a multiple of step_s %d\n"
+                "demand time went back\n"
+                "demand ring has %d slots, want %d\n"
+                "billing time went back: %d < %d")
+
+
+def _error(i, args=()):
+    """MeteringError with text ``i`` of ``_ERRORS`` formatted with the tuple ``args``."""
+    return __getattr__("MeteringError")(_ERRORS.split("\n")[i] % args)
 
 
 def __getattr__(name):
     # MeteringError (a ValueError): A caller fed metering something impossible (negative
     # pulses, time going back).  Made on first use and kept in the module dict (a class
     # held from import on costs ~200 bytes of heap that a meter fed sane inputs never
-    # needs, issue 3); raise sites here call ``__getattr__("MeteringError")``, while
+    # needs, issue 3); raise sites here go through ``_error``, while
     # ``metering.MeteringError`` and ``from firmware.core.metering import MeteringError``
     # work as for any class.
     if name == "MeteringError":
@@ -183,9 +199,9 @@ class IntervalProfile:
     def add_sample(self, t, cumulative_wh, voltage_mv=None, current_ma=None):
         """Feed one sample; return the records of intervals it closed (often ``_NO_RECORDS``)."""
         if self.start_t is not None and t < self.last_t:
-            raise __getattr__("MeteringError")("sample time went back: %d < %d" % (t, self.last_t))
+            raise _error(1, (t, self.last_t))  # "sample time went back: %d < %d"
         if self.start_t is not None and cumulative_wh < self.last_wh:
-            raise __getattr__("MeteringError")("cumulative went back: %d < %d" % (cumulative_wh, self.last_wh))
+            raise _error(2, (cumulative_wh, self.last_wh))  # "cumulative went back: %d < %d"
         step = self.interval_s
         start = t - t % step
         out = _NO_RECORDS  # type: tuple | list
@@ -249,7 +265,7 @@ class MaxDemand:
         _check_int("step_s", step_s, 1)
         _check_int("window_s", window_s, step_s)
         if window_s % step_s:
-            raise __getattr__("MeteringError")("window_s %d is not a multiple of step_s %d" % (window_s, step_s))
+            raise _error(3, (window_s, step_s))  # "window_s %d is not a multiple of step_s %d"
         self.window_s = window_s
         self.step_s = step_s
         self.ring = [0] * (window_s // step_s)  # preallocated; updated in place
@@ -268,7 +284,7 @@ class MaxDemand:
             self.slot = slot
             return
         if slot < cur:
-            raise __getattr__("MeteringError")("demand time went back")
+            raise _error(4)  # "demand time went back"
         if slot == cur:
             return
         ring = self.ring
@@ -320,7 +336,8 @@ class MaxDemand:
     def from_state(cls, data):
         md = cls(data["window_s"], data["step_s"])
         if len(data["ring"]) != len(md.ring):
-            raise __getattr__("MeteringError")("demand ring has %d slots, want %d" % (len(data["ring"]), len(md.ring)))
+            # "demand ring has %d slots, want %d"
+            raise _error(5, (len(data["ring"]), len(md.ring)))
         md.ring = list(data["ring"])
         md.window_wh = sum(md.ring)
         md.slot = data["slot"]
@@ -378,7 +395,7 @@ class BillingSnapshots:
         out = []  # type: list
         last_t = self.last_t
         if last_t is not None and t < last_t:
-            raise __getattr__("MeteringError")("billing time went back: %d < %d" % (t, last_t))
+            raise _error(6, (t, last_t))  # "billing time went back: %d < %d"
         off = self.offset_s
         first_day = localtime.local_day(t if last_t is None else last_t, off) + 1
         last_day = localtime.local_day(t, off)

@@ -60,7 +60,14 @@ REG_ROLLOVER = const(1)   # the meter's register wrapped at its modulus: delta c
 REG_DECREASE = const(2)   # reading below the last one and not a rollover: ignored
 REG_JUMP = const(3)       # increase above max_step_wh: ignored (protects the balance)
 REG_INVALID = const(4)    # negative, not an int, or >= modulus: ignored
-REGISTER_STATUS_NAMES = ("OK", "ROLLOVER", "REGISTER_DECREASE", "REGISTER_JUMP", "READING_INVALID")
+
+
+def __getattr__(name):
+    # REGISTER_STATUS_NAMES (index = REG_* code, for logs) is made when asked for: a
+    # tuple held from import on would sit in every meter's heap for nothing.
+    if name == "REGISTER_STATUS_NAMES":
+        return tuple("OK ROLLOVER REGISTER_DECREASE REGISTER_JUMP READING_INVALID".split())
+    raise AttributeError(name)
 
 
 class CumulativeRegister:

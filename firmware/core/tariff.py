@@ -33,21 +33,32 @@ except ImportError:  # CPython
     def const(x):  # type: ignore[misc, no-redef]  # looser signature than the stub
         return x
 
-SERVICES = ("electricity", "water", "gas")
 _PCT_DEN = const(100)
 _BP_DEN = const(10000)
 _NO_MONTH = const(-1)
 _NO_DAY = const(-1)
 
-FIELDS = ("id", "version", "activates_at", "service", "unit_size", "slabs",
-          "fixed_paise_per_day", "tod", "duty_bp", "utc_offset_s")
+
+# Error texts, one string split by ``_error`` when a raise needs one: a literal of its
+# own per raise would be one more str object (~32 B) in every meter's heap.
+_ERRORS = const("charge: negative amount %d\n"
+                "service: %s cannot replace %s\n"
+                "unit_size: %d cannot replace %d\n"
+                "qty: must be an integer >= 0, got %r\n"
+                "service/unit_size: passive must match the active tariff\n"
+                "version: %d must be > active version %d")
+
+
+def _error(i, args=()):
+    """TariffError with text ``i`` of ``_ERRORS`` formatted with the tuple ``args``."""
+    return __getattr__("TariffError")(_ERRORS.split("\n")[i] % args)
 
 
 def __getattr__(name):
     # TariffError (a ValueError): Bad tariff data or an illegal schedule change; the
     # message names the field.  Made on first use and kept in the module dict (a class
     # held from import on costs ~200 bytes of heap that a meter fed sane inputs never
-    # needs, issue 3); raise sites here call ``__getattr__("TariffError")``, while
+    # needs, issue 3); raise sites here go through ``_error``, while
     # ``tariff.TariffError`` and ``from firmware.core.tariff import TariffError`` work as
     # for any class.
     if name == "TariffError":
@@ -55,6 +66,13 @@ def __getattr__(name):
         if name not in g:
             g[name] = type(name, (ValueError,), {})
         return g[name]
+    # SERVICES and FIELDS (tuples of names, for ``config_check``) are made when asked
+    # for: held from import on, they would sit in every meter's heap for nothing.
+    if name == "SERVICES":
+        return ("electricity", "water", "gas")
+    if name == "FIELDS":
+        return ("id", "version", "activates_at", "service", "unit_size", "slabs",
+                "fixed_paise_per_day", "tod", "duty_bp", "utc_offset_s")
     raise AttributeError(name)
 
 
@@ -131,23 +149,6 @@ class Tariff:
                 return pct
         return 0
 
-    def slab_sum(self, mtd, qty):
-        """Sum of qty_in_slab * rate for positions [mtd, mtd + qty): O(slabs), no per-unit loop."""
-        total = 0
-        lo = 0
-        end = mtd + qty
-        for upto, rate in self.slabs:
-            # the slab's bound in smallest units (Wh, litres); None = unbounded
-            hi = None if upto is None else upto * self.unit_size
-            a = mtd if mtd > lo else lo
-            b = end if hi is None or end < hi else hi
-            if b > a:
-                total += (b - a) * rate
-            if hi is None or end <= hi:
-                break
-            lo = hi
-        return total
-
 
 class ExactCharge:
     """The rounding rule: exact total kept as debited + carry/den, debit the floor.
@@ -165,7 +166,7 @@ class ExactCharge:
     def add(self, numerator):
         """Add numerator/den exact paise; return floor(exact total) - debited so far."""
         if numerator < 0:
-            raise __getattr__("TariffError")("charge: negative amount %d" % numerator)
+            raise _error(0, (numerator,))  # "charge: negative amount %d"
         n = self.carry + numerator
         paise = n // self.den
         self.carry = n - paise * self.den
@@ -193,23 +194,40 @@ class Biller:
     def use_tariff(self, tariff):
         """Switch tariff keeping month-to-date quantity and the rounding carry."""
         if tariff.service != self.tariff.service:
-            raise __getattr__("TariffError")("service: %s cannot replace %s" % (tariff.service, self.tariff.service))
+            # "service: %s cannot replace %s"
+            raise _error(1, (tariff.service, self.tariff.service))
         if tariff.unit_size != self.tariff.unit_size:
             # the carry is over unit_size * 10**6; keeping it exact needs the same denominator
-            raise __getattr__("TariffError")("unit_size: %d cannot replace %d" % (tariff.unit_size, self.tariff.unit_size))
+            # "unit_size: %d cannot replace %d"
+            raise _error(2, (tariff.unit_size, self.tariff.unit_size))
         self.tariff = tariff
 
     def charge_usage(self, t, qty):
         """Paise to debit for ``qty`` smallest units used in the interval starting at UTC ``t``."""
         if not isinstance(qty, int) or isinstance(qty, bool) or qty < 0:  # no helper: one use
-            raise __getattr__("TariffError")("qty: must be an integer >= 0, got %r" % (qty,))
+            raise _error(3, (qty,))  # "qty: must be an integer >= 0, got %r"
         tf = self.tariff
         month = localtime.month_index(t, tf.utc_offset_s)
         if month != self.month:
             self.month = month
             self.mtd_qty = 0
-        base = tf.slab_sum(self.mtd_qty, qty)
-        self.mtd_qty += qty
+        # the slabs' sum of qty_in_slab * rate for positions [mtd, mtd + qty): O(slabs), no
+        # per-unit loop (inline, not a Tariff method: one function object fewer)
+        mtd = self.mtd_qty
+        base = 0
+        lo = 0
+        end = mtd + qty
+        for upto, rate in tf.slabs:
+            # the slab's bound in smallest units (Wh, litres); None = unbounded
+            hi = None if upto is None else upto * tf.unit_size
+            a = mtd if mtd > lo else lo
+            b = end if hi is None or end < hi else hi
+            if b > a:
+                base += (b - a) * rate
+            if hi is None or end <= hi:
+                break
+            lo = hi
+        self.mtd_qty = end
         return self.acc.add(base * (_PCT_DEN + tf.tod_pct(t)) * (_BP_DEN + tf.duty_bp))
 
     def charge_day(self, t):
@@ -280,10 +298,10 @@ class TariffSchedule:
     def set_passive(self, tariff):
         """Stage ``tariff``; its version must be above the active one's."""
         if tariff.version <= self.active.version:
-            raise __getattr__("TariffError")("version: %d must be > active version %d"
-                              % (tariff.version, self.active.version))
+            # "version: %d must be > active version %d"
+            raise _error(5, (tariff.version, self.active.version))
         if tariff.service != self.active.service or tariff.unit_size != self.active.unit_size:
-            raise __getattr__("TariffError")("service/unit_size: passive must match the active tariff")
+            raise _error(4)  # "service/unit_size: passive must match the active tariff"
         self.passive = tariff
 
     def apply_due(self, now):

@@ -42,10 +42,10 @@ _NULL = const(0xF6)
 
 
 def __getattr__(name):
-    # CborError, Map and Tag are made on first use and kept in the module dict: a
-    # meter encodes dicts and lists of plain values and decodes well-formed commands
-    # without tags, so it never holds these classes (~650 bytes of heap).  Code here
-    # calls ``__getattr__("CborError")``; ``cbor.Map`` and ``from
+    # CborError, Map, Tag and Decoder are made on first use and kept in the module
+    # dict: a meter encodes dicts and lists of plain values and decodes well-formed
+    # commands without tags, whole, so it never holds these classes (~1.2 KB of heap).
+    # Code here calls ``__getattr__("CborError")``; ``cbor.Map`` and ``from
     # firmware.protocol.cbor import Tag`` work as for any class.
     g = globals()
     if name in g:
@@ -90,6 +90,70 @@ def __getattr__(name):
             def __repr__(self):
                 return "Tag(%d, %r)" % (self.tag, self.value)
         g[name] = Tag
+    elif name == "Decoder":
+        # a meter decodes each command whole with ``decode``: no incremental decoder
+        class Decoder:
+            """Incremental decoder: feed bytes as they arrive, get complete items.
+
+            Each top-level item is first scanned for well-formedness and limits (the
+            scan resumes where it stopped, so byte-by-byte feeding costs O(n)), then
+            built.  After a ``CborError`` from a malformed head the buffered bytes are
+            dropped (CBOR has no resync marker; the transport must reframe); an item
+            rejected while building (bad UTF-8, duplicate key) is skipped alone.
+
+            >>> dec = Decoder()
+            >>> list(dec.feed(b"\\x01\\x82"))
+            [1]
+            >>> list(dec.feed(b"\\x02\\x03"))
+            [[2, 3]]
+            """
+
+            def __init__(self, max_depth=MAX_DEPTH, max_items=MAX_ITEMS, max_bytes=MAX_BYTES):
+                self.max_depth = max_depth
+                self.max_items = max_items
+                self.max_bytes = max_bytes
+                self.reset()
+
+            def reset(self):
+                """Forget buffered bytes and any partial item."""
+                self._buf = bytearray()  # type: bytearray
+                # scan progress inside self._buf, data items seen in this top-level
+                # item, children still expected per open container (see _scan)
+                self._state = [0, 0, []]
+
+            @property
+            def buffered(self):
+                """Bytes held waiting for the rest of an item."""
+                return len(self._buf)
+
+            def feed(self, data):
+                """Add ``data``; return an iterator over the items it completes."""
+                self._buf.extend(data)
+                return self._items()
+
+            def _items(self):
+                while self._buf:
+                    try:
+                        end = _scan(self._buf, self._state, self.max_depth, self.max_items,
+                                    self.max_bytes)
+                    except __getattr__("CborError"):
+                        self.reset()
+                        raise
+                    if end < 0:
+                        if len(self._buf) > self.max_bytes:
+                            self.reset()
+                            raise __getattr__("CborError")(
+                                "item larger than %d bytes" % self.max_bytes)
+                        return
+                    item = bytes(self._buf[:end])
+                    self._buf = bytearray(self._buf[end:])
+                    self._state = [0, 0, []]
+                    if end > self.max_bytes:  # same verdict whether it came in one chunk or many
+                        raise __getattr__("CborError")("item of %d bytes exceeds %d" % (
+                            end, self.max_bytes))
+                    value, _ = _build(item, 0)
+                    yield value
+        g[name] = Decoder
     else:
         raise AttributeError(name)
     return g[name]
@@ -112,27 +176,30 @@ def _head(out, major, n):
     mt = major << 5
     if n < 24:
         out.append(mt | n)
-    elif n < 0x100:
-        out.append(mt | 24)
-        out.append(n)
+        return
+    if n < 0x100:
+        ai, size = 24, 1
     elif n < 0x10000:
-        out.append(mt | 25)
-        out.extend(struct.pack(">H", n))
+        ai, size = 25, 2
     elif n < 0x100000000:
-        out.append(mt | 26)
-        out.extend(struct.pack(">I", n))
+        ai, size = 26, 4
     else:
-        out.append(mt | 27)
-        out.extend(struct.pack(">Q", n))
+        ai, size = 27, 8
+    out.append(mt | ai)
+    for i in range(8 * size - 8, -8, -8):  # big-endian, byte by byte: nothing allocated
+        out.append((n >> i) & 0xFF)
 
 
 def _check_key(key):
     # bool first: on CPython True is an int, on MicroPython it is not
-    if key is True or key is False or not isinstance(key, (int, str)):
+    if key is True or key is False or not (isinstance(key, int) or isinstance(key, str)):
         raise __getattr__("CborError")("map key must be int or str, not %s" % type(key).__name__)
 
 
 def _encode(out, v, depth):
+    # Separate isinstance calls, not one with a tuple of types: MicroPython builds
+    # that tuple on the heap at every call.  Dicts before bytes and lists (no type
+    # is both): a meter's uplinks are dicts.
     if depth > MAX_DEPTH:
         raise __getattr__("CborError")("nesting deeper than %d" % MAX_DEPTH)
     if v is None:
@@ -154,24 +221,46 @@ def _encode(out, v, depth):
         b = v.encode()
         _head(out, 3, len(b))
         out.extend(b)
-    elif isinstance(v, (bytes, bytearray, memoryview)):
+    elif isinstance(v, dict):
+        # Each key is encoded once into ``kb`` and the keys are sorted by those bytes
+        # in place (RFC 8949 4.2.1 order): a scratch bytearray and three small lists
+        # per map, not a bytearray, a bytes and a tuple per key and a lambda per call.
+        keys = list(v)
+        kb = bytearray()
+        at = []  # keys[i] is kb[at[i]:at[i + 1]]
+        for k in keys:
+            _check_key(k)
+            at.append(len(kb))
+            _encode(kb, k, depth + 1)
+        at.append(len(kb))
+        n = len(keys)
+        order = list(range(n))
+        for i in range(1, n):  # insertion sort: a map has a few keys
+            x = order[i]
+            j = i
+            while j:
+                # is the key before slot j bytewise greater than key x?
+                p, pe = at[order[j - 1]], at[order[j - 1] + 1]
+                q, qe = at[x], at[x + 1]
+                while p < pe and q < qe and kb[p] == kb[q]:
+                    p += 1
+                    q += 1
+                if p == pe or (q < qe and kb[p] < kb[q]):
+                    break  # it is a prefix of key x, or smaller at the first difference
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = x
+        _head(out, 5, n)
+        for i in order:
+            for p in range(at[i], at[i + 1]):
+                out.append(kb[p])
+            _encode(out, v[keys[i]], depth + 1)
+    elif isinstance(v, bytes) or isinstance(v, bytearray) or isinstance(v, memoryview):
         _head(out, 2, len(v))
         out.extend(v)
-    elif isinstance(v, (list, tuple)):
+    elif isinstance(v, list) or isinstance(v, tuple):
         _head(out, 4, len(v))
         for x in v:
-            _encode(out, x, depth + 1)
-    elif isinstance(v, dict):
-        keyed = []
-        for k in v:
-            _check_key(k)
-            kb = bytearray()
-            _encode(kb, k, depth + 1)
-            keyed.append((bytes(kb), v[k]))
-        keyed.sort(key=lambda p: p[0])
-        _head(out, 5, len(keyed))
-        for key_bytes, x in keyed:
-            out.extend(key_bytes)
             _encode(out, x, depth + 1)
     # Map and Tag come last: a meter's values never get here, so it never makes them
     elif isinstance(v, __getattr__("Map")):
@@ -204,8 +293,7 @@ def decode(data, max_depth=MAX_DEPTH, max_items=MAX_ITEMS):
     >>> decode(bytes.fromhex("a26161016162820203"))
     {'a': 1, 'b': [2, 3]}
     """
-    scan = Decoder(max_depth, max_items, _U64_MAX)  # data is already in memory
-    end = scan._scan(data)
+    end = _scan(data, [0, 0, []], max_depth, max_items, _U64_MAX)  # data is in memory
     if end < 0:
         raise __getattr__("CborError")("truncated: %d bytes end inside an item" % len(data))
     if end != len(data):
@@ -214,134 +302,76 @@ def decode(data, max_depth=MAX_DEPTH, max_items=MAX_ITEMS):
     return value
 
 
-class Decoder:
-    """Incremental decoder: feed bytes as they arrive, get complete items.
+def _scan(buf, state, max_depth, max_items, max_bytes):
+    """End offset of the first complete item in ``buf``, or -1 if more bytes are needed.
 
-    Each top-level item is first scanned for well-formedness and limits (the
-    scan resumes where it stopped, so byte-by-byte feeding costs O(n)), then
-    built.  After a ``CborError`` from a malformed head the buffered bytes are
-    dropped (CBOR has no resync marker; the transport must reframe); an item
-    rejected while building (bad UTF-8, duplicate key) is skipped alone.
-
-    >>> dec = Decoder()
-    >>> list(dec.feed(b"\\x01\\x82"))
-    [1]
-    >>> list(dec.feed(b"\\x02\\x03"))
-    [[2, 3]]
+    ``state`` is [offset to scan from, data items seen in this top-level item,
+    children still expected per open container], updated so that a call with
+    more bytes resumes where this one stopped.
     """
-
-    def __init__(self, max_depth=MAX_DEPTH, max_items=MAX_ITEMS, max_bytes=MAX_BYTES):
-        self.max_depth = max_depth
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        self.reset()
-
-    def reset(self):
-        """Forget buffered bytes and any partial item."""
-        self._buf = bytearray()  # type: bytearray
-        self._restart()
-
-    def _restart(self):
-        self._pos = 0  # scan progress inside self._buf
-        self._stack = []  # children still expected per open container
-        self._count = 0  # data items seen in this top-level item
-
-    @property
-    def buffered(self):
-        """Bytes held waiting for the rest of an item."""
-        return len(self._buf)
-
-    def feed(self, data):
-        """Add ``data``; return an iterator over the items it completes."""
-        self._buf.extend(data)
-        return self._items()
-
-    def _items(self):
-        while self._buf:
-            try:
-                end = self._scan(self._buf)
-            except __getattr__("CborError"):
-                self.reset()
-                raise
-            if end < 0:
-                if len(self._buf) > self.max_bytes:
-                    self.reset()
-                    raise __getattr__("CborError")("item larger than %d bytes" % self.max_bytes)
-                return
-            item = bytes(self._buf[:end])
-            self._buf = bytearray(self._buf[end:])
-            self._restart()
-            if end > self.max_bytes:  # same verdict whether it came in one chunk or many
-                raise __getattr__("CborError")("item of %d bytes exceeds %d" % (
-                    end, self.max_bytes))
-            value, _ = _build(item, 0)
-            yield value
-
-    def _scan(self, buf):
-        """End offset of the first complete item in ``buf``, or -1 if more bytes are needed."""
-        pos = self._pos
-        stack = self._stack
-        n = len(buf)
-        while True:
-            if pos >= n:
-                self._pos = pos
+    pos = state[0]
+    stack = state[2]
+    n = len(buf)
+    while True:
+        if pos >= n:
+            state[0] = pos
+            return -1
+        ib = buf[pos]
+        major = ib >> 5
+        ai = ib & 31
+        if ai < 24:
+            arg = ai
+            hlen = 1
+        elif ai < 28:
+            hlen = 1 + (1 << (ai - 24))
+            if pos + hlen > n:
+                state[0] = pos
                 return -1
-            ib = buf[pos]
-            major = ib >> 5
-            ai = ib & 31
-            if ai < 24:
-                arg = ai
-                hlen = 1
-            elif ai < 28:
-                hlen = 1 + (1 << (ai - 24))
-                if pos + hlen > n:
-                    self._pos = pos
-                    return -1
-                arg = int.from_bytes(bytes(buf[pos + 1:pos + hlen]), "big")
-            elif ai == 31:
-                if major == 7:
-                    raise __getattr__("CborError")("unexpected break byte 0xff at offset %d" % pos)
-                raise __getattr__("CborError")(
-                    "indefinite length (major type %d) not supported" % major)
-            else:
-                raise __getattr__("CborError")("reserved additional info %d at offset %d" % (
-                    ai, pos))
-            self._count += 1
-            if self._count > self.max_items:
-                raise __getattr__("CborError")("more than %d data items" % self.max_items)
-            if major == 2 or major == 3:
-                if arg > self.max_bytes:
-                    raise __getattr__("CborError")("string of %d bytes exceeds %d" % (
-                        arg, self.max_bytes))
-                if pos + hlen + arg > n:
-                    self._pos = pos  # re-read this head when more bytes come
-                    self._count -= 1
-                    return -1
-                pos += hlen + arg
-            elif major == 4 or major == 5 or major == 6:
-                children = arg * 2 if major == 5 else (1 if major == 6 else arg)
-                pos += hlen
-                if children > self.max_items:
-                    raise __getattr__("CborError")("container of %d items exceeds %d" % (
-                        children, self.max_items))
-                if children:
-                    if len(stack) >= self.max_depth:
-                        raise __getattr__("CborError")("nesting deeper than %d" % self.max_depth)
-                    stack.append(children)
-                    continue
-            elif major == 7 and ai == 24 and arg < 32:
-                raise __getattr__("CborError")("simple value %d in two-byte form" % arg)
-            else:
-                pos += hlen
-            # an item just ended: close every container it completes
-            while stack:
-                stack[-1] -= 1
-                if stack[-1]:
-                    break
-                stack.pop()
-            if not stack:
-                self._pos = pos
-                return pos
+            arg = int.from_bytes(bytes(buf[pos + 1:pos + hlen]), "big")
+        elif ai == 31:
+            if major == 7:
+                raise __getattr__("CborError")("unexpected break byte 0xff at offset %d" % pos)
+            raise __getattr__("CborError")(
+                "indefinite length (major type %d) not supported" % major)
+        else:
+            raise __getattr__("CborError")("reserved additional info %d at offset %d" % (
+                ai, pos))
+        state[1] += 1
+        if state[1] > max_items:
+            raise __getattr__("CborError")("more than %d data items" % max_items)
+        if major == 2 or major == 3:
+            if arg > max_bytes:
+                raise __getattr__("CborError")("string of %d bytes exceeds %d" % (
+                    arg, max_bytes))
+            if pos + hlen + arg > n:
+                state[0] = pos  # re-read this head when more bytes come
+                state[1] -= 1
+                return -1
+            pos += hlen + arg
+        elif major == 4 or major == 5 or major == 6:
+            children = arg * 2 if major == 5 else (1 if major == 6 else arg)
+            pos += hlen
+            if children > max_items:
+                raise __getattr__("CborError")("container of %d items exceeds %d" % (
+                    children, max_items))
+            if children:
+                if len(stack) >= max_depth:
+                    raise __getattr__("CborError")("nesting deeper than %d" % max_depth)
+                stack.append(children)
+                continue
+        elif major == 7 and ai == 24 and arg < 32:
+            raise __getattr__("CborError")("simple value %d in two-byte form" % arg)
+        else:
+            pos += hlen
+        # an item just ended: close every container it completes
+        while stack:
+            stack[-1] -= 1
+            if stack[-1]:
+                break
+            stack.pop()
+        if not stack:
+            state[0] = pos
+            return pos
 
 
 def _build(buf, pos):

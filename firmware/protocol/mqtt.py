@@ -24,9 +24,10 @@ except ImportError:  # CPython
 
 # 2.2.1 Table 2.1: the control packet types a broker sends us.  Private names,
 # which MicroPython's const compiles away; the public names (the whole table),
-# CONNACK_NAMES, the error reports for packets no broker may send, and what only
-# tests or a broker use (encode_unsubscribe) live in ``mqtt_more``, loaded on
-# first use through the module ``__getattr__`` below: a meter never loads it (heap).
+# CONNACK_NAMES, the texts of all error reports, and what only tests or a broker
+# use (encode_unsubscribe, Session.unsubscribe/in_flight_ids/disconnect) live in
+# ``mqtt_more``, loaded on first use through the module ``__getattr__`` below (or
+# Session's): a meter whose broker behaves never loads it (heap).
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _PUBACK = const(4)
@@ -42,7 +43,6 @@ MAX_PACKET = const(9216)
 _MAX_PACKET_ID = const(65535)
 _SUBACK_FAILURE = const(0x80)  # 3.9.3 (public as SUBACK_FAILURE in mqtt_more)
 _PINGREQ_PACKET = const(b"\xc0\x00")  # 3.12
-_DISCONNECT_PACKET = const(b"\xe0\x00")  # 3.14
 # first bytes of the packets a broker may send us, but PUBLISH (its flags vary)
 _FROM_BROKER = const(b"\x20\x40\x90\xb0\xd0")  # CONNACK PUBACK SUBACK UNSUBACK PINGRESP
 
@@ -55,10 +55,68 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-def _name(kind):
-    # a packet type's name, for error messages only
-    from firmware.protocol.mqtt_more import PACKET_NAMES
-    return PACKET_NAMES[kind]
+# Error reports: an index into ``mqtt_more.ERRORS`` (same order), formatted there
+# on first use, so their ~40 texts are no str objects on a meter's heap.  From
+# _E_WHAT the first argument is an index into ``mqtt_more.WHAT`` (the field
+# named), from _E_KIND a packet type (its name is reported).
+_E_REMAINING = const(0)
+_E_LENGTH_4TH = const(1)
+_E_PACKET_ID = const(2)
+_E_TOPIC_EMPTY = const(3)
+_E_TOPIC_WILD = const(4)
+_E_FILTER_EMPTY = const(5)
+_E_FILTER_HASH = const(6)
+_E_FILTER_PLUS = const(7)
+_E_EMPTY_ID = const(8)
+_E_KEEPALIVE = const(9)
+_E_PASSWORD = const(10)
+_E_WILL = const(11)
+_E_PAYLOAD = const(12)
+_E_QOS0 = const(13)
+_E_NO_FILTER = const(14)
+_E_PUB_SHORT = const(15)
+_E_PUB_TOPIC_LEN = const(16)
+_E_PUB_UTF8 = const(17)
+_E_PUB_TOPIC = const(18)
+_E_PUB_DUP = const(19)
+_E_CONNACK_LEN = const(20)
+_E_CONNACK_FLAGS = const(21)
+_E_CONNACK_CODE = const(22)
+_E_CONNACK_PRESENT = const(23)
+_E_SUBACK_SHORT = const(24)
+_E_SUBACK_CODE = const(25)
+_E_PINGRESP_LEN = const(26)
+_E_NO_IDS = const(27)
+_E_NOT_CONNECTED = const(28)
+_E_IN_FLIGHT = const(29)
+_E_NOT_BROKER = const(30)
+_E_WHAT = const(31)  # the first of the errors about a field
+_E_NOT_STR = const(31)
+_E_TOO_LONG = const(32)
+_E_NUL = const(33)
+_E_NOT_BINARY = const(34)
+_E_RANGE = const(35)
+_E_KIND = const(36)  # the first of the errors about a packet type
+_E_LEN_2 = const(36)
+_E_ID_0 = const(37)
+_E_TOO_BIG = const(38)
+# fields named in errors: indexes into mqtt_more.WHAT
+_W_CLIENT_ID = const(0)
+_W_TOPIC_NAME = const(1)
+_W_TOPIC_FILTER = const(2)
+_W_WILL_TOPIC = const(3)
+_W_WILL_MESSAGE = const(4)
+_W_USERNAME = const(5)
+_W_PASSWORD = const(6)
+_W_QOS = const(7)
+_W_WILL_QOS = const(8)
+_W_REQUESTED_QOS = const(9)
+
+
+def _err(code, *args):
+    # the MqttError for error ``code`` (an _E_ constant) with its arguments
+    from firmware.protocol.mqtt_more import error
+    return error(code, args)
 
 
 class MqttError(ValueError):
@@ -77,7 +135,7 @@ def encode_remaining_length(n):
     'c102'
     """
     if not isinstance(n, int) or n < 0 or n > _MAX_REMAINING_LENGTH:
-        raise MqttError("remaining length must be 0..%d, got %r" % (_MAX_REMAINING_LENGTH, n))
+        raise _err(_E_REMAINING, _MAX_REMAINING_LENGTH, n)
     out = bytearray()
     while True:
         digit = n & 0x7F
@@ -103,28 +161,28 @@ def decode_remaining_length(buf, start=1):
         value |= (b & 0x7F) << (7 * i)
         if not b & 0x80:
             return value, start + i + 1
-    raise MqttError("malformed remaining length: continuation bit set in its 4th byte")
+    raise _err(_E_LENGTH_4TH)
 
 
 def _utf8(what, s):
     if isinstance(s, str):
         data = s.encode("utf-8")
     else:
-        raise MqttError("%s must be str, got %s" % (what, type(s).__name__))
+        raise _err(_E_NOT_STR, what, type(s).__name__)
     if len(data) > _MAX_STRING_BYTES:
-        raise MqttError("%s is %d bytes, at most 65535" % (what, len(data)))
+        raise _err(_E_TOO_LONG, what, len(data))
     if "\x00" in s:
-        raise MqttError("%s must not contain U+0000 (1.5.3)" % what)
+        raise _err(_E_NUL, what)
     return data
 
 
 def _binary(what, b):
     if isinstance(b, str):
         b = b.encode("utf-8")
-    elif not isinstance(b, (bytes, bytearray, memoryview)):
-        raise MqttError("%s must be bytes or str, got %s" % (what, type(b).__name__))
+    elif not (isinstance(b, bytes) or isinstance(b, bytearray) or isinstance(b, memoryview)):
+        raise _err(_E_NOT_BINARY, what, type(b).__name__)
     if len(b) > _MAX_STRING_BYTES:
-        raise MqttError("%s is %d bytes, at most 65535" % (what, len(b)))
+        raise _err(_E_TOO_LONG, what, len(b))
     return bytes(b)
 
 
@@ -145,12 +203,12 @@ def _packet(first, body):
 
 def _check_packet_id(packet_id):
     if not isinstance(packet_id, int) or packet_id < 1 or packet_id > _MAX_PACKET_ID:
-        raise MqttError("packet id must be 1..65535, got %r" % (packet_id,))  # 2.3.1
+        raise _err(_E_PACKET_ID, packet_id)  # 2.3.1
 
 
 def _check_qos(what, qos, highest):
     if qos is True or qos is False or not isinstance(qos, int) or qos < 0 or qos > highest:
-        raise MqttError("%s must be 0..%d, got %r" % (what, highest, qos))
+        raise _err(_E_RANGE, what, highest, qos)
 
 
 # ------------------------------------------------------------------ topics (4.7)
@@ -161,10 +219,10 @@ def check_topic_name(topic):
     >>> check_topic_name("urja/m/42/readings")
     """
     if not isinstance(topic, str) or not topic:
-        raise MqttError("topic name must be a non-empty str (4.7.3)")
+        raise _err(_E_TOPIC_EMPTY)
     if "+" in topic or "#" in topic:
-        raise MqttError("topic name %r must not contain wildcards + or # (3.3.2.1)" % topic)
-    _utf8("topic name", topic)
+        raise _err(_E_TOPIC_WILD, topic)
+    _utf8(_W_TOPIC_NAME, topic)
 
 
 def check_topic_filter(topic_filter):
@@ -175,15 +233,15 @@ def check_topic_filter(topic_filter):
     >>> check_topic_filter("urja/m/+/cmd/#")
     """
     if not isinstance(topic_filter, str) or not topic_filter:
-        raise MqttError("topic filter must be a non-empty str (4.7.3)")
+        raise _err(_E_FILTER_EMPTY)
     levels = topic_filter.split("/")
     last = len(levels) - 1
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != last):
-            raise MqttError("topic filter %r: '#' must be a whole, last level" % topic_filter)
+            raise _err(_E_FILTER_HASH, topic_filter)
         if "+" in level and level != "+":
-            raise MqttError("topic filter %r: '+' must be a whole level" % topic_filter)
-    _utf8("topic filter", topic_filter)
+            raise _err(_E_FILTER_PLUS, topic_filter)
+    _utf8(_W_TOPIC_FILTER, topic_filter)
 
 
 # ------------------------------------------------------------------ encoders
@@ -196,20 +254,20 @@ def encode_connect(client_id, keepalive_s=60, clean_session=True, username=None,
     >>> encode_connect("m1", keepalive_s=60).hex()
     '100e00044d5154540402003c00026d31'
     """
-    cid = _utf8("client id", client_id)
+    cid = _utf8(_W_CLIENT_ID, client_id)
     if not cid and not clean_session:
-        raise MqttError("an empty client id needs clean_session=True (3.1.3.1)")
+        raise _err(_E_EMPTY_ID)
     if not isinstance(keepalive_s, int) or keepalive_s < 0 or keepalive_s > 0xFFFF:
-        raise MqttError("keepalive_s must be 0..65535, got %r" % (keepalive_s,))
+        raise _err(_E_KEEPALIVE, keepalive_s)
     if password is not None and username is None:
-        raise MqttError("a password needs a username (3.1.2.9)")
+        raise _err(_E_PASSWORD)
     flags = 0x02 if clean_session else 0
     if will_topic is not None:
         check_topic_name(will_topic)
-        _check_qos("will_qos", will_qos, 2)
+        _check_qos(_W_WILL_QOS, will_qos, 2)
         flags |= 0x04 | (will_qos << 3) | (0x20 if will_retain else 0)
     elif will_qos or will_retain:
-        raise MqttError("will_qos/will_retain need a will_topic (3.1.2.6, 3.1.2.7)")
+        raise _err(_E_WILL)
     if username is not None:
         flags |= 0x80
     if password is not None:
@@ -220,12 +278,12 @@ def encode_connect(client_id, keepalive_s=60, clean_session=True, username=None,
     body.append(keepalive_s & 0xFF)
     _field(body, cid)
     if will_topic is not None:
-        _field(body, _utf8("will topic", will_topic))
-        _field(body, _binary("will message", will_message))
+        _field(body, _utf8(_W_WILL_TOPIC, will_topic))
+        _field(body, _binary(_W_WILL_MESSAGE, will_message))
     if username is not None:
-        _field(body, _utf8("username", username))
+        _field(body, _utf8(_W_USERNAME, username))
     if password is not None:
-        _field(body, _binary("password", password))
+        _field(body, _binary(_W_PASSWORD, password))
     return _packet(0x10, body)
 
 
@@ -239,13 +297,14 @@ def encode_publish(topic, payload, qos=0, packet_id=0, retain=False, dup=False):
     '32080003612f62000a78'
     """
     check_topic_name(topic)
-    _check_qos("qos", qos, 1)
+    _check_qos(_W_QOS, qos, 1)
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
-    elif not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise MqttError("payload must be bytes or str, got %s" % type(payload).__name__)
+    elif not (isinstance(payload, bytes) or isinstance(payload, bytearray)
+              or isinstance(payload, memoryview)):  # no tuple of types: one less alloc
+        raise _err(_E_PAYLOAD, type(payload).__name__)
     if qos == 0 and (dup or packet_id):
-        raise MqttError("a QoS 0 publish has no packet id and DUP 0 (3.3.1.1, 2.3.1)")
+        raise _err(_E_QOS0)
     if qos:
         _check_packet_id(packet_id)
     t = topic.encode("utf-8")
@@ -287,11 +346,11 @@ def encode_subscribe(packet_id, subscriptions):
     _check_packet_id(packet_id)
     subscriptions = list(subscriptions)
     if not subscriptions:
-        raise MqttError("SUBSCRIBE needs at least one topic filter (3.8.3)")
+        raise _err(_E_NO_FILTER)
     body = bytearray((packet_id >> 8, packet_id & 0xFF))
     for topic_filter, qos in subscriptions:
         check_topic_filter(topic_filter)
-        _check_qos("requested qos", qos, 1)
+        _check_qos(_W_REQUESTED_QOS, qos, 1)
         _field(body, topic_filter.encode("utf-8"))
         body.append(qos)
     return _packet(0x82, body)
@@ -321,8 +380,8 @@ class Publish:
         self.dup = dup
 
     def __repr__(self):
-        return "Publish(%r, %r, qos=%d, packet_id=%d, retain=%r, dup=%r)" % (
-            self.topic, self.payload, self.qos, self.packet_id, self.retain, self.dup)
+        from firmware.protocol.mqtt_more import publish_repr  # tests and logs only
+        return publish_repr(self)
 
 
 def _check_first_byte(first):
@@ -336,10 +395,10 @@ def _check_first_byte(first):
 
 def _packet_id_only(kind, body):
     if len(body) != 2:
-        raise MqttError("%s remaining length must be 2, got %d" % (_name(kind), len(body)))
+        raise _err(_E_LEN_2, kind, len(body))
     pid = (body[0] << 8) | body[1]
     if pid == 0:
-        raise MqttError("%s with packet id 0 (2.3.1)" % _name(kind))
+        raise _err(_E_ID_0, kind)
     return pid
 
 
@@ -355,45 +414,45 @@ def decode_packet(first, body):
         flags = first & 0x0F
         qos = (flags >> 1) & 3
         if len(body) < 2:
-            raise MqttError("PUBLISH too short for its topic length")
+            raise _err(_E_PUB_SHORT)
         n = (body[0] << 8) | body[1]
         pos = 2 + n
         if len(body) < pos + (2 if qos else 0):
-            raise MqttError("PUBLISH topic length %d runs past the packet" % n)
+            raise _err(_E_PUB_TOPIC_LEN, n)
         try:
             topic = bytes(body[2:pos]).decode("utf-8")
         except UnicodeError:
-            raise MqttError("PUBLISH topic is not valid UTF-8 (1.5.3)")
+            raise _err(_E_PUB_UTF8)
         if not topic or "+" in topic or "#" in topic or "\x00" in topic:
-            raise MqttError("PUBLISH topic %r is not a valid topic name (3.3.2.1)" % topic)
+            raise _err(_E_PUB_TOPIC, topic)
         pid = 0
         if qos:
             pid = _packet_id_only(kind, body[pos:pos + 2])
             pos += 2
         if qos == 0 and flags & 0x08:
-            raise MqttError("QoS 0 PUBLISH with DUP set (3.3.1.1)")
+            raise _err(_E_PUB_DUP)
         return Publish(topic, bytes(body[pos:]), qos, pid, bool(flags & 1), bool(flags & 8))
     if kind == _CONNACK:
         if len(body) != 2:
-            raise MqttError("CONNACK remaining length must be 2, got %d" % len(body))
+            raise _err(_E_CONNACK_LEN, len(body))
         if body[0] & 0xFE:
-            raise MqttError("CONNACK acknowledge flags 0x%02x: bits 7-1 are reserved (3.2.2.1)" % body[0])
+            raise _err(_E_CONNACK_FLAGS, body[0])
         if body[1] > 5:
-            raise MqttError("CONNACK return code %d is reserved (3.2.2.3)" % body[1])
+            raise _err(_E_CONNACK_CODE, body[1])
         if body[1] and body[0]:
-            raise MqttError("refused CONNACK with session present set (3.2.2.2)")
+            raise _err(_E_CONNACK_PRESENT)
         return (kind, body[1], bool(body[0] & 1))
     if kind == _SUBACK:
         if len(body) < 3:
-            raise MqttError("SUBACK needs a packet id and at least one return code")
+            raise _err(_E_SUBACK_SHORT)
         granted = list(body[2:])
         for code in granted:
             if code not in (0, 1, 2, _SUBACK_FAILURE):
-                raise MqttError("SUBACK return code 0x%02x is reserved (3.9.3)" % code)
+                raise _err(_E_SUBACK_CODE, code)
         return (kind, _packet_id_only(kind, body[:2]), granted)
     if kind == _PINGRESP:
         if len(body):
-            raise MqttError("PINGRESP remaining length must be 0, got %d" % len(body))
+            raise _err(_E_PINGRESP_LEN, len(body))
         return (kind,)
     # PUBACK or UNSUBACK: _check_first_byte let nothing else through
     return (kind, _packet_id_only(kind, body))
@@ -459,8 +518,7 @@ class PacketReader:
             length, start = head
             end = start + length
             if end > self.max_packet:
-                raise MqttError("incoming %s of %d bytes exceeds max_packet %d" % (
-                    _name(buf[0] >> 4), end, self.max_packet))
+                raise _err(_E_TOO_BIG, buf[0] >> 4, end, self.max_packet)
             if len(buf) >= end:
                 out.append(decode_packet(buf[0], memoryview(buf)[start:end]))
                 self._buf = buf[end:]
@@ -527,11 +585,16 @@ class Session:
         self._in_flight = []
         self._pending = []  # packet ids of SUBSCRIBE/UNSUBSCRIBE awaiting their ack
 
-    # -------------------------------------------------------------- ids
-    def in_flight_ids(self):
-        """Packet ids of QoS 1 publishes awaiting PUBACK, oldest first."""
-        return [m[0] for m in self._in_flight]
+    def __getattr__(self, name):
+        # in_flight_ids(), unsubscribe() and disconnect(), which a meter never calls,
+        # are functions of ``mqtt_more`` taking the session: one method here, not three
+        from firmware.protocol import mqtt_more
+        if name in mqtt_more.SESSION_MORE:
+            fn = getattr(mqtt_more, "session_" + name)
+            return lambda *args, **kwargs: fn(self, *args, **kwargs)
+        raise AttributeError(name)
 
+    # -------------------------------------------------------------- ids
     def next_packet_id(self):
         """Allocate the next free packet id (1..65535, wrapping, skipping ids in use)."""
         for _ in range(_MAX_PACKET_ID):
@@ -544,7 +607,7 @@ class Session:
                     break
             else:
                 return pid
-        raise MqttError("all 65535 packet ids are in use")
+        raise _err(_E_NO_IDS)
 
     # -------------------------------------------------------------- outgoing
     def connect(self, now):
@@ -558,7 +621,7 @@ class Session:
 
     def _require_connected(self):
         if not self.connected:
-            raise MqttError("not connected: wait for an accepted CONNACK")
+            raise _err(_E_NOT_CONNECTED)
 
     def publish(self, topic, payload, qos=0, retain=False, now=0):
         """(packet_id, frame) for a publish; packet_id is 0 at QoS 0.
@@ -574,7 +637,7 @@ class Session:
             self.last_sent = now
             return 0, frame
         if len(self._in_flight) >= self.max_in_flight:
-            raise MqttError("%d QoS 1 publishes already await PUBACK" % len(self._in_flight))
+            raise _err(_E_IN_FLIGHT, len(self._in_flight))
         check_topic_name(topic)  # before taking an id, so a bad topic leaks nothing
         pid = self.next_packet_id()
         frame = encode_publish(topic, payload, qos, pid, retain)
@@ -591,26 +654,11 @@ class Session:
         self.last_sent = now
         return pid, frame
 
-    def unsubscribe(self, topic_filters, now=0):
-        """(packet_id, frame) for UNSUBSCRIBE from [filter, ...]."""
-        self._require_connected()
-        pid = self.next_packet_id()
-        from firmware.protocol.mqtt_more import encode_unsubscribe
-        frame = encode_unsubscribe(pid, topic_filters)
-        self._pending.append(pid)
-        self.last_sent = now
-        return pid, frame
-
     def ping(self, now):
         """A PINGREQ frame now (poll sends these by itself when due)."""
         self.ping_outstanding = True
         self.last_sent = now
         return _PINGREQ_PACKET
-
-    def disconnect(self):
-        """The DISCONNECT frame; the broker then discards the will (3.14)."""
-        self.connected = False
-        return _DISCONNECT_PACKET
 
     def connection_lost(self):
         """The network connection ended; in-flight publishes wait for the next CONNACK."""
@@ -656,7 +704,7 @@ class Session:
             if packet[1] in self._pending:
                 self._pending.remove(packet[1])
         else:
-            raise MqttError("not a packet from a broker: %r" % (packet,))
+            raise _err(_E_NOT_BROKER, packet)
         return []
 
     # -------------------------------------------------------------- timers

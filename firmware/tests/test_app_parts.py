@@ -123,7 +123,6 @@ def test_task_silent_longer_than_allowed_is_stale():
     live.beat("metering", 4000)
     eq(live.stale(9000), [])       # 9000 - 4000 = 5000: not more than allowed
     eq(live.stale(9001), ["metering"])
-    eq(live.all_alive(9001), False)
 
 
 def test_accelerated_clock_runs_factor_times_faster():
@@ -280,6 +279,87 @@ def test_cli_loads_at_its_first_byte_and_unloads_once_the_technician_has_gone():
         task.cancel()
 
     asyncio.run(drive())
+
+
+class _Watchdog:
+    timeout_ms = 400
+
+    def __init__(self):
+        self.fed = 0
+
+    def feed(self):
+        self.fed += 1
+
+
+def _run_tasks(app, tasks, wdt=None, for_s=0.15):
+    """``app.run`` with these (name, coroutine function, silence ms) for a while; its console."""
+    import firmware.app.main as main_mod
+
+    lines = []
+    app.tasks = lambda: tasks
+    app.board.start_watchdog = lambda: wdt
+
+    async def go():
+        runner = asyncio.create_task(app.run(watchdog=wdt is not None))
+        await asyncio.sleep(for_s)
+        runner.cancel()
+        asyncio.get_event_loop().set_exception_handler(None)
+
+    main_mod.print = lambda *a: lines.append(" ".join(str(x) for x in a))  # type: ignore[attr-defined]
+    try:
+        asyncio.run(go())
+    finally:
+        del main_mod.print
+    return lines
+
+
+def test_a_task_ended_by_an_exception_is_named_on_the_console_and_the_others_run_on():
+    app = App(_Board(), _Parts())
+    ticks = [0]
+
+    async def poll(wdt=None):
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep(0.01)
+
+    async def metering():
+        await asyncio.sleep(0.02)
+        raise ValueError("bad step")
+
+    lines = _run_tasks(app, [("poll", poll, 2000), ("metering", metering, 2000)])
+    eq([ln for ln in lines if "crashed" in ln], ["urja: task metering crashed: ValueError: bad step"])
+    eq(ticks[0] > 5, True)
+
+
+def test_poll_feeds_the_watchdog_only_while_every_task_beats_and_says_once_who_is_silent():
+    ms = [0]
+    app = App(_Board(), _Parts(), ms=lambda: ms[0])
+    wdt = _Watchdog()
+
+    async def metering():  # beats for 300 ms of the app's clock, then hangs
+        while ms[0] < 300:
+            app.beat("metering")
+            await asyncio.sleep(0.001)
+        while True:
+            await asyncio.sleep(0.001)
+
+    async def clock():
+        while True:
+            ms[0] += 20
+            await asyncio.sleep(0.001)
+
+    asyncio_task = []
+
+    async def poll(wdt=None):
+        asyncio_task.append(asyncio.create_task(clock()))
+        await app.poll_task(wdt)
+
+    lines = _run_tasks(app, [("poll", poll, 2000), ("metering", metering, 1000)], wdt, 0.4)
+    asyncio_task[0].cancel()
+    # fed at most every min(500, 400 // 4) = 100 ms, and only until metering has been silent
+    # for longer than allowed (300 + 1000 ms): 14 times at most
+    eq(1 <= wdt.fed <= 14, True, wdt.fed)
+    eq([ln for ln in lines if "watchdog" in ln], ["urja: watchdog not fed, silent tasks: metering"])
 
 
 def test_queue_backfill_requeues_only_what_was_sent_and_merges_past_the_limit():

@@ -284,3 +284,11 @@ def test_error_map_and_tag_classes_are_the_same_on_every_use():
     assert isinstance(raises(ValueError, decode, H("ff")), CborError)
     assert type(decode(H("c101"))) is Tag
     raises(AttributeError, getattr, cbor, "NoSuchName")
+
+
+def test_dict_keys_of_every_kind_and_width_are_in_bytewise_order():
+    # expected order: each key's encoding (taken from cbor2), sorted bytewise
+    d = {"\u00e9": 0, 2**32: 0, "ab": 0, -300: 0, 1: 0, "b": 0, 300: 0, -3: 0, "aa": 0,
+         23: 0, 24: 0}
+    eq(encode(d), H("ab" "0100" "1700" "181800" "19012c00" "1b000000010000000000" "2200"
+                    "39012b00" "616200" "62616100" "62616200" "62c3a900"))

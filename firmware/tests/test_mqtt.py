@@ -531,3 +531,32 @@ def test_suback_clears_pending_subscribe_id_for_reuse():
     for _ in range(65534):
         s.next_packet_id()
     eq(s.next_packet_id(), pid)  # free again after a full wrap
+
+
+def test_error_reports_name_the_field_or_packet_they_are_about():
+    # mqtt raises by number, mqtt_more formats: the texts callers see are these
+    def why(fn, *args):
+        return str(raises(MqttError, fn, *args))
+    eq(why(mqtt.encode_connect, "m", 60, True, "u", 5), "password must be bytes or str, got int")
+    eq(why(mqtt.encode_connect, "m", 60, True, None, None, "w", b"", 3),
+       "will_qos must be 0..2, got 3")
+    eq(why(mqtt.encode_subscribe, 1, [("a", 2)]), "requested qos must be 0..1, got 2")
+    eq(why(mqtt.check_topic_filter, "a\x00"), "topic filter must not contain U+0000 (1.5.3)")
+    eq(why(mqtt.encode_publish, "a/+", b""),
+       "topic name 'a/+' must not contain wildcards + or # (3.3.2.1)")
+    eq(why(PacketReader().feed, H("40 02 00 00")), "PUBACK with packet id 0 (2.3.1)")
+    eq(why(PacketReader().feed, H("b0 03 00 01 00")), "UNSUBACK remaining length must be 2, got 3")
+    eq(why(PacketReader(max_packet=100).feed, H("30 63")),
+       "incoming PUBLISH of 101 bytes exceeds max_packet 100")
+    eq(why(PacketReader().feed, H("20 02 00 06")), "CONNACK return code 6 is reserved (3.2.2.3)")
+    eq(why(Session("m").publish, "a", b""), "not connected: wait for an accepted CONNACK")
+
+
+def test_methods_a_meter_never_calls_still_work_on_a_session():
+    s = connected_session()
+    eq(s.unsubscribe(["a/#"], now=5), (1, mqtt.encode_unsubscribe(1, ["a/#"])))
+    eq(s.last_sent, 5)
+    eq(s.in_flight_ids(), [])
+    eq(s.disconnect(), mqtt.DISCONNECT_PACKET)
+    eq(s.connected, False)
+    eq(hasattr(s, "no_such_method"), False)
