@@ -23,16 +23,23 @@ board keeps in flash), what imports and ``build_app`` cost, the heap each
 loaded module costs (a second, import-only process importing exactly the
 modules the day loaded, one at a time in dependency order), the smallest
 ``-X heapsize`` that completes the simulated day (bisection, 4 KiB steps,
-from the day's peak live heap up), time per metering/reporting
-cycle (mean, max), messages published, journal writes, and the heap the CLI
-adds once a technician types (loaded after the day, at its first byte).
+from the day's peak live heap up), whether whole days run in exactly the
+issue's 128 KiB (``--target-runs`` of them, default 2: the acceptance), time
+per metering/reporting cycle (mean, max), messages published, journal
+writes, the names interned by the day's end (the qstr pool doubles at the
+1,261st, ~14 KB at once), and the heap the CLI adds once a technician types
+(loaded after the day, at its first byte).
 
     python bench/firmware_app.py [--configs sdm,dlms,both] [--factor 1200]
-                                 [--seconds 86400] [--no-bisect] [--filesystem]
+                                 [--seconds 86400] [--no-bisect] [--target-runs N]
+                                 [--filesystem]
 
-The smallest heap is searched with whole spans (``--seconds``): a 6 h span fits
-in less than a day needs (the daily snapshot at local midnight allocates
-more), and fragmentation makes the need ~10 % above the peak live heap.
+The smallest heap is searched with whole spans (``--seconds``): a short span
+can fit in less than a day needs, and transients and fragmentation make the
+need ~10 % above the sampled peak live heap (the monitor samples every 100 ms
+of wall time, between tasks; a failing run names the allocation).  Task
+interleavings at 1200x vary from run to run, so the smallest heap can move
+by a step (4 KiB) between runs.
 
 Heap numbers are from the 64-bit unix port: pointers and object headers are
 twice the ESP32's, so a board needs less.  Wall times are noisy (shared CI
@@ -225,6 +232,14 @@ def measure(world, config, image, romfs, args):
         out["smallest_heap_kib_excl_image"] = kib
         out["smallest_heapsize"] = "%dk" % (kib + extra_kib) if kib else None
     out["peak_under_128k"] = out["peak_heap_excl_image_bytes"] <= TARGET_HEAP_BYTES
+    if romfs and args.target_runs:
+        # the acceptance itself: whole days in exactly the target heap (beyond the image),
+        # more than once, since task interleavings at 1200x move the transient peaks
+        target = "%dk" % (TARGET_HEAP_BYTES // 1024 + extra_kib)
+        oks = [run(world, config, image, target, args.factor, args.seconds, romfs,
+                   day_done_is_enough=True) is not None for _ in range(args.target_runs)]
+        out["target_runs_ok"] = oks
+        out["day_runs_in_128k"] = all(oks)
     return out
 
 
@@ -237,6 +252,9 @@ def report(config, r):
               config, r["peak_heap_excl_image_bytes"],
               "under" if r["peak_under_128k"] else "OVER", r["heap_imports_bytes"],
               r["heap_build_app_bytes"], r["heap_after_build_excl_image"], r["heap_cli_loaded_bytes"]))
+    if "target_runs_ok" in r:
+        print("      whole days in a 128 KiB heap (beyond the image): %d of %d runs" % (
+            sum(r["target_runs_ok"]), len(r["target_runs_ok"])))
     if "smallest_heap_kib_excl_image" in r:
         print("      smallest heap for the span: %s KiB beyond the image (-X heapsize=%s)" % (
             r["smallest_heap_kib_excl_image"], r["smallest_heapsize"]))
@@ -267,6 +285,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=86400, help="simulated seconds (default a day)")
     ap.add_argument("--no-bisect", dest="bisect", action="store_false",
                     help="skip the smallest-heap search")
+    ap.add_argument("--target-runs", type=int, default=2,
+                    help="whole days run in exactly 128 KiB beyond the image (default 2; 0 skips)")
     ap.add_argument("--filesystem", action="store_true",
                     help="also run each config with the .mpy files loaded into RAM")
     args = ap.parse_args()
@@ -302,6 +322,9 @@ def main():
     out["ok"] = all(out["configs"][c]["romfs"].get("ok") for c in configs)
     out["deployable_under_128k"] = all(out["configs"][c]["romfs"].get("peak_under_128k")
                                        for c in deployable) if deployable else None
+    # the issue's target: every deployable configuration ran its days in 128 KiB
+    out["deployable_days_in_128k"] = all(out["configs"][c]["romfs"].get("day_runs_in_128k")
+                                         for c in deployable) if deployable else None
     print()
     for config in configs:
         report(config, out["configs"][config]["romfs"])

@@ -22,7 +22,8 @@ except ImportError:  # CPython
 _POLL_MS = const(5)
 _READ_CHUNK = const(256)
 # what a DLMS read asks the meter for (``dlms_objects`` names)
-_QUANTITIES = const(("energy_import_wh", "voltage_mv", "current_ma", "active_power_w"))
+# (one str, split per read: a tuple constant would be built on the heap at import)
+_QUANTITIES = const("energy_import_wh voltage_mv current_ma active_power_w")
 # dlms_client's events (private consts there too: compiled away, no names on the meter)
 _EV_ASSOCIATED = const(2)
 _EV_DATA = const(4)
@@ -86,11 +87,12 @@ class DlmsReader:
             pass
         try:
             await self._request(client, client.connect())
-            kind, _ = await self._request(client, client.associate())
+            # only the kind: a local holding the AARE would keep it alive for the whole read
+            kind = (await self._request(client, client.associate()))[0]
             if kind != _EV_ASSOCIATED:
                 raise __getattr__("DlmsTimeout")("association rejected")
             values = {}
-            for name in _QUANTITIES:
+            for name in _QUANTITIES.split():
                 obis = dlms_objects.register(name)[0]
                 kind, value = await self._request(client, client.get(3, obis, 2))
                 if kind != _EV_DATA:

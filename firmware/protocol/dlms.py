@@ -1,4 +1,4 @@
-"""DLMS/COSEM client APDUs (IEC 62056-5-3): AARQ/AARE, GET-normal, GET-next.
+"""DLMS/COSEM client APDUs (IEC 62056-5-3): AARQ/AARE, GET-normal (GET-next in ``dlms_more``).
 
 Logical-name referencing only, no ciphering; authentication "none" or
 low-level security (a password sent in the AARQ).  APDUs here are the
@@ -35,9 +35,9 @@ _DLMS_OID = const(b"\x60\x85\x74\x05\x08")  # joint-iso-ccitt(2) country(16) cou
 def __getattr__(name):
     # DlmsError (a ValueError: an APDU is malformed or not one this client understands)
     # is made on first use and kept in the module dict: held from import on, the class
-    # would cost heap a meter talking to a sane peer never needs.  Raise sites here call
-    # ``__getattr__("DlmsError")``; ``dlms.DlmsError`` and ``from ... import`` work as
-    # for any class.
+    # would cost heap a meter talking to a sane peer never needs.  Raise sites here raise
+    # ``err(...)``, which calls ``__getattr__("DlmsError")``; ``dlms.DlmsError`` and
+    # ``from ... import`` work as for any class.
     if name == "DlmsError":
         g = globals()
         if name not in g:
@@ -45,7 +45,7 @@ def __getattr__(name):
         return g[name]
     # The tag, result, diagnostic, Data-Access-Result and GET.response kind numbers under
     # their public names, the defaults, the conformance bits, DIAGNOSTIC_NAMES, DAR_NAMES
-    # and the selective-access builders (profiles) are in ``dlms_more``, loaded on first
+    # the selective-access builders and ``get_request_next`` (profiles) are in ``dlms_more``, loaded on first
     # use: a meter reading registers needs none of them on its heap (the numbers here
     # are private consts, which MicroPython compiles away).
     if name[:1] == "_":  # private, or CPython's import probing __path__: never handed out
@@ -54,6 +54,44 @@ def __getattr__(name):
     if name in dlms_more.PUBLIC[__name__]:
         return getattr(dlms_more, name)
     raise AttributeError(name)
+
+
+# The error messages, one str (one object on the heap, not one per message), by index;
+# 20.. are raised by dlms_client (20-22) and dlms_objects (23-26).
+_MESSAGES = const(
+    "BER element truncated|"  # 0
+    "bad BER length|"  # 1
+    "BER element longer than its container|"  # 2
+    "not an AARE|"  # 3
+    "expected a BER INTEGER|"  # 4
+    "user-information is not an OCTET STRING|"  # 5
+    "empty user-information|"  # 6
+    "user-information is not an InitiateResponse (tag 0x%02x)|"  # 7
+    "InitiateResponse malformed|"  # 8
+    "AARE without a result|"  # 9
+    "server chose short-name referencing; only logical names are supported|"  # 10
+    "OBIS code must be 6 bytes|"  # 11
+    "exception-response: state error %d, service error %d|"  # 12
+    "confirmed-service-error %s|"  # 13
+    "not a GET.response|"  # 14
+    "GET.response-normal with bad result choice %d|"  # 15
+    "GET.response-with-datablock truncated|"  # 16
+    "datablock with bad result choice %d|"  # 17
+    "datablock raw-data length %d does not match %d bytes|"  # 18
+    "GET.response type %d not supported|"  # 19
+    "response invoke id %d, expected %d|"  # 20
+    "block %d received, expected %d|"  # 21
+    "long GET larger than %d bytes|"  # 22
+    "scaler_unit must be a structure of two elements: %r|"  # 23
+    "scaler_unit elements must be integers: %r|"  # 24
+    "%s: meter reports unit %d, expected %r|"  # 25
+    "%s: register value %r is not an integer"  # 26
+)
+
+
+def err(i, x):
+    """DlmsError with message ``i`` of _MESSAGES, formatted with ``x`` (a value, a tuple or ())."""
+    return __getattr__("DlmsError")(_MESSAGES.split("|")[i] % x)
 
 
 _CONTEXT_LN = const(1)  # application context: logical-name referencing, no ciphering
@@ -79,20 +117,20 @@ def _encode(tag: int, value) -> bytes:
 def _field(buf, pos: int, end: int) -> tuple:
     """(tag, value start, value end) of the BER TLV at ``pos``."""
     if pos + 2 > end:
-        raise __getattr__("DlmsError")("BER element truncated")
+        raise err(0, ())
     tag = buf[pos]
     n = buf[pos + 1]
     pos += 2
     if n & 0x80:
         size = n & 0x7F
         if size == 0 or size > 2 or pos + size > end:
-            raise __getattr__("DlmsError")("bad BER length")
+            raise err(1, ())
         n = 0
         for b in buf[pos:pos + size]:
             n = (n << 8) | b
         pos += size
     if pos + n > end:
-        raise __getattr__("DlmsError")("BER element longer than its container")
+        raise err(2, ())
     return tag, pos, pos + n
 
 
@@ -125,7 +163,9 @@ class Aare:
     """What the server answered to our AARQ.
 
     ``accepted`` is True only when result is 0 and an InitiateResponse came
-    back; ``conformance``/``max_pdu`` are the negotiated values then.
+    back (``parse_aare`` sets it: a plain attribute, not a property, costs the
+    meter no property object); ``conformance``/``max_pdu`` are the negotiated
+    values then.
     ``service_error`` holds the xDLMS ConfirmedServiceError bytes, if any.
     """
 
@@ -138,10 +178,7 @@ class Aare:
         self.max_pdu = 0
         self.dlms_version = 0
         self.service_error = b""
-
-    @property
-    def accepted(self) -> bool:
-        return self.result == _ACCEPTED and self.max_pdu > 0
+        self.accepted = False
 
     def reason(self) -> str:
         """Human text for a rejection."""
@@ -164,7 +201,7 @@ def parse_aare(data) -> Aare:
     """
     tag, start, end = _field(data, 0, len(data))
     if tag != _AARE or end != len(data):
-        raise __getattr__("DlmsError")("not an AARE")
+        raise err(3, ())
     out = Aare()
     pos = start
     while pos < end:
@@ -178,7 +215,7 @@ def parse_aare(data) -> Aare:
                 out.diagnostic_source = inner & 0x0F
                 inner, s, e = _field(data, s, e)
             if inner != 0x02 or e - s < 1:
-                raise __getattr__("DlmsError")("expected a BER INTEGER")
+                raise err(4, ())
             value = 0
             for b in data[s:e]:
                 value = (value << 8) | b
@@ -189,32 +226,32 @@ def parse_aare(data) -> Aare:
         elif tag == 0xBE:
             inner, os, oe = _field(data, s, e)
             if inner != 0x04:
-                raise __getattr__("DlmsError")("user-information is not an OCTET STRING")
+                raise err(5, ())
             # an xDLMS InitiateResponse, or a ConfirmedServiceError
             raw = data[os:oe]
             if not raw:
-                raise __getattr__("DlmsError")("empty user-information")
+                raise err(6, ())
             if raw[0] == _CONFIRMED_SERVICE_ERROR:
                 out.service_error = bytes(raw)
             elif raw[0] != _INITIATE_RESPONSE:
-                raise __getattr__("DlmsError")(
-                    "user-information is not an InitiateResponse (tag 0x%02x)" % raw[0])
+                raise err(7, raw[0])
             else:
                 i = 1
                 if i < len(raw) and raw[i]:  # negotiated-quality-of-service present
                     i += 1
                 i += 1
                 if i + 1 + 3 + 4 + 2 + 2 > len(raw) or bytes(raw[i + 1:i + 5]) != b"\x5f\x1f\x04\x00":
-                    raise __getattr__("DlmsError")("InitiateResponse malformed")
+                    raise err(8, ())
                 out.dlms_version = raw[i]
                 c = raw[i + 5:i + 8]
                 out.conformance = (c[0] << 16) | (c[1] << 8) | c[2]
                 out.max_pdu = (raw[i + 8] << 8) | raw[i + 9]
         pos = e
     if out.result < 0:
-        raise __getattr__("DlmsError")("AARE without a result")
+        raise err(9, ())
     if out.result == _ACCEPTED and out.context != _CONTEXT_LN and out.context != 3:
-        raise __getattr__("DlmsError")("server chose short-name referencing; only logical names are supported")
+        raise err(10, ())
+    out.accepted = out.result == _ACCEPTED and out.max_pdu > 0
     return out
 
 
@@ -225,7 +262,7 @@ def parse_aare(data) -> Aare:
 def get_request(class_id: int, obis, attribute: int, invoke_id: int = 1, access=b"") -> bytes:
     """GET.request-normal; ``access`` is an encoded selective-access descriptor or b''."""
     if len(obis) != 6:
-        raise __getattr__("DlmsError")("OBIS code must be 6 bytes")
+        raise err(11, ())
     head = bytes((_GET_REQUEST, 1, 0xC0 | (invoke_id & 0x0F), class_id >> 8, class_id & 0xFF))
     head += bytes(obis) + bytes((attribute,))
     if access:
@@ -233,10 +270,8 @@ def get_request(class_id: int, obis, attribute: int, invoke_id: int = 1, access=
     return head + b"\x00"
 
 
-def get_request_next(last: int, invoke_id: int = 1) -> bytes:
-    """GET.request-next: ask for the block after block number ``last``."""
-    return bytes((_GET_REQUEST, 2, 0xC0 | (invoke_id & 0x0F),
-                  (last >> 24) & 0xFF, (last >> 16) & 0xFF, (last >> 8) & 0xFF, last & 0xFF))
+# GET.request-next (``get_request_next``, for long GETs: profiles, not register reads) is in
+# ``dlms_more``.
 
 
 # GET.response kinds; public as RESP_DATA, RESP_ERROR, RESP_BLOCK (``dlms_more``)
@@ -257,31 +292,29 @@ def parse_get_response(data) -> tuple:
     """
     n = len(data)
     if n >= 3 and data[0] == _EXCEPTION_RESPONSE:
-        raise __getattr__("DlmsError")("exception-response: state error %d, service error %d" % (
-            data[1], data[2]))
+        raise err(12, (data[1], data[2]))
     if n >= 1 and data[0] == _CONFIRMED_SERVICE_ERROR:
-        raise __getattr__("DlmsError")("confirmed-service-error %s" % bytes(data).hex())
+        raise err(13, bytes(data).hex())
     if n < 5 or data[0] != _GET_RESPONSE:
-        raise __getattr__("DlmsError")("not a GET.response")
+        raise err(14, ())
     kind, invoke_id = data[1], data[2] & 0x0F
     if kind == 1:
         if data[3] == 0:
             return _RESP_DATA, invoke_id, bytes(data[4:]), 0, True
         if data[3] == 1:
             return _RESP_ERROR, invoke_id, data[4], 0, True
-        raise __getattr__("DlmsError")("GET.response-normal with bad result choice %d" % data[3])
+        raise err(15, data[3])
     if kind == 2:
         if n < 10:
-            raise __getattr__("DlmsError")("GET.response-with-datablock truncated")
+            raise err(16, ())
         last = data[3] != 0
         block = (data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7]
         if data[8] == 1:
             return _RESP_ERROR, invoke_id, data[9], block, last
         if data[8] != 0:
-            raise __getattr__("DlmsError")("datablock with bad result choice %d" % data[8])
+            raise err(17, data[8])
         size, pos = decode_length(data, 9)
         if pos + size != n:
-            raise __getattr__("DlmsError")("datablock raw-data length %d does not match %d bytes" % (
-                size, n - pos))
+            raise err(18, (size, n - pos))
         return _RESP_BLOCK, invoke_id, bytes(data[pos:]), block, last
-    raise __getattr__("DlmsError")("GET.response type %d not supported" % kind)
+    raise err(19, kind)

@@ -21,8 +21,7 @@ except ImportError:  # CPython
     def const(x):  # type: ignore
         return x
 
-from firmware.protocol import dlms, hdlc
-from firmware.protocol.dlms_data import decode
+from firmware.protocol import dlms, dlms_data, hdlc
 
 # States; public as IDLE, LINKING, ... (``dlms_more``)
 _IDLE = const(0)
@@ -33,7 +32,6 @@ _READY = const(4)  # associated, nothing outstanding
 _READING = const(5)  # GET outstanding (possibly mid block transfer)
 _CLOSING = const(6)  # DISC sent
 _CLOSED = const(7)
-_STATE_NAMES = const("IDLE LINKING LINKED ASSOCIATING READY READING CLOSING CLOSED")
 
 # events (kind, value); public as EV_LINKED, ... (``dlms_more``)
 _EV_LINKED = const(1)  # value: None
@@ -55,7 +53,9 @@ _DATA = const(7)
 _ACCESS_ERROR = const(8)
 _DM = const(9)
 _DISCONNECT = const(10)
-_TRIGGER_NAMES = const("connect ua associate accepted rejected get block data access_error dm disconnect")
+# the trigger names (0..10), then the state names (11 + state): one str for both, one object
+_NAMES = const("connect ua associate accepted rejected get block data access_error dm disconnect"
+               " IDLE LINKING LINKED ASSOCIATING READY READING CLOSING CLOSED")
 
 # state, trigger -> next state: one row of three bytes per transition (a bytes literal
 # stays in flash with the bytecode)
@@ -142,7 +142,7 @@ class DlmsClient:
                 self.state = t[i + 2]
                 return
         raise __getattr__("DlmsStateError")("%s not allowed in state %s" % (
-            _TRIGGER_NAMES.split()[event], _STATE_NAMES.split()[self.state]))
+            _NAMES.split()[event], _NAMES.split()[11 + self.state]))
 
     # -- requests ------------------------------------------------------------------
     def connect(self) -> bytes:
@@ -203,10 +203,10 @@ class DlmsClient:
                 continue
             if self.state != _READING:
                 raise __getattr__("DlmsStateError")("unexpected APDU 0x%02x in state %s" % (
-                    apdu[0] if apdu else 0, _STATE_NAMES.split()[self.state]))
+                    apdu[0] if apdu else 0, _NAMES.split()[11 + self.state]))
             kind, invoke_id, value, block, last = dlms.parse_get_response(apdu)
             if invoke_id != self.invoke_id:
-                raise dlms.DlmsError("response invoke id %d, expected %d" % (invoke_id, self.invoke_id))
+                raise dlms.err(20, (invoke_id, self.invoke_id))  # a DlmsError
             if kind == _RESP_ERROR:
                 self._buf = None
                 self._fire(_ACCESS_ERROR)
@@ -218,9 +218,9 @@ class DlmsClient:
                     self._buf = bytearray()
                     self._count = 0
                 if block != self._count + 1:
-                    raise dlms.DlmsError("block %d received, expected %d" % (block, self._count + 1))
+                    raise dlms.err(21, (block, self._count + 1))
                 if len(self._buf) + len(value) > self.max_bytes:
-                    raise dlms.DlmsError("long GET larger than %d bytes" % self.max_bytes)
+                    raise dlms.err(22, self.max_bytes)
                 self._buf += value
                 self._count = block
                 if not last:
@@ -229,6 +229,9 @@ class DlmsClient:
                     continue
                 value = bytes(self._buf)
                 self._buf = None
+            data, end = dlms_data.decode_at(value)  # dlms_data.decode, inline: one value filling it
+            if end != len(value):
+                raise dlms_data.err(12, len(value) - end)  # a DlmsDataError
             self._fire(_DATA)
-            event = (_EV_DATA, decode(value))
+            event = (_EV_DATA, data)
         return out, event

@@ -7,7 +7,7 @@ Floats (tags 23/24) decode for completeness; nothing that counts money or
 energy should use them.
 
 What a meter reading registers never uses is in ``dlms_more``, handed out by
-this module's ``__getattr__`` on first use: the encoders (for a meter peer and
+this module's ``__getattr__`` on first use: ``decode``, the encoders (for a meter peer and
 tests; the client only decodes), ``DateTime`` with ``decode_datetime`` (meters
 usually send dates as a 12-byte octet-string) and ``encode_datetime``, and the
 tag numbers and ``MAX_DEPTH`` under public names.
@@ -50,7 +50,7 @@ def __getattr__(name):
     # DlmsDataError (a ValueError: bytes are not valid A-XDR data -- truncated, unknown
     # tag, too deep) is made on first use and kept in the module dict: held from import
     # on, the class would cost heap a meter reading sane data never needs.  Raise sites
-    # here call ``__getattr__("DlmsDataError")``.  The rest is in ``dlms_more``.
+    # here raise ``err(...)``, which calls ``__getattr__("DlmsDataError")``.  The rest is in ``dlms_more``.
     if name == "DlmsDataError":
         g = globals()
         if name not in g:
@@ -64,18 +64,42 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+# The error messages, one str (one object on the heap, not one per message), by index;
+# 12 is raised by ``decode`` (dlms_more) and its inline copy in dlms_client.
+_MESSAGES = const(
+    "length missing|"  # 0
+    "bad length encoding|"  # 1
+    "data nested deeper than %d|"  # 2
+    "data truncated|"  # 3
+    "data truncated in tag %d|"  # 4
+    "element count %d larger than the data|"  # 5
+    "string truncated|"  # 6
+    "bit-string truncated|"  # 7
+    "boolean truncated|"  # 8
+    "date-time truncated|"  # 9
+    "date/time truncated|"  # 10
+    "unsupported data tag %d|"  # 11
+    "%d bytes after the data"  # 12
+)
+
+
+def err(i, x):
+    """DlmsDataError with message ``i`` of _MESSAGES, formatted with ``x`` (a value, or ())."""
+    return __getattr__("DlmsDataError")(_MESSAGES.split("|")[i] % x)
+
+
 # -- length (A-XDR variable-length integer) --------------------------------------
 
 def decode_length(buf, pos: int) -> tuple:
     """(length, next pos): one byte < 0x80, else 0x8N followed by N big-endian bytes."""
     if pos >= len(buf):
-        raise __getattr__("DlmsDataError")("length missing")
+        raise err(0, ())
     first = buf[pos]
     if first < 0x80:
         return first, pos + 1
     n = first & 0x7F
     if n == 0 or n > 4 or pos + 1 + n > len(buf):
-        raise __getattr__("DlmsDataError")("bad length encoding")
+        raise err(1, ())
     value = 0
     for b in buf[pos + 1:pos + 1 + n]:
         value = (value << 8) | b
@@ -84,32 +108,28 @@ def decode_length(buf, pos: int) -> tuple:
 
 # -- decode ---------------------------------------------------------------------------
 
-def decode(buf, pos: int = 0, depth: int = 0) -> object:
-    """Decode exactly one Data value that fills ``buf`` from ``pos``; extra bytes are an error."""
-    value, end = decode_at(buf, pos, depth)
-    if end != len(buf):
-        raise __getattr__("DlmsDataError")("%d bytes after the data" % (len(buf) - end))
-    return value
+# ``decode`` (one value that fills the buffer) is in ``dlms_more``; the client does the same
+# inline with ``decode_at``.
 
 
 def decode_at(buf, pos: int = 0, depth: int = 0) -> tuple:
     """(value, next pos) of the Data value at ``pos``."""
     if depth > _MAX_DEPTH:
-        raise __getattr__("DlmsDataError")("data nested deeper than %d" % _MAX_DEPTH)
+        raise err(2, _MAX_DEPTH)
     if pos >= len(buf):
-        raise __getattr__("DlmsDataError")("data truncated")
+        raise err(3, ())
     tag = buf[pos]
     pos += 1
     fmt = _FIXED[2 * tag:2 * tag + 2]
     if fmt.strip():  # a fixed-size type
         end = pos + struct.calcsize(fmt)
         if end > len(buf):
-            raise __getattr__("DlmsDataError")("data truncated in tag %d" % tag)
+            raise err(4, tag)
         return struct.unpack(fmt, bytes(buf[pos:end]))[0], end
     if tag == _STRUCTURE or tag == _ARRAY:
         count, pos = decode_length(buf, pos)
         if count > len(buf) - pos:  # every element takes at least one byte
-            raise __getattr__("DlmsDataError")("element count %d larger than the data" % count)
+            raise err(5, count)
         items = []
         for _ in range(count):
             item, pos = decode_at(buf, pos, depth + 1)
@@ -119,28 +139,28 @@ def decode_at(buf, pos: int = 0, depth: int = 0) -> tuple:
         n, pos = decode_length(buf, pos)
         end = pos + n
         if end > len(buf):
-            raise __getattr__("DlmsDataError")("string truncated")
+            raise err(6, ())
         raw = bytes(buf[pos:end])
         return (raw if tag == _OCTET_STRING else raw.decode()), end
     if tag == _BIT_STRING:
         nbits, pos = decode_length(buf, pos)
         end = pos + (nbits + 7) // 8
         if end > len(buf):
-            raise __getattr__("DlmsDataError")("bit-string truncated")
+            raise err(7, ())
         return bytes(buf[pos:end]), end
     if tag == _BOOLEAN:
         if pos >= len(buf):
-            raise __getattr__("DlmsDataError")("boolean truncated")
+            raise err(8, ())
         return buf[pos] != 0, pos + 1
     if tag == _NULL or tag == _DONT_CARE:
         return None, pos
     if tag == _DATE_TIME:
         if pos + 12 > len(buf):
-            raise __getattr__("DlmsDataError")("date-time truncated")
+            raise err(9, ())
         return __getattr__("decode_datetime")(buf[pos:pos + 12]), pos + 12
     if tag == _DATE or tag == _TIME:
         end = pos + (5 if tag == _DATE else 4)
         if end > len(buf):
-            raise __getattr__("DlmsDataError")("date/time truncated")
+            raise err(10, ())
         return bytes(buf[pos:end]), end
-    raise __getattr__("DlmsDataError")("unsupported data tag %d" % tag)
+    raise err(11, tag)

@@ -29,7 +29,7 @@ import struct
 
 from firmware.core.localtime import days_from_civil
 from firmware.protocol import dlms, dlms_data, hdlc
-from firmware.protocol.dlms_objects import register, to_units
+from firmware.protocol.dlms_objects import register
 
 # -- hdlc ----------------------------------------------------------------------------
 
@@ -186,6 +186,15 @@ ENUM = 22
 FLOAT32 = 23
 TIME = 27
 MAX_DEPTH = 8  # nesting limit: keeps recursion bounded on the meter
+
+
+def decode(buf, pos: int = 0, depth: int = 0) -> object:
+    """Decode exactly one Data value that fills ``buf`` from ``pos``; extra bytes are an error
+    (``dlms_data``)."""
+    value, end = dlms_data.decode_at(buf, pos, depth)
+    if end != len(buf):
+        raise dlms_data.err(12, len(buf) - end)  # a DlmsDataError
+    return value
 
 
 def encode_length(n: int) -> bytes:
@@ -415,6 +424,29 @@ DAR_NAMES = {
 }
 
 
+def get_request_next(last: int, invoke_id: int = 1) -> bytes:
+    """GET.request-next: ask for the block after block number ``last`` (``dlms``)."""
+    return bytes((GET_REQUEST, 2, 0xC0 | (invoke_id & 0x0F),
+                  (last >> 24) & 0xFF, (last >> 16) & 0xFF, (last >> 8) & 0xFF, last & 0xFF))
+
+
+def to_units(value: int, scaler: int, exp: int) -> int:
+    """value * 10**(scaler - exp) exactly, truncated toward zero; ``exp`` is the exponent
+    of our unit relative to the DLMS unit (``dlms_objects.register``; ``register_value``
+    does the same inline).
+
+    >>> to_units(12345, -1, 0)   # 1234.5 Wh -> 1234 Wh
+    1234
+    >>> to_units(56, 3, 0)       # 56 kWh -> 56000 Wh
+    56000
+    """
+    shift = scaler - exp
+    if shift >= 0:
+        return value * 10 ** shift
+    q = abs(value) // 10 ** -shift
+    return q if value >= 0 else -q
+
+
 def entry_access(from_entry: int, to_entry: int = 0, from_column: int = 1, to_column: int = 0) -> bytes:
     """Selective access by entry (selector 2) for a profile buffer; 0 means 'to the last'."""
     return (b"\x02\x02\x04"
@@ -561,7 +593,7 @@ _HDLC = ("SNRM", "UA", "DISC", "DM", "FRMR", "UI", "LLC_REQUEST", "LLC_RESPONSE"
          "encode_params", "decode_params", "decode_address", "client_address", "server_address",
          "i_control", "rr_control", "frame_kind")
 _DATA = ("NULL", "DOUBLE_LONG_UNSIGNED", "INTEGER", "LONG", "LONG_UNSIGNED", "LONG64", "ENUM",
-         "FLOAT32", "TIME", "MAX_DEPTH", "encode_length", "DateTime", "decode_datetime",
+         "FLOAT32", "TIME", "MAX_DEPTH", "decode", "encode_length", "DateTime", "decode_datetime",
          "encode_datetime", "enc_null", "enc_bool", "enc_int", "enc_octets", "enc_visible",
          "enc_structure", "enc_array", "enc_datetime_octets")
 _DLMS = (
@@ -581,13 +613,13 @@ _DLMS = (
     "CONF_BLOCK_TRANSFER_WITH_ACTION", "CONF_MULTIPLE_REFERENCES", "CONF_DATA_NOTIFICATION",
     "CONF_ACCESS", "CONF_GET", "CONF_SET", "CONF_SELECTIVE_ACCESS", "CONF_EVENT_NOTIFICATION",
     "CONF_ACTION", "DIAGNOSTIC_NAMES", "DAR_NAMES", "entry_access", "CLOCK_OBIS",
-    "range_access", "DEFAULT_CONFORMANCE", "DEFAULT_MAX_PDU", "RESP_DATA", "RESP_ERROR",
+    "range_access", "get_request_next", "DEFAULT_CONFORMANCE", "DEFAULT_MAX_PDU", "RESP_DATA", "RESP_ERROR",
     "RESP_BLOCK",
 )
 _OBJECTS = ("obis", "obis_text", "CLOCK", "ENERGY_IMPORT", "VOLTAGE", "CURRENT", "ACTIVE_POWER",
             "POWER_FACTOR", "FREQUENCY", "MAX_DEMAND", "BLOCK_LOAD_PROFILE", "BLOCK_LOAD_SCALERS",
             "SERIAL_NUMBER", "QUANTITY_ORDER", "QUANTITIES", "clock_utc", "CaptureObject",
-            "capture_objects", "profile_rows")
+            "capture_objects", "profile_rows", "to_units")
 _CLIENT = ("IDLE", "LINKING", "LINKED", "ASSOCIATING", "READY", "READING", "CLOSING", "CLOSED",
            "STATE_NAMES", "EV_LINKED", "EV_ASSOCIATED", "EV_REJECTED", "EV_DATA", "EV_ACCESS_ERROR",
            "EV_CLOSED")

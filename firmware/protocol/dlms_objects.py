@@ -9,14 +9,14 @@ the result is truncated toward zero (an energy register then never runs
 ahead of the meter) -- the one rounding rule here.
 
 The named OBIS codes (``ENERGY_IMPORT``, ``CLOCK``, ``BLOCK_LOAD_PROFILE``, ...),
-``obis``/``obis_text``, the register table as a dict (``QUANTITIES``), the
+``obis``/``obis_text``, the register table as a dict (``QUANTITIES``), ``to_units``, the
 clock and the load profile (``clock_utc``, ``capture_objects``,
 ``profile_rows``) are in ``dlms_more``, handed out by this module's
 ``__getattr__`` on first use: a meter reading registers never needs them.
 
->>> to_units(12345, -1, 0)   # 1234.5 Wh -> 1234 Wh
+>>> register_value(12345, (-1, 30), "energy_import_wh")   # 1234.5 Wh -> 1234 Wh
 1234
->>> to_units(56, 3, 0)       # 56 kWh -> 56000 Wh
+>>> register_value(56, (3, 30), "energy_import_wh")       # 56 kWh -> 56000 Wh
 56000
 """
 try:
@@ -43,8 +43,8 @@ def __getattr__(name):
 # V 35, Hz 44, 255 "count" (no unit: power factor; some meters send 0).  Bytes stay in
 # flash with the bytecode: a dict of tuples cost ~1 KB of heap (``QUANTITIES`` in
 # ``dlms_more`` is that dict, for tests and tools).
-_NAMES = const(("energy_import_wh", "voltage_mv", "current_ma", "active_power_w",
-                "power_factor_milli", "frequency_mhz"))
+# (one str, split per call: a tuple constant would be built on the heap at import)
+_NAMES = const("energy_import_wh voltage_mv current_ma active_power_w power_factor_milli frequency_mhz")
 _REGISTERS = const(
     #  OBIS code                       units      exponent
     b"\x01\x00\x01\x08\x00\xff" b"\x1e\x1e" b"\x00"  # 1.0.1.8.0.255   Wh        0
@@ -63,23 +63,13 @@ def register(quantity: str) -> tuple:
     >>> register("voltage_mv")
     (b'\\x01\\x00\\x0c\\x07\\x00\\xff', (35,), -3)
     """
-    for i in range(len(_NAMES)):
-        if _NAMES[i] == quantity:
+    names = _NAMES.split()
+    for i in range(len(names)):
+        if names[i] == quantity:
             row = _REGISTERS[9 * i:9 * i + 9]
             units = (row[6],) if row[6] == row[7] else (row[6], row[7])
             return row[:6], units, row[8] - 256 if row[8] > 127 else row[8]
     raise KeyError(quantity)
-
-
-def to_units(value: int, scaler: int, exp: int) -> int:
-    """value * 10**(scaler - exp) exactly, truncated toward zero; ``exp`` is the exponent
-    of our unit relative to the DLMS unit (``register``)."""
-    shift = scaler - exp
-    if shift >= 0:
-        return value * 10 ** shift
-    div = 10 ** -shift
-    q = abs(value) // div
-    return q if value >= 0 else -q
 
 
 def register_value(value, scaler_unit, quantity: str) -> int:
@@ -91,12 +81,16 @@ def register_value(value, scaler_unit, quantity: str) -> int:
     """
     _, units, exponent = register(quantity)
     if not isinstance(scaler_unit, tuple) or len(scaler_unit) != 2:
-        raise dlms.DlmsError("scaler_unit must be a structure of two elements: %r" % (scaler_unit,))
+        raise dlms.err(23, (scaler_unit,))  # a DlmsError; messages in dlms
     scaler, unit = scaler_unit
     if not isinstance(scaler, int) or not isinstance(unit, int) or not -128 <= scaler <= 127:
-        raise dlms.DlmsError("scaler_unit elements must be integers: %r" % (scaler_unit,))
+        raise dlms.err(24, (scaler_unit,))
     if unit not in units:
-        raise dlms.DlmsError("%s: meter reports unit %d, expected %r" % (quantity, unit, units))
+        raise dlms.err(25, (quantity, unit, units))
     if isinstance(value, bool) or not isinstance(value, int):
-        raise dlms.DlmsError("%s: register value %r is not an integer" % (quantity, value))
-    return to_units(value, scaler, exponent)
+        raise dlms.err(26, (quantity, value))
+    shift = scaler - exponent  # value * 10**shift exactly, truncated toward zero
+    if shift >= 0:
+        return value * 10 ** shift
+    q = abs(value) // 10 ** -shift
+    return q if value >= 0 else -q

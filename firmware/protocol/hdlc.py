@@ -69,9 +69,9 @@ _ERR_FLAG = const(6)
 def __getattr__(name):
     # HdlcError (a ValueError: a frame cannot be built or a peer broke the link protocol)
     # is made on first use and kept in the module dict: held from import on, the class
-    # would cost heap a meter talking to a sane peer never needs.  Raise sites here call
-    # ``__getattr__("HdlcError")``; ``hdlc.HdlcError`` and ``from ... import`` work as for
-    # any class.  The rest is in ``dlms_more``, loaded on first use.
+    # would cost heap a meter talking to a sane peer never needs.  Raise sites here raise
+    # ``err(...)``, which calls ``__getattr__("HdlcError")``; ``hdlc.HdlcError`` and
+    # ``from ... import`` work as for any class.  The rest is in ``dlms_more``, loaded on first use.
     if name == "HdlcError":
         g = globals()
         if name not in g:
@@ -83,6 +83,30 @@ def __getattr__(name):
     if name in dlms_more.PUBLIC[__name__]:
         return getattr(dlms_more, name)
     raise AttributeError(name)
+
+
+# The error messages, one str (one object on the heap, not one per message), by index.
+_MESSAGES = const(
+    "frame longer than 2047 bytes: split the information field|"  # 0
+    "HDLC parameters must start with 81 80|"  # 1
+    "HDLC parameter group is truncated|"  # 2
+    "HDLC parameter %d is truncated|"  # 3
+    "client SAP must be 0..127|"  # 4
+    "one-byte server address holds a logical address 0..127|"  # 5
+    "two-byte server address holds 0..127 each|"  # 6
+    "four-byte server address holds 0..16383 each|"  # 7
+    "server address size must be 1, 2 or 4|"  # 8
+    "link is not connected|"  # 9
+    "APDU of %d bytes exceeds max info field %d|"  # 10
+    "server answered DM (disconnected mode)|"  # 11
+    "server rejected a frame (FRMR)|"  # 12
+    "I-frame without the LLC response header E6 E7 00"  # 13
+)
+
+
+def err(i, x):
+    """HdlcError with message ``i`` of _MESSAGES, formatted with ``x`` (a value, a tuple or ())."""
+    return __getattr__("HdlcError")(_MESSAGES.split("|")[i] % x)
 
 
 # CRC-16/X.25 of each byte value, 16 bits little-endian: a bytes literal stays in
@@ -150,7 +174,7 @@ def encode_frame(dest, src, control: int, info=b"", segmented: bool = False) -> 
     if info:
         length += 2 + len(info)
     if length > _MAX_FRAME_LENGTH:
-        raise __getattr__("HdlcError")("frame longer than 2047 bytes: split the information field")
+        raise err(0, ())
     header = bytearray((0xA0 | (0x08 if segmented else 0) | (length >> 8), length & 0xFF))
     header += dest
     header += src
@@ -226,11 +250,6 @@ class FrameParser:
         self._buf = bytearray()
         self._pos = 0
 
-    def _drop(self, reason):
-        self.dropped += 1
-        self.error = reason
-        self._pos += 1  # resync from the byte after this flag
-
     def feed(self, data) -> list:
         """Add received bytes; return the complete, valid frames found (oldest first)."""
         self._buf += data
@@ -250,11 +269,15 @@ class FrameParser:
                 self._pos += 1
                 continue
             if fmt & 0xF0 != 0xA0:
-                self._drop(_ERR_FORMAT)
+                self.dropped += 1
+                self.error = _ERR_FORMAT
+                self._pos += 1  # resync from the byte after this flag
                 continue
             length = ((fmt & 0x07) << 8) | buf[start + 2]
             if length < 7 or length + 2 > _MAX_FRAME:
-                self._drop(_ERR_LENGTH)
+                self.dropped += 1
+                self.error = _ERR_LENGTH
+                self._pos += 1  # resync from the byte after this flag
                 continue
             end = start + 1 + length  # index of the closing flag
             lim = min(end, len(buf))
@@ -274,27 +297,37 @@ class FrameParser:
             if not src_end:  # the address at a is malformed, or not complete yet
                 if lim < end and lim - a < 4:
                     break  # wait for the rest
-                self._drop(_ERR_ADDRESS)
+                self.dropped += 1
+                self.error = _ERR_ADDRESS
+                self._pos += 1  # resync from the byte after this flag
                 continue
             header_end = src_end + 1  # past the control byte
             no_info_end = header_end + 2  # FCS would end here without information
             if end != no_info_end and end < no_info_end + 2:
-                self._drop(_ERR_LENGTH)
+                self.dropped += 1
+                self.error = _ERR_LENGTH
+                self._pos += 1  # resync from the byte after this flag
                 continue
             has_info = end > no_info_end
             if has_info and len(buf) >= header_end + 2:
                 hcs = crc16_x25(memoryview(buf)[start + 1:header_end])
                 if buf[header_end] != hcs & 0xFF or buf[header_end + 1] != hcs >> 8:
-                    self._drop(_ERR_HCS)
+                    self.dropped += 1
+                    self.error = _ERR_HCS
+                    self._pos += 1  # resync from the byte after this flag
                     continue
             if len(buf) <= end:
                 break  # wait for the rest
             if buf[end] != _FLAG:
-                self._drop(_ERR_FLAG)
+                self.dropped += 1
+                self.error = _ERR_FLAG
+                self._pos += 1  # resync from the byte after this flag
                 continue
             fcs = crc16_x25(memoryview(buf)[start + 1:end - 2])
             if buf[end - 2] != fcs & 0xFF or buf[end - 1] != fcs >> 8:
-                self._drop(_ERR_FCS)
+                self.dropped += 1
+                self.error = _ERR_FCS
+                self._pos += 1  # resync from the byte after this flag
                 continue
             info = bytes(buf[header_end + 2:end - 2]) if has_info else b""
             frames.append(Frame(bytes(buf[start + 3:dest_end]), bytes(buf[dest_end:src_end]),
@@ -319,15 +352,15 @@ def _parse(info) -> list:
     if not info:
         return params
     if len(info) < 3 or info[0] != 0x81 or info[1] != 0x80:
-        raise __getattr__("HdlcError")("HDLC parameters must start with 81 80")
+        raise err(1, ())
     end = 3 + info[2]
     if end > len(info):
-        raise __getattr__("HdlcError")("HDLC parameter group is truncated")
+        raise err(2, ())
     i = 3
     while i + 2 <= end:
         pid, n = info[i], info[i + 1]
         if i + 2 + n > end:
-            raise __getattr__("HdlcError")("HDLC parameter %d is truncated" % pid)
+            raise err(3, pid)
         value = 0
         for b in info[i + 2:i + 2 + n]:
             value = (value << 8) | b
@@ -369,34 +402,34 @@ class HdlcLink:
     def __init__(self, client=16, server=1, address=None, size=0, params=None):
         # Argument names reuse ones the app interns already: each new one costs the meter.
         if not 0 <= client <= 0x7F:
-            raise __getattr__("HdlcError")("client SAP must be 0..127")
+            raise err(4, ())
         self.client = bytes(((client << 1) | 1,))
         logical, physical = server, address
         if physical is None:
             if (size != 0 and size != 1) or not 0 <= logical <= 0x7F:
-                raise __getattr__("HdlcError")("one-byte server address holds a logical address 0..127")
+                raise err(5, ())
             server = bytes(((logical << 1) | 1,))
         else:
             if not size:
                 size = 2 if logical <= 0x7F and physical <= 0x7F else 4
             if size == 2:
                 if not (0 <= logical <= 0x7F and 0 <= physical <= 0x7F):
-                    raise __getattr__("HdlcError")("two-byte server address holds 0..127 each")
+                    raise err(6, ())
                 server = bytes((logical << 1, (physical << 1) | 1))
             elif size == 4:
                 if not (0 <= logical <= 0x3FFF and 0 <= physical <= 0x3FFF):
-                    raise __getattr__("HdlcError")("four-byte server address holds 0..16383 each")
+                    raise err(7, ())
                 server = bytes(((logical >> 7) << 1, (logical & 0x7F) << 1,
                                 (physical >> 7) << 1, ((physical & 0x7F) << 1) | 1))
             else:
-                raise __getattr__("HdlcError")("server address size must be 1, 2 or 4")
+                raise err(8, ())
         self.server = server
         self.params = params
         self.state = DISCONNECTED
         self.vs = 0  # next N(S) we send
         self.vr = 0  # next N(S) we expect
         self.max_payload = _DEFAULT_MAX_INFO
-        self._buf = bytearray()  # segments received so far
+        self._buf = b""  # segments received so far (b"": no object on the heap until one comes)
 
     def connect(self) -> bytes:
         """SNRM with our proposed parameters (none when they are all default)."""
@@ -419,11 +452,10 @@ class HdlcLink:
         (AARQ, GET) fit easily in the negotiated information field.
         """
         if self.state != _CONNECTED:
-            raise __getattr__("HdlcError")("link is not connected")
+            raise err(9, ())
         info = _LLC_REQUEST + data
         if len(info) > self.max_payload:
-            raise __getattr__("HdlcError")("APDU of %d bytes exceeds max info field %d" % (
-                len(info), self.max_payload))
+            raise err(10, (len(info), self.max_payload))
         # I-frame control: RRR P SSS 0
         frame = encode_frame(self.server, self.client,
                              ((self.vr & 7) << 5) | _PF | ((self.vs & 7) << 1), info)
@@ -444,16 +476,16 @@ class HdlcLink:
                     # the server's receive limit is our transmit limit
                     self.max_payload = min(self.max_payload, _parse(frame.info)[1])
                     self.vs = self.vr = 0
-                    self._buf = bytearray()
+                    self._buf = b""
                     self.state = _CONNECTED
                 elif self.state == _DISCONNECTING:
                     self.state = DISCONNECTED
             elif control | _PF == _DM:
                 self.state = DISCONNECTED
-                raise __getattr__("HdlcError")("server answered DM (disconnected mode)")
+                raise err(11, ())
             elif control | _PF == _FRMR:
                 self.state = DISCONNECTED
-                raise __getattr__("HdlcError")("server rejected a frame (FRMR)")
+                raise err(12, ())
             return b"", None
         if control & 1 or self.state != _CONNECTED:  # an S-frame, or not connected
             return b"", None
@@ -462,12 +494,12 @@ class HdlcLink:
             info = frame.info
             if not self._buf:
                 if info[:3] != _LLC_RESPONSE:
-                    raise __getattr__("HdlcError")("I-frame without the LLC response header E6 E7 00")
+                    raise err(13, ())
                 info = info[3:]
             self._buf += info
             if not frame.segmented:
                 apdu = bytes(self._buf)
-                self._buf = bytearray()
+                self._buf = b""
                 return b"", apdu
         # Receive Ready (RRR P 0001): asks for the next segment, or acknowledges a repeat
         return encode_frame(self.server, self.client, (self.vr << 5) | _PF | 0x01), None
